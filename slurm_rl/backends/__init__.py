@@ -1,0 +1,1 @@
+"""Where role processes run: `local` (processes on this machine) or `slurm` (one job per role replica)."""
