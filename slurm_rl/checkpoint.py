@@ -1,0 +1,200 @@
+"""Trainer checkpoints: written asynchronously, renamed into place atomically, verified on load.
+
+    checkpoints/step-000040/   weights.safetensors  optimizer.pt  meta.json (sizes + xxh3 hashes)
+
+A checkpoint directory only exists under its final name once every file is written and synced,
+so a crash mid-write leaves a `.tmp` directory that is ignored and cleaned up. On restore each
+file is checked against meta.json; a truncated or corrupted checkpoint is skipped and the previous
+one used, and the caller is told (to record an event). A full disk fails the save, not the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import xxhash
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger("slurm_rl.checkpoint")
+
+_NAME = "step-{:06d}"
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    step: int
+    path: Path | None
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Restored:
+    step: int
+    path: Path
+    skipped: tuple[str, ...]       # checkpoints that failed verification, newest first
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    h = xxhash.xxh3_64()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Checkpointer:
+    def __init__(self, root: Path, keep: int):
+        self.root = root
+        self.keep = keep
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._q: queue.Queue[tuple[int, dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None] = queue.Queue()
+        self.done: queue.SimpleQueue[SaveResult] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._worker, name="checkpoint", daemon=True)
+        self._thread.start()
+        self._pending = 0
+        self._lock = threading.Lock()
+        for stale in self.root.glob("*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    # ---------------------------------------------------------------- save
+    def save_async(self, step: int, weights: Mapping[str, torch.Tensor], optimizer: dict[str, Any],
+                   meta: dict[str, Any]) -> None:
+        """Queue a save. `weights` must not change afterwards (pass an immutable published version)."""
+        with self._lock:
+            self._pending += 1
+        self._q.put((step, dict(weights), optimizer, meta))
+
+    def save(self, step: int, weights: Mapping[str, torch.Tensor], optimizer: dict[str, Any],
+             meta: dict[str, Any]) -> SaveResult:
+        return self._write(step, dict(weights), optimizer, meta)
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return self._pending
+
+    def wait(self, timeout_s: float = 300.0) -> None:
+        deadline = time.time() + timeout_s
+        while self.pending and time.time() < deadline:
+            time.sleep(0.02)
+
+    def _worker(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            step, weights, optimizer, meta = item
+            res = self._write(step, weights, optimizer, meta)
+            with self._lock:
+                self._pending -= 1
+            self.done.put(res)
+
+    def _write(self, step: int, weights: dict[str, torch.Tensor], optimizer: dict[str, Any],
+               meta: dict[str, Any]) -> SaveResult:
+        t0 = time.time()
+        final = self.root / _NAME.format(step)
+        tmp = self.root / (_NAME.format(step) + ".tmp")
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
+            torch.save(optimizer, tmp / "optimizer.pt")
+            files = {}
+            for name in ("weights.safetensors", "optimizer.pt"):
+                with open(tmp / name, "rb+") as f:
+                    os.fsync(f.fileno())
+                size, digest = _hash_file(tmp / name)
+                files[name] = {"size": size, "xxh3": digest}
+            (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time(), "files": files, **meta}))
+            _fsync_dir(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.root)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.error("checkpoint at step %d failed: %s", step, e)
+            return SaveResult(step, None, f"{e.__class__.__name__}: {e}", time.time() - t0)
+        self._prune()
+        return SaveResult(step, final, "", time.time() - t0)
+
+    def _prune(self) -> None:
+        steps = self.steps()
+        for s in steps[:-self.keep] if len(steps) > self.keep else []:
+            shutil.rmtree(self.root / _NAME.format(s), ignore_errors=True)
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(timeout=60)
+
+    # ---------------------------------------------------------------- restore
+    def steps(self) -> list[int]:
+        out = []
+        for p in self.root.glob("step-*"):
+            if p.is_dir() and not p.name.endswith(".tmp"):
+                try:
+                    out.append(int(p.name.split("-", 1)[1]))
+                except ValueError:
+                    continue
+        return sorted(out)
+
+    def verify(self, step: int) -> str:
+        """'' if the checkpoint is complete and intact, else what is wrong with it."""
+        d = self.root / _NAME.format(step)
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+        except (OSError, ValueError) as e:
+            return f"meta.json unreadable ({e.__class__.__name__})"
+        for name, want in meta.get("files", {}).items():
+            try:
+                size, digest = _hash_file(d / name)
+            except OSError as e:
+                return f"{name} unreadable ({e.__class__.__name__})"
+            if size != want.get("size"):
+                return f"{name} has {size} bytes, expected {want.get('size')} (truncated?)"
+            if digest != want.get("xxh3"):
+                return f"{name} checksum mismatch (corrupted)"
+        return ""
+
+    def newest_valid(self, at_most: int | None = None) -> tuple[Restored | None, list[str]]:
+        """Newest intact checkpoint with step <= at_most, and messages about the ones skipped."""
+        skipped: list[str] = []
+        for step in reversed(self.steps()):
+            if at_most is not None and step > at_most:
+                continue
+            problem = self.verify(step)
+            if not problem:
+                return Restored(step, self.root / _NAME.format(step), tuple(skipped)), skipped
+            skipped.append(f"step {step}: {problem}")
+        return None, skipped
+
+    def load_weights(self, step: int) -> dict[str, torch.Tensor]:
+        return load_file(str(self.root / _NAME.format(step) / "weights.safetensors"))
+
+    def load_optimizer(self, step: int) -> dict[str, Any]:
+        return torch.load(self.root / _NAME.format(step) / "optimizer.pt", weights_only=False)
+
+    def meta(self, step: int) -> dict[str, Any]:
+        return json.loads((self.root / _NAME.format(step) / "meta.json").read_text())

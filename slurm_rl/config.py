@@ -1,0 +1,487 @@
+"""Typed run configuration: YAML in, validated models out, errors that name file, key and line.
+
+One section per concern (model, task, algorithm, recovery, sync, controller, chaos) and one per
+role (trainer, rollout, spare) with the Slurm resources of that role. Unknown keys are rejected
+with a suggestion. `--set key.sub=value` overrides are applied to the raw YAML before validation,
+so they get exactly the same checks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from slurm_rl.backends.base import Resources
+from slurm_rl.errors import ConfigError
+from slurm_rl.states import FaultKind, Phase, RoleKind
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, use_enum_values=False)
+
+
+class RecoveryPolicy(str, enum.Enum):
+    ROLE_BASED = "role-based"
+    FULL_RESTART = "full-restart"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class BackendKind(str, enum.Enum):
+    LOCAL = "local"
+    SLURM = "slurm"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class EngineKind(str, enum.Enum):
+    VLLM = "vllm"
+    HF = "hf"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def parse_slurm_time(value: str | int) -> int:
+    """Slurm time formats -> whole minutes (rounded up).
+
+    `M`, `M:S`, `H:M:S`, `D-H`, `D-H:M`, `D-H:M:S`, as `sbatch --time` takes them.
+    """
+    if isinstance(value, bool):
+        raise ValueError("must be minutes or a Slurm time such as 2:00:00")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError("must be a positive number of minutes")
+        return value
+    s = str(value).strip()
+    days = 0
+    if "-" in s:
+        d, _, s = s.partition("-")
+        if not d.isdigit():
+            raise ValueError(f"'{value}' is not a Slurm time (use minutes, HH:MM:SS or D-HH:MM:SS)")
+        days = int(d)
+        parts = s.split(":")
+        if not 1 <= len(parts) <= 3:
+            raise ValueError(f"'{value}' is not a Slurm time (use minutes, HH:MM:SS or D-HH:MM:SS)")
+        parts += ["0"] * (3 - len(parts))       # D-H, D-H:M, D-H:M:S
+        h, m, sec = parts
+    else:
+        parts = s.split(":")
+        if len(parts) == 1:
+            h, m, sec = "0", parts[0], "0"
+        elif len(parts) == 2:
+            h, m, sec = "0", parts[0], parts[1]
+        elif len(parts) == 3:
+            h, m, sec = parts
+        else:
+            raise ValueError(f"'{value}' is not a Slurm time (use minutes, HH:MM:SS or D-HH:MM:SS)")
+    if not all(x.isdigit() for x in (h, m, sec)):
+        raise ValueError(f"'{value}' is not a Slurm time (use minutes, HH:MM:SS or D-HH:MM:SS)")
+    total_s = ((days * 24 + int(h)) * 60 + int(m)) * 60 + int(sec)
+    if total_s <= 0:
+        raise ValueError("must be longer than zero")
+    return -(-total_s // 60)
+
+
+class SlurmResources(_Section):
+    """Per-role scheduler resources. Unset fields inherit from the top-level `slurm:` section."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | int | None = Field(default=None, description="Slurm time limit: minutes or D-HH:MM:SS")
+    nodes: int | None = Field(default=None, ge=1)
+    gpus_per_node: int | None = Field(default=None, ge=0)
+    cpus_per_task: int | None = Field(default=None, ge=1)
+    mem_gb: float | None = Field(default=None, gt=0)
+    gres: str | None = None
+    constraint: str | None = None
+    exclude: list[str] = Field(default_factory=list)
+    nodelist: list[str] = Field(default_factory=list)
+    additional: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("time")
+    @classmethod
+    def _time_ok(cls, v: str | int | None) -> str | int | None:
+        if v is not None:
+            parse_slurm_time(v)
+        return v
+
+
+class ModelConfig(_Section):
+    path: str | None = Field(default=None, description="HF model dir; unset builds the tiny demo model")
+    hidden: int = Field(default=128, ge=32)
+    layers: int = Field(default=2, ge=1)
+    heads: int = Field(default=4, ge=1)
+    kv_heads: int = Field(default=2, ge=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_model_len: int = Field(default=128, ge=16)
+
+    @model_validator(mode="after")
+    def _heads(self) -> "ModelConfig":
+        if self.path is None:
+            if self.hidden % self.heads:
+                raise ValueError(f"model.hidden ({self.hidden}) must be divisible by model.heads ({self.heads})")
+            if self.heads % self.kv_heads:
+                raise ValueError(f"model.heads ({self.heads}) must be divisible by model.kv_heads ({self.kv_heads})")
+            if self.hidden // self.heads < 32:
+                raise ValueError(
+                    f"model.hidden / model.heads = {self.hidden // self.heads}: vLLM's CPU attention needs a head "
+                    "size of at least 32; raise model.hidden or lower model.heads")
+        return self
+
+
+class TaskConfig(_Section):
+    kind: Literal["arithmetic", "jsonl"] = "arithmetic"
+    path: str | None = Field(default=None, description="JSONL file with prompt/answer records (kind: jsonl)")
+    num_problems: int = Field(default=2000, ge=1)
+    max_operand: int = Field(default=9, ge=1)
+    ops: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+"])
+    max_answer: int | None = Field(default=None, description="redraw problems whose answer is larger")
+    template: str = Field(default="{prompt}", description="prompt text the policy sees; {prompt} is replaced")
+    seed: int | None = None
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if "{prompt}" not in v:
+            raise ValueError("task.template must contain {prompt}")
+        return v
+
+    @model_validator(mode="after")
+    def _path(self) -> "TaskConfig":
+        if self.kind == "jsonl" and not self.path:
+            raise ValueError("task.kind is 'jsonl' but task.path is not set; point it at a JSONL file")
+        return self
+
+
+class AlgorithmConfig(_Section):
+    steps: int = Field(default=150, ge=1, description="trainer steps (= weight versions) in the run")
+    prompts_per_step: int = Field(default=16, ge=1)
+    group_size: int = Field(default=8, ge=2, description="samples per prompt (GRPO group)")
+    lr: float = Field(default=1e-3, gt=0)
+    clip_eps: float = Field(default=0.2, gt=0, lt=1)
+    kl_coef: float = Field(default=0.0, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    normalize_std: bool = True
+    max_new_tokens: int = Field(default=4, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    max_staleness: int = Field(default=2, ge=0, description="drop trajectories more versions behind than this")
+    buffer_steps: float = Field(default=3.0, gt=0, description="rollouts pause when this many steps of data wait")
+
+
+class TrainerConfig(SlurmResources):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = Field(default=10, ge=1)
+    keep_checkpoints: int = Field(default=3, ge=1)
+
+
+class RolloutConfig(SlurmResources):
+    replicas: int = Field(default=2, ge=1)
+    engine: EngineKind = EngineKind.VLLM
+    prompts_per_batch: int = Field(default=8, ge=1)
+    engine_multiprocess: bool = Field(default=False, description="vLLM in its default multi-process mode")
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
+
+
+class SpareConfig(SlurmResources):
+    replicas: int = Field(default=1, ge=0)
+
+
+def _default_phase_timeouts() -> dict[Phase, float]:
+    return {
+        Phase.LOADING: 180.0,
+        Phase.RESTORING: 120.0,
+        Phase.GENERATING: 30.0,
+        Phase.SYNCING_WEIGHTS: 30.0,
+        Phase.STEPPING: 60.0,
+        Phase.PUBLISHING: 30.0,
+        Phase.CHECKPOINTING: 300.0,
+        Phase.IDLE: 20.0,
+        Phase.WAITING_FOR_DATA: 20.0,
+        Phase.STOPPING: 30.0,
+    }
+
+
+class RecoveryConfig(_Section):
+    policy: RecoveryPolicy = RecoveryPolicy.ROLE_BASED
+    heartbeat_interval_s: float = Field(default=0.25, gt=0)
+    suspect_after_s: float = Field(default=1.0, gt=0, description="heartbeat silence that makes a role SUSPECT")
+    phase_timeouts: dict[Phase, float] = Field(
+        default_factory=_default_phase_timeouts,
+        description="per phase: silence (or no progress) for this long confirms a SUSPECT role DEAD")
+    probe_timeout_s: float = Field(default=1.0, gt=0)
+    restart_budget: int = Field(default=5, ge=0, description="restarts of one role slot within budget_window_s")
+    budget_window_s: float = Field(default=600.0, gt=0)
+    exclude_node_after: int = Field(default=2, ge=1, description="failures on a node before it is excluded")
+    max_full_restarts: int = Field(default=3, ge=0)
+    lease_timeout_s: float = Field(default=300.0, gt=0)
+    standby: Literal["spare-then-rollout", "spare-only", "none"] = "spare-then-rollout"
+
+    @field_validator("phase_timeouts", mode="before")
+    @classmethod
+    def _merge_defaults(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            merged: dict[Any, Any] = {p.value: t for p, t in _default_phase_timeouts().items()}
+            merged.update(v)
+            return merged
+        return v
+
+    @model_validator(mode="after")
+    def _order(self) -> "RecoveryConfig":
+        if self.suspect_after_s < self.heartbeat_interval_s * 2:
+            raise ValueError(
+                f"recovery.suspect_after_s ({self.suspect_after_s}) must be at least twice "
+                f"recovery.heartbeat_interval_s ({self.heartbeat_interval_s}), or every late heartbeat is a fault")
+        return self
+
+
+class SyncConfig(_Section):
+    transport: Literal["auto", "tcp", "ucx", "shm"] = "auto"
+    host: str = Field(default="auto", description="address a role serves weights on (auto: loopback locally, "
+                                                   "the node's address on Slurm)")
+    deadline_s: float = Field(default=30.0, gt=0)
+    bucket_mb: float = Field(default=64.0, gt=0)
+
+
+class ControllerConfig(_Section):
+    host: str = Field(default="127.0.0.1", description="address roles use to reach the controller")
+    bind: str | None = Field(default=None, description="address to bind (default: host)")
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    tick_s: float = Field(default=0.1, gt=0)
+    poll_interval_s: float = Field(default=1.0, gt=0, description="scheduler poll (one squeue+sinfo per poll)")
+    max_message_mb: float = Field(default=64.0, gt=0)
+
+
+class ChaosConfig(_Section):
+    enabled: bool = False
+    mean_interval_steps: float = Field(default=10.0, gt=0)
+    kinds: list[FaultKind] = Field(default_factory=lambda: [FaultKind.CRASH, FaultKind.NODE_DOWN, FaultKind.HANG])
+    roles: list[RoleKind] = Field(default_factory=lambda: [RoleKind.ROLLOUT, RoleKind.TRAINER])
+    start_after_steps: int = Field(default=5, ge=0)
+    max_faults: int | None = Field(default=None, ge=0)
+    seed: int = 0
+
+
+class LocalConfig(_Section):
+    nodes: int = Field(default=4, ge=1, description="fake node names the local backend spreads roles over")
+    node_down_s: float = Field(default=30.0, ge=0, description="how long an injected node-down lasts locally")
+
+
+class RunConfig(_Section):
+    name: str | None = None
+    backend: BackendKind = BackendKind.LOCAL
+    seed: int = 0
+    runs_dir: str = "runs"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    spare: SpareConfig = Field(default_factory=SpareConfig)
+    slurm: SlurmResources = Field(default_factory=SlurmResources)
+    local: LocalConfig = Field(default_factory=LocalConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    chaos: ChaosConfig = Field(default_factory=ChaosConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v):
+            raise ValueError(f"'{v}' is not a usable run name: letters, digits, '.', '_', '-' (max 64)")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> "RunConfig":
+        if self.trainer.nodes not in (None, 1):
+            raise ValueError("trainer.nodes > 1 is not supported yet: the trainer role runs one process; set trainer.nodes: 1")
+        if self.recovery.standby == "spare-only" and self.spare.replicas == 0:
+            raise ValueError("recovery.standby is 'spare-only' but spare.replicas is 0; add a spare or use 'spare-then-rollout'")
+        return self
+
+    def resources(self, role: RoleKind) -> Resources:
+        """Scheduler resources of a role: its own section over the top-level `slurm:` defaults."""
+        own: SlurmResources = {RoleKind.TRAINER: self.trainer, RoleKind.ROLLOUT: self.rollout,
+                               RoleKind.SPARE: self.spare}[role]
+        base = self.slurm
+
+        def pick(name: str, default: Any) -> Any:
+            v = getattr(own, name)
+            if v is None or v == [] or v == {}:
+                v = getattr(base, name)
+            return default if v is None else v
+
+        time = pick("time", 60)
+        return Resources(
+            partition=pick("partition", None), account=pick("account", None), qos=pick("qos", None),
+            time_min=parse_slurm_time(time), nodes=pick("nodes", 1), gpus_per_node=pick("gpus_per_node", 0),
+            cpus_per_task=pick("cpus_per_task", 1), mem_gb=pick("mem_gb", None), gres=pick("gres", None),
+            constraint=pick("constraint", None), exclude=tuple(pick("exclude", [])),
+            nodelist=tuple(pick("nodelist", [])),
+            additional=tuple(sorted({**base.additional, **own.additional}.items())),
+        )
+
+    def replicas(self, role: RoleKind) -> int:
+        return {RoleKind.TRAINER: 1, RoleKind.ROLLOUT: self.rollout.replicas, RoleKind.SPARE: self.spare.replicas}[role]
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json")
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _line_map(text: str) -> dict[tuple[str, ...], int]:
+    """Map key paths to 1-based line numbers, from the YAML node tree."""
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = str(k.value)
+                lines[path + (key,)] = k.start_mark.line + 1
+                walk(v, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines[path + (str(i),)] = v.start_mark.line + 1
+                walk(v, path + (str(i),))
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _model_at(path: tuple[str, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the mapping at `path` (for listing allowed keys)."""
+    model: type[BaseModel] = RunConfig
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def _explain(err: dict[str, Any], source: str, lines: dict[tuple[str, ...], int]) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc) if loc else "(top level)"
+    line = None
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            line = lines[loc[:n]]
+            break
+    where = f"{source}:{line}" if line else source
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = sorted(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        sugg = f" Did you mean '{'.'.join(loc[:-1] + (close[0],))}'?" if close else ""
+        return f"{where}: unknown key '{key}'.{sugg} Allowed here: {', '.join(allowed)}"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err["type"] in ("enum", "literal_error"):
+        msg = msg.replace("Input should be", "must be")
+    got = err.get("input")
+    got_s = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    return f"{where}: {key}: {msg}{got_s}"
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {dotted}: empty key segment", hint="write --set section.key=value")
+    cur: dict[str, Any] = data
+    model: type[BaseModel] | None = RunConfig
+    for i, part in enumerate(parts):
+        if model is not None and part not in model.model_fields:
+            allowed = sorted(model.model_fields)
+            close = difflib.get_close_matches(part, allowed, n=1)
+            sugg = f" Did you mean '{'.'.join(parts[:i] + [close[0]])}'?" if close else ""
+            raise ConfigError(f"--set {dotted}: unknown key '{'.'.join(parts[:i + 1])}'.{sugg}",
+                              hint=f"allowed here: {', '.join(allowed)}")
+        if i == len(parts) - 1:
+            cur[part] = value
+            return
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[part] = nxt
+        cur = nxt
+        field = model.model_fields.get(part) if model is not None else None
+        ann = field.annotation if field is not None else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`key.sub=value` -> (key path, YAML-typed value)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.sub=value", hint="e.g. --set rollout.replicas=4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({e.__class__.__name__})") from None
+    return key, value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), **top: Any) -> RunConfig:
+    """Read, merge overrides and validate. Raises ConfigError (exit 2) with file:line: key: problem."""
+    source = str(path) if path is not None else "<defaults>"
+    text = ""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {source} does not exist", hint="pass a YAML file, e.g. configs/demo.yaml")
+        if p.is_dir():
+            raise ConfigError(f"{source} is a directory, not a config file")
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {source}: {e}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{source}:{mark.line + 1}" if mark else source
+            problem = getattr(e, "problem", None) or str(e)
+            raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections (model:, rollout:, ...), "
+                              f"not a {type(loaded).__name__}")
+        data = loaded
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(data, key, value)
+    for key, value in top.items():
+        if value is not None:
+            data[key] = value.value if isinstance(value, enum.Enum) else value
+    lines = _line_map(text)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        problems = [_explain(err, source, lines) for err in e.errors()]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,46 @@
+"""`python -m slurm_rl.controller RUN_DIR [--resume]`: the controller process of one run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from slurm_rl.logs import setup_process_logging
+from slurm_rl.rundir import RunDir
+
+
+def make_backend(run: RunDir, cfg):
+    from slurm_rl.config import BackendKind
+
+    if cfg.backend is BackendKind.LOCAL:
+        from slurm_rl.backends.local import LocalBackend
+
+        return LocalBackend(run.path, cfg.local)
+    from slurm_rl.backends.slurm import SlurmBackend
+
+    return SlurmBackend.from_config(run, cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m slurm_rl.controller")
+    p.add_argument("run_dir")
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args(argv)
+    run = RunDir(args.run_dir)
+    setup_process_logging(lambda: f"[controller pid={os.getpid()}]")
+    from slurm_rl.controller.core import Controller
+    from slurm_rl.roles.worker import load_run_config
+
+    cfg = load_run_config(run)
+    backend = make_backend(run, cfg)
+    try:
+        return Controller(run, cfg, backend, resume=args.resume).serve()
+    except Exception:
+        logging.getLogger("slurm_rl.controller").exception("controller crashed")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""Detection and recovery decisions: a pure function of a snapshot.
+
+`decide(now, view)` looks at every role slot and returns the actions to take, each with the
+reason it was taken. No I/O happens here; the controller loop applies the actions (sends
+commands, submits and cancels jobs, writes the store). That keeps every rule testable without
+processes: see tests/test_policy.py.
+
+Detection (role-aware):
+  * one signal makes a role SUSPECT: heartbeat silence longer than `suspect_after_s`;
+  * a second signal confirms it DEAD: the liveness probe of its endpoint is refused or times out
+    (process or node gone), its job reached a terminal Slurm state, its node is DOWN, or the
+    silence outlasts the timeout of the phase it last reported;
+  * a terminal job state or a DOWN node is conclusive on its own (the process is gone);
+  * heartbeats without progress for longer than the phase timeout (a wedged main loop) are DEAD
+    too, except in waiting phases (idle, waiting_for_data): waiting is never a fault;
+  * a DRAIN on a role's node moves the role off gracefully: a warm standby is made ready
+    first, then the role is stopped (a trainer checkpoints first) and the standby takes over.
+
+Recovery (role-based): only the failed role restarts. A dead rollout is replaced by a warm
+spare (no queue wait) or a new job that excludes suspect nodes; a dead trainer is restored from
+a warm standby (spare first, else the rollout holding the newest weights) at the newest committed
+step. Restart budgets escalate to a full restart from the newest checkpoint, then to a stop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping, Sequence
+
+from slurm_rl.states import JobState, NodeHealth, Phase, RoleKind, RoleState
+
+
+class ProbeResult(str, enum.Enum):
+    OK = "ok"                  # something accepts connections on the role's endpoint
+    REFUSED = "refused"        # host answers, nothing listens: the process is gone
+    TIMEOUT = "timeout"        # no answer at all: node gone or network cut
+    UNKNOWN = "unknown"        # no endpoint to probe yet
+
+    @property
+    def confirms_death(self) -> bool:
+        return self in (ProbeResult.REFUSED, ProbeResult.TIMEOUT)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SlotView:
+    """What the controller knows about one role slot (e.g. rollout/1) right now."""
+
+    kind: RoleKind
+    index: int
+    state: RoleState
+    incarnation: int
+    job_id: str | None = None
+    node: str | None = None
+    connected: bool = False
+    phase: Phase = Phase.LOADING
+    last_hb: float | None = None          # last message from the current incarnation
+    progress_at: float | None = None      # last change of progress counter or phase
+    suspect_since: float | None = None
+    suspect_reason: str = ""
+    probe: ProbeResult | None = None      # newest probe result
+    probe_at: float | None = None
+    probe_pending: bool = False
+    job_state: JobState | None = None
+    job_exit: str = ""                    # "exit 3" / "signal 9" for messages
+    node_health: NodeHealth = NodeHealth.OK
+    version: int = -1                     # weight version held (valid lineage only; -1 none)
+    restarts_in_window: int = 0
+    moving: bool = False                  # a graceful move (drain) is under way
+    reserved_for: str | None = None       # a spare promised to a moving/dead slot
+    stop_requested: bool = False          # we asked it to stop (drain handoff)
+    goodbye: bool = False                 # it said goodbye (graceful stop done)
+    extra: bool = False                   # a spare added for a move; not backfilled
+
+    @property
+    def slot(self) -> str:
+        return f"{self.kind.value}/{self.index}"
+
+    @property
+    def ready(self) -> bool:
+        return self.state is RoleState.READY and self.connected and not self.moving
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Thresholds:
+    suspect_after_s: float
+    phase_timeouts: Mapping[Phase, float]
+    restart_budget: int
+    exclude_node_after: int
+    max_full_restarts: int
+    standby: str                          # spare-then-rollout | spare-only | none
+    full_restart_policy: bool             # recovery.policy == full-restart
+    spare_replicas: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class View:
+    slots: Sequence[SlotView]
+    thresholds: Thresholds
+    committed_version: int = 0
+    full_restarts: int = 0
+    node_failures: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    excluded_nodes: frozenset[str] = frozenset()
+    restarting: bool = False              # a full restart is under way: no per-role decisions
+    stopping: bool = False
+
+
+# ------------------------------------------------------------------------------- actions
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Action:
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Suspect(Action):
+    slot: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Clear(Action):
+    slot: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Probe(Action):
+    slot: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Dead(Action):
+    slot: str
+    signals: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExcludeNode(Action):
+    node: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PromoteSpare(Action):
+    """A warm spare takes over a rollout slot (no queue wait, weights already held)."""
+
+    spare: str
+    target: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PromoteTrainer(Action):
+    """A warm standby (spare or rollout) becomes the trainer at the newest committed step."""
+
+    standby: str
+    resume_step: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Submit(Action):
+    """Start a new job (next incarnation) for a slot, avoiding `exclude` nodes."""
+
+    slot: str
+    exclude: tuple[str, ...] = ()
+    backfill: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AddSpare(Action):
+    """Start an extra spare so a role on a draining node can be handed over."""
+
+    for_slot: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StartMove(Action):
+    """Node drains: ask the role to stop gracefully; `spare` takes over once it has."""
+
+    slot: str
+    spare: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FinishMove(Action):
+    slot: str
+    spare: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FullRestart(Action):
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StopRun(Action):
+    failed: bool = True
+
+
+# ------------------------------------------------------------------------------- detection
+
+
+def _timeout(view: View, phase: Phase) -> float:
+    return float(view.thresholds.phase_timeouts.get(phase, 60.0))
+
+
+def assess(now: float, s: SlotView, view: View) -> Action | None:
+    """The detection verdict for one live slot: Dead, Suspect, Probe, Clear or nothing."""
+    slot = s.slot
+    if s.goodbye:
+        return None            # it stopped on request (a move off a draining node): not a fault
+    if s.job_state is not None and s.job_state.terminal:
+        if s.stop_requested:
+            return None        # a role we asked to stop has ended: handled as a move, not a fault
+        detail = f" ({s.job_exit})" if s.job_exit else ""
+        return Dead(f"job {s.job_id} is {s.job_state.value}{detail}", slot,
+                    ("job " + s.job_state.value,))
+    if s.node_health is NodeHealth.DOWN:
+        return Dead(f"node {s.node} is DOWN", slot, ("node down",))
+    if not s.connected or s.last_hb is None:
+        return None            # queued or starting: queue wait is not a fault
+    silence = now - s.last_hb
+    limit = _timeout(view, s.phase)
+    if silence > limit:
+        return Dead(f"no heartbeat for {silence:.1f}s in phase {s.phase.value} (timeout {limit:g}s)", slot,
+                    ("heartbeat lost", "phase timeout"))
+    if s.state is RoleState.SUSPECT:
+        assert s.suspect_since is not None
+        if s.probe is not None and s.probe_at is not None and s.probe_at >= s.suspect_since \
+                and s.probe.confirms_death:
+            return Dead(f"{s.suspect_reason} and its endpoint is {'unreachable' if s.probe is ProbeResult.TIMEOUT else 'closed'}",
+                        slot, ("heartbeat lost", f"probe {s.probe.value}"))
+        if s.last_hb > s.suspect_since and silence < view.thresholds.suspect_after_s:
+            return Clear("heartbeats resumed", slot)
+        if not s.probe_pending and (s.probe_at is None or s.probe_at < s.suspect_since):
+            return Probe("confirm a suspect role", slot)
+        return None
+    if silence > view.thresholds.suspect_after_s:
+        return Suspect(f"no heartbeat for {silence:.1f}s", slot)
+    if not s.phase.waiting and s.progress_at is not None and now - s.progress_at > limit:
+        return Dead(f"no progress for {now - s.progress_at:.1f}s in phase {s.phase.value} (timeout {limit:g}s)",
+                    slot, ("heartbeat without progress", "phase timeout"))
+    return None
+
+
+# ------------------------------------------------------------------------------- recovery
+
+
+class _Pool:
+    """Standbys not yet promised to anyone during this decision."""
+
+    def __init__(self, slots: Sequence[SlotView], dead: set[str]):
+        live = [s for s in slots if s.slot not in dead]
+        self.spares = sorted((s for s in live if s.kind is RoleKind.SPARE and s.ready and s.reserved_for is None),
+                             key=lambda s: (-s.version, s.index))
+        self.rollouts = sorted((s for s in live if s.kind is RoleKind.ROLLOUT and s.ready),
+                               key=lambda s: (-s.version, s.index))
+
+    def take_spare(self) -> SlotView | None:
+        return self.spares.pop(0) if self.spares else None
+
+    def take_rollout(self) -> SlotView | None:
+        return self.rollouts.pop(0) if self.rollouts else None
+
+
+
+
+def decide(now: float, view: View) -> list[Action]:
+    """All actions for this tick, in the order they must be applied."""
+    if view.restarting or view.stopping:
+        return []
+    t = view.thresholds
+    actions: list[Action] = []
+    deaths: list[tuple[SlotView, Dead]] = []
+    by_slot = {s.slot: s for s in view.slots}
+    for s in view.slots:
+        if not s.state.alive:
+            continue
+        verdict = assess(now, s, view)
+        if isinstance(verdict, Dead):
+            deaths.append((s, verdict))
+        elif verdict is not None:
+            actions.append(verdict)
+
+    if deaths and t.full_restart_policy:
+        actions += [d for _, d in deaths]
+        return actions + _full_restart(view, "recovery policy is full-restart: " +
+                                       "; ".join(f"{s.slot}: {d.reason}" for s, d in deaths))
+
+    # the trainer first: it gets the first pick of standbys
+    deaths.sort(key=lambda sd: (sd[0].kind is not RoleKind.TRAINER, sd[0].kind is RoleKind.SPARE, sd[0].index))
+    dead_slots = {s.slot for s, _ in deaths}
+    pool = _Pool(view.slots, dead_slots)
+    failures = dict(view.node_failures)
+    excluded = set(view.excluded_nodes)
+    for s, d in deaths:
+        actions.append(d)
+        if s.restarts_in_window >= t.restart_budget:
+            return actions + _full_restart(
+                view, f"{s.slot} failed {s.restarts_in_window + 1} times, over its restart budget of {t.restart_budget}")
+        if s.node and s.node not in excluded and not (s.goodbye or s.stop_requested):
+            failures[s.node] = failures.get(s.node, 0) + 1
+            if failures[s.node] >= t.exclude_node_after:
+                excluded.add(s.node)
+                actions.append(ExcludeNode(f"{failures[s.node]} role failures on {s.node}", s.node))
+        avoid = tuple(sorted(excluded | ({s.node} if s.node else set())))
+        if s.kind is RoleKind.ROLLOUT:
+            spare = _reserved(by_slot, s.slot) or pool.take_spare()
+            if spare is not None:
+                actions.append(PromoteSpare(f"replace dead {s.slot} with warm {spare.slot}", spare.slot, s.slot))
+                actions += _backfill(spare, t, avoid)
+            else:
+                actions.append(Submit(f"replace dead {s.slot} (no warm spare)", s.slot, avoid))
+        elif s.kind is RoleKind.TRAINER:
+            standby = _reserved(by_slot, s.slot) or (pool.take_spare() if t.standby != "none" else None)
+            if standby is None and t.standby == "spare-then-rollout":
+                standby = pool.take_rollout()
+            if standby is not None:
+                actions.append(PromoteTrainer(f"restore trainer on warm {standby.slot} at committed step "
+                                              f"{view.committed_version}", standby.slot, view.committed_version))
+                actions += _backfill(standby, t, avoid)
+            else:
+                actions.append(Submit(f"restart trainer cold from step {view.committed_version} (no warm standby)",
+                                      s.slot, avoid))
+        else:
+            if s.index < t.spare_replicas and not s.extra:
+                actions.append(Submit(f"replace dead {s.slot}", s.slot, avoid, backfill=True))
+    actions += _moves(view, pool, dead_slots)
+    return actions
+
+
+def _reserved(by_slot: Mapping[str, SlotView], target: str) -> SlotView | None:
+    for s in by_slot.values():
+        if s.reserved_for == target and s.ready:
+            return s
+    return None
+
+
+def _backfill(standby: SlotView, t: Thresholds, avoid: tuple[str, ...]) -> list[Action]:
+    """Refill the slot a promoted standby left (extra spares started for a move are not refilled)."""
+    if standby.kind is RoleKind.SPARE and (standby.extra or standby.index >= t.spare_replicas):
+        return []
+    return [Submit(f"backfill {standby.slot} after its promotion", standby.slot, avoid, backfill=True)]
+
+
+def _moves(view: View, pool: _Pool, dead: set[str]) -> list[Action]:
+    """Graceful moves off draining nodes: standby first, then stop, then hand over."""
+    out: list[Action] = []
+    pending_extra = {s.reserved_for for s in view.slots if s.kind is RoleKind.SPARE and s.reserved_for
+                     and s.state.alive}
+    for s in view.slots:
+        if s.slot in dead or not s.state.alive or s.kind is RoleKind.SPARE:
+            continue
+        if s.moving:
+            spare = next((x for x in view.slots if x.reserved_for == s.slot), None)
+            if s.goodbye or (s.job_state is not None and s.job_state.terminal):
+                if spare is not None and spare.ready:
+                    out.append(FinishMove(f"{s.slot} stopped on draining {s.node}; {spare.slot} takes over",
+                                          s.slot, spare.slot))
+            continue
+        if s.node_health is not NodeHealth.DRAIN or not s.ready:
+            continue
+        reserved = next((x for x in view.slots if x.reserved_for == s.slot and x.state.alive), None)
+        if reserved is not None:
+            if reserved.ready:
+                out.append(StartMove(f"node {s.node} is draining; {reserved.slot} is ready to take over",
+                                     s.slot, reserved.slot))
+            continue
+        spare = pool.take_spare()
+        if spare is not None:
+            out.append(StartMove(f"node {s.node} is draining; warm {spare.slot} takes over", s.slot, spare.slot))
+        elif s.slot not in pending_extra:
+            out.append(AddSpare(f"node {s.node} is draining and no spare is ready: start one first", s.slot))
+    return out
+
+
+def _full_restart(view: View, reason: str) -> list[Action]:
+    if view.full_restarts >= view.thresholds.max_full_restarts:
+        return [StopRun(f"{reason}; {view.full_restarts} full restarts already done "
+                        f"(recovery.max_full_restarts={view.thresholds.max_full_restarts})", failed=True)]
+    return [FullRestart(reason)]

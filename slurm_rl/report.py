@@ -1,0 +1,339 @@
+"""Figures of a run, read from its store: status, report, ETTR and badput attribution.
+
+ETTR (effective training time ratio) = productive training time / wall time, where
+  * wall time runs from the moment the trainer first asks for data to the end of the run
+    (initial job start-up is reported separately as `startup_s`: it is the same for every
+    recovery policy and has nothing to do with faults);
+  * productive time is the sum, over trainer steps that were kept (committed, never rolled
+    back), of the step's duration (the interval since the previous step of the same trainer
+    committed, or for the first step of a trainer since it asked for data), less "idle": the
+    part of its wait for data that falls inside a fault's window (fault to recovery) and
+    exceeds the run's median wait, i.e. the trainer starved because rollouts were lost.
+Everything else is badput: `replay` (steps computed and then rolled back), `idle` (starvation
+above the median), and `recovery` (no trainer step in progress: detection, scheduling, loading,
+weight sync after a trainer fault or a full restart).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import statistics
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from slurm_rl.rundir import RunDir
+from slurm_rl.store import connect, group_ids_in_store, read_counts, read_events
+
+REPORT_SCHEMA = 1
+
+
+def _meta(conn: sqlite3.Connection) -> dict[str, Any]:
+    return {r[0]: json.loads(r[1]) for r in conn.execute("SELECT key, value FROM meta")}
+
+
+def open_store(run: RunDir) -> sqlite3.Connection:
+    return connect(run.db, readonly=True)
+
+
+def acked_group_ids(run: RunDir) -> set[str]:
+    ids: set[str] = set()
+    for f in run.acks.glob("*.log"):
+        try:
+            ids.update(line.strip() for line in f.read_text().splitlines() if line.strip())
+        except OSError:
+            continue
+    return ids
+
+
+def _steps(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute("SELECT * FROM steps ORDER BY step").fetchall()
+
+
+def _fault_windows(conn: sqlite3.Connection, end: float) -> list[tuple[float, float]]:
+    out = []
+    for r in conn.execute("SELECT t_fault, t_recovered FROM faults"):
+        if r[0] is not None:
+            out.append((float(r[0]), float(r[1]) if r[1] is not None else end))
+    return out
+
+
+def _overlap(a: float, b: float, windows: list[tuple[float, float]]) -> float:
+    """Length of [a, b] covered by the union of windows."""
+    spans = sorted((max(a, s), min(b, e)) for s, e in windows if e > a and s < b)
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in spans:
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        total += cur_e - cur_s
+    return total
+
+
+def ettr_breakdown(conn: sqlite3.Connection, meta: dict[str, Any], now: float | None = None) -> dict[str, float]:
+    """Productive time and badput of a run (definitions in the module docstring)."""
+    steps = _steps(conn)
+    kept = [s for s in steps if s["state"] in ("done", "committed")]
+    rolled = [s for s in steps if s["state"] == "rolled_back"]
+    started = float(meta.get("started") or 0.0)
+    end = float(meta.get("ended") or now or time.time())
+    if not steps:
+        return {"wall_s": 0.0, "startup_s": max(0.0, end - started) if started else 0.0, "productive_s": 0.0,
+                "ettr": 0.0, "replay_s": 0.0, "idle_s": 0.0, "recovery_s": 0.0}
+    t_train = min(float(s["t_start"] or s["t_end"]) for s in steps)
+    if meta.get("run_state") == "finished" and kept:
+        # the run is over when the last step is committed; stop-time teardown is not training time
+        end = max(float(s["t_end"]) for s in kept)
+    wall = max(1e-9, end - t_train)
+    windows = _fault_windows(conn, end)
+    waits = [float(s["wait_s"] or 0.0) for s in kept]
+    med = statistics.median(waits) if waits else 0.0
+    productive = idle = 0.0
+    prev = None
+    for s in kept:
+        t_end = float(s["t_end"])
+        t_start = float(s["t_start"] or t_end)
+        # back-to-back steps of one trainer: the interval between commits (includes reporting)
+        if prev is not None and prev["step"] == s["step"] - 1 and prev["trainer"] == s["trainer"]:
+            t_start = min(t_start, float(prev["t_end"]))
+        dur = max(0.0, t_end - t_start)
+        wait = float(s["wait_s"] or 0.0)
+        w0 = float(s["t_start"] or t_end)
+        starved = min(_overlap(w0, w0 + wait, windows), max(0.0, wait - med), dur)
+        productive += dur - starved
+        idle += starved
+        prev = s
+    replay = sum(max(0.0, float(s["t_end"]) - float(s["t_start"] or s["t_end"])) for s in rolled)
+    recovery = max(0.0, wall - productive - idle - replay)
+    return {"wall_s": wall, "startup_s": max(0.0, t_train - started) if started else 0.0,
+            "productive_s": productive, "ettr": min(1.0, productive / wall), "replay_s": replay, "idle_s": idle,
+            "recovery_s": recovery}
+
+
+def _fault_rows(conn: sqlite3.Connection, t0: float) -> list[dict[str, Any]]:
+    out = []
+    for r in conn.execute("SELECT * FROM faults ORDER BY id"):
+        def rel(k: str) -> float | None:
+            v = r[k]
+            return None if v is None else round(float(v) - t0, 3)
+
+        def span(a: str, b: str) -> float | None:
+            return None if r[a] is None or r[b] is None else round(max(0.0, float(r[b]) - float(r[a])), 3)
+
+        role, _, idx = str(r["slot"]).partition("/")
+        out.append({
+            "id": r["id"], "role": role, "index": int(idx) if idx.isdigit() else None, "slot": r["slot"],
+            "kind": r["kind"], "node": r["node"], "injected": bool(r["injected"]),
+            "t_fault": rel("t_fault"), "t_detect": rel("t_detect"), "t_decide": rel("t_decide"),
+            "t_scheduled": rel("t_scheduled"), "t_loaded": rel("t_loaded"), "t_synced": rel("t_synced"),
+            "t_recovered": rel("t_recovered"),
+            "detect_s": span("t_fault", "t_detect"), "schedule_s": span("t_decide", "t_scheduled"),
+            "load_s": span("t_scheduled", "t_loaded"), "sync_s": span("t_loaded", "t_synced"),
+            "recover_s": span("t_fault", "t_recovered"), "action": r["action"], "reason": r["reason"],
+        })
+    return out
+
+
+def mttr_table(faults: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean time to recovery per (role, fault kind), split into its parts."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for f in faults:
+        if f["recover_s"] is not None:
+            groups[(f["role"], f["kind"])].append(f)
+    rows = []
+    for (role, kind), fs in sorted(groups.items()):
+        def mean(k: str) -> float | None:
+            vals = [f[k] for f in fs if f[k] is not None]
+            return round(sum(vals) / len(vals), 3) if vals else None
+
+        rows.append({"role": role, "kind": kind, "count": len(fs), "mttr_s": mean("recover_s"),
+                     "detect_s": mean("detect_s"), "schedule_s": mean("schedule_s"), "load_s": mean("load_s"),
+                     "sync_s": mean("sync_s")})
+    return rows
+
+
+def report_dict(run: RunDir, *, now: float | None = None) -> dict[str, Any]:
+    """The run's report (schema in docs/cli.md). Works while the run is live and after it ended."""
+    conn = open_store(run)
+    try:
+        meta = _meta(conn)
+        counts = read_counts(conn)
+        steps = _steps(conn)
+        kept = [s for s in steps if s["state"] in ("done", "committed") and s["reward"] is not None]
+        rewards = [float(s["reward"]) for s in kept]
+        first = rewards[:10]
+        last = rewards[-10:]
+        br = ettr_breakdown(conn, meta, now)
+        t0 = float(meta.get("started") or 0.0)
+        faults = _fault_rows(conn, t0)
+        acked = acked_group_ids(run)
+        stored = group_ids_in_store(conn)
+        lost_groups = len(acked - stored)
+        restarts = Counter(e.slot.split("/")[0] for e in read_events(conn) if e.kind == "dead" and e.slot)
+        cfg_group = _group_size(run)
+        full_restarts = int(meta.get("full_restarts", 0))
+        return {
+            "schema": REPORT_SCHEMA,
+            "run": run.name,
+            "state": meta.get("run_state", "unknown"),
+            "end_reason": meta.get("end_reason"),
+            "backend": (run.read_meta().get("backend")),
+            "recovery": (run.read_meta().get("recovery")),
+            "steps": int(meta.get("committed", 0)),
+            "steps_computed": len(steps),
+            "wall_s": round(br["wall_s"], 3),
+            "startup_s": round(br["startup_s"], 3),
+            "ettr": round(br["ettr"], 4),
+            "productive_s": round(br["productive_s"], 3),
+            "badput": {"replay_s": round(br["replay_s"], 3), "idle_s": round(br["idle_s"], 3),
+                       "recovery_s": round(br["recovery_s"], 3)},
+            "reward": {"first": round(sum(first) / len(first), 4) if first else None,
+                       "last": round(sum(last) / len(last), 4) if last else None,
+                       "curve": [round(r, 4) for r in rewards]},
+            "trajectories": {
+                "generated": counts.samples_generated, "consumed": counts.samples_consumed,
+                "dropped_stale": counts.samples_dropped_stale, "dropped_rollback": counts.samples_dropped_rollback,
+                "queued": counts.samples_pending, "lost": lost_groups * cfg_group,
+                "accounted": counts.samples_generated == counts.samples_consumed + counts.samples_dropped_stale
+                + counts.samples_dropped_rollback + counts.samples_pending,
+            },
+            "groups": {"acknowledged": len(acked), "stored": len(stored), "lost": lost_groups},
+            "faults": faults,
+            "mttr": mttr_table(faults),
+            "restarts": {"trainer": restarts.get("trainer", 0), "rollout": restarts.get("rollout", 0),
+                         "spare": restarts.get("spare", 0), "full": full_restarts},
+            "scheduler_calls": meta.get("scheduler_calls", {}),
+        }
+    finally:
+        conn.close()
+
+
+def _group_size(run: RunDir) -> int:
+    try:
+        import yaml
+
+        return int(yaml.safe_load(run.config.read_text())["algorithm"]["group_size"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return 1
+
+
+def status_dict(run: RunDir, *, live: bool, n_events: int = 10) -> dict[str, Any]:
+    """What `slurm-rl status` shows (schema in docs/cli.md)."""
+    conn = open_store(run)
+    try:
+        meta = _meta(conn)
+        now = time.time()
+        roles = []
+        for r in conn.execute("SELECT * FROM roles ORDER BY CASE kind WHEN 'trainer' THEN 0 WHEN 'rollout' THEN 1 "
+                              "ELSE 2 END, idx"):
+            roles.append({"slot": r["slot"], "role": r["kind"], "index": r["idx"], "state": r["state"],
+                          "incarnation": r["incarnation"], "phase": r["phase"], "progress": r["progress"],
+                          "detail": r["detail"] or "", "job_id": r["job_id"], "node": r["node"], "version": r["version"],
+                          "heartbeat_age_s": None if r["last_hb"] is None else round(now - float(r["last_hb"]), 2),
+                          "restarts": r["restarts"]})
+        steps = conn.execute("SELECT step, reward, metrics FROM steps WHERE state IN ('done','committed') "
+                             "ORDER BY step DESC LIMIT 10").fetchall()
+        rewards = [float(s["reward"]) for s in steps if s["reward"] is not None]
+        staleness = [json.loads(s["metrics"] or "{}").get("staleness_mean") for s in steps]
+        staleness = [x for x in staleness if x is not None]
+        counts = read_counts(conn)
+        br = ettr_breakdown(conn, meta, now)
+        events = [{"id": e.id, "t": e.t, "kind": e.kind, "slot": e.slot, "node": e.node, "msg": e.msg}
+                  for e in read_events(conn, limit=n_events)]
+        return {
+            "schema": REPORT_SCHEMA,
+            "run": run.name, "path": str(run.path), "live": live,
+            "backend": run.read_meta().get("backend"), "recovery": run.read_meta().get("recovery"),
+            "state": meta.get("run_state", "unknown"),
+            "controller_heartbeat_age_s": None if meta.get("heartbeat") is None else round(now - meta["heartbeat"], 2),
+            "step": int(meta.get("trainer_version", 0)), "committed": int(meta.get("committed", 0)),
+            "steps_total": _total_steps(run), "weight_version": int(meta.get("trainer_version", 0)),
+            "wepoch": int(meta.get("wepoch", 0)),
+            "reward": round(sum(rewards) / len(rewards), 4) if rewards else None,
+            "staleness": round(sum(staleness) / len(staleness), 3) if staleness else None,
+            "ettr": round(br["ettr"], 4),
+            "queue": {"groups_waiting": counts.groups_queued, "leases": counts.items_leased,
+                      "generated": counts.samples_generated, "consumed": counts.samples_consumed},
+            "roles": roles, "events": events,
+        }
+    finally:
+        conn.close()
+
+
+def _total_steps(run: RunDir) -> int | None:
+    try:
+        import yaml
+
+        return int(yaml.safe_load(run.config.read_text())["algorithm"]["steps"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def write_plots(run: RunDir, out_dir: Path) -> list[Path]:
+    """reward.png (reward per step) and goodput.png (steps kept over wall time, fault markers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    conn = open_store(run)
+    try:
+        meta = _meta(conn)
+        t0 = float(meta.get("started") or 0.0)
+        steps = _steps(conn)
+        faults = _fault_rows(conn, t0)
+    finally:
+        conn.close()
+    kept = [s for s in steps if s["state"] in ("done", "committed") and s["reward"] is not None]
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot([s["step"] for s in kept], [s["reward"] for s in kept], lw=1.2, label="mean reward")
+    if len(kept) >= 10:
+        import numpy as np
+
+        r = np.array([s["reward"] for s in kept], dtype=float)
+        sm = np.convolve(r, np.ones(10) / 10, mode="valid")
+        ax.plot([s["step"] for s in kept][9:], sm, lw=2.2, label="10-step mean")
+    ax.set_xlabel("trainer step")
+    ax.set_ylabel("reward (0-1)")
+    ax.set_title(f"{run.name}: reward per step")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    p = out_dir / "reward.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ts = [float(s["t_end"]) - t0 for s in kept]
+    ax.step(ts, range(1, len(ts) + 1), where="post", lw=1.5, label="steps kept (goodput)")
+    rolled = [s for s in steps if s["state"] == "rolled_back"]
+    if rolled:
+        ax.scatter([float(s["t_end"]) - t0 for s in rolled], [s["step"] for s in rolled], marker="x", color="grey",
+                   label="steps rolled back")
+    for i, f in enumerate(faults):
+        if f["t_fault"] is not None:
+            ax.axvline(f["t_fault"], color="tab:red", lw=0.8, alpha=0.8, label="fault" if i == 0 else None)
+        if f["t_recovered"] is not None:
+            ax.axvline(f["t_recovered"], color="tab:green", lw=0.8, ls="--", alpha=0.8,
+                       label="recovered" if i == 0 else None)
+    ax.set_xlabel("wall time since launch (s)")
+    ax.set_ylabel("trainer steps kept")
+    ax.set_title(f"{run.name}: goodput over time")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    p = out_dir / "goodput.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+    return paths

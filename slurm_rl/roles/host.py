@@ -1,0 +1,93 @@
+"""The process that hosts a role, and keeps what is expensive (the engine) across promotions.
+
+A spare becoming a rollout keeps its warm engine and the weights it holds; a spare or rollout
+becoming the trainer frees the engine and builds the trainer from the weights it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from slurm_rl import protocol as P
+from slurm_rl.roles.runtime import RoleRuntime
+from slurm_rl.states import Phase, RoleKind
+from slurm_rl.sync import WeightSet
+
+log = logging.getLogger("slurm_rl.roles")
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+class RoleHost:
+    def __init__(self, rt: RoleRuntime):
+        self.rt = rt
+        self.engine = None
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from slurm_rl.rl.model import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.rt.run.model)
+        return self._tokenizer
+
+    def ensure_engine(self):
+        """Start the rollout engine once (phase `loading`), with the weights this process holds."""
+        if self.engine is not None:
+            return self.engine
+        from slurm_rl.rl.engine import make_engine
+
+        cfg = self.rt.cfg
+        self.rt.set_phase(Phase.LOADING, f"starting {cfg.rollout.engine.value} engine")
+        t0 = time.time()
+        opts: dict[str, object] = {"threads": 1}
+        if cfg.rollout.engine.value == "vllm":
+            opts.update(multiprocess=cfg.rollout.engine_multiprocess,
+                        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization)
+        self.engine = make_engine(cfg.rollout.engine.value, self.rt.run.model, dtype=cfg.model.dtype,
+                                  device=resolve_device("auto"), seed=cfg.seed, max_model_len=cfg.model.max_model_len,
+                                  **opts)
+        if self.rt.held is not None:
+            self.engine.load_weights(self.rt.held.tensors())
+        elif self.rt.held_version < 0:
+            self.rt.held_version = 0          # the base model on disk is version 0 in every lineage
+        log.info("%s engine ready in %.1fs", cfg.rollout.engine.value, time.time() - t0)
+        return self.engine
+
+    def apply_weights(self, ws: WeightSet) -> None:
+        if self.engine is not None:
+            self.engine.load_weights(ws.tensors())
+
+    def close_engine(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def run(self, assign: P.Command) -> int:
+        """Play roles until told to stop; a `become` command switches role in place."""
+        from slurm_rl.roles.rollout import run_rollout
+        from slurm_rl.roles.spare import run_spare
+        from slurm_rl.roles.trainer import run_trainer
+
+        cmd: P.Command | None = assign
+        while cmd is not None:
+            self.rt.set_ident(P.Ident(kind=cmd.kind, index=cmd.index, incarnation=cmd.incarnation))
+            kind = RoleKind(cmd.kind)
+            if cmd.op == "become":
+                log.info("promoted: %s", cmd.reason)
+            if kind is RoleKind.TRAINER:
+                cmd = run_trainer(self.rt, self, resume_step=max(cmd.resume_step, 0))
+            elif kind is RoleKind.ROLLOUT:
+                cmd = run_rollout(self.rt, self)
+            else:
+                cmd = run_spare(self.rt, self)
+        self.close_engine()
+        return 0

@@ -1,0 +1,241 @@
+"""What every role process has: identity, controller connection, heartbeats, commands, weights.
+
+The heartbeat thread runs beside the role's work loop, carrying the current phase and a progress
+counter, so a rollout waiting for prompts or a trainer writing a checkpoint still looks alive.
+Commands from the controller (assign, become, stop, exit) arrive in any reply and are queued
+for the work loop; `exit` (an injected fault) ends the process at once.
+
+Every role serves the weight version it holds on its own weight server, so any holder can feed
+a newcomer (relay). The same listening port is the controller's liveness probe target.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from slurm_rl import protocol as P
+from slurm_rl.config import BackendKind, RunConfig
+from slurm_rl.controlplane import ControlClient
+from slurm_rl.errors import EnvironmentProblem, ProtocolError, SyncError
+from slurm_rl.rundir import RunDir
+from slurm_rl.states import Phase
+from slurm_rl.sync import WeightServer, WeightSet, choose_address, host_id, pull_any
+
+log = logging.getLogger("slurm_rl.roles")
+
+
+def bind_host(cfg: RunConfig) -> str:
+    """Address other roles reach this one at (weight server)."""
+    if cfg.sync.host != "auto":
+        return cfg.sync.host
+    if cfg.backend is BackendKind.LOCAL:
+        return "127.0.0.1"
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+class RoleRuntime:
+    def __init__(self, run: RunDir, cfg: RunConfig, ident: P.Ident, *, job_id: str, node: str):
+        self.run = run
+        self.cfg = cfg
+        self._ident = ident
+        self._lock = threading.Lock()
+        self.job_id = job_id
+        self.node = node
+        self.phase = Phase.LOADING
+        self.progress = 0
+        self.detail = ""
+        self.commands: queue.SimpleQueue[P.Command] = queue.SimpleQueue()
+        self.newest: P.WeightsInfo | None = None
+        self.held: WeightSet | None = None
+        self.held_version = -1
+        self.held_wepoch = 0
+        self.host_id = host_id()
+        transports = ["tcp"]
+        if cfg.sync.transport in ("auto", "shm"):
+            transports.append("shm")
+        if cfg.sync.transport in ("auto", "ucx"):
+            transports.append("ucx")
+        self.server = WeightServer(host=bind_host(cfg), transports=tuple(transports), auth_key=run.sync_key())
+        self.addrs = self.server.start()
+        self.client = ControlClient(run, name=f"{ident.slot}/main")
+        self._hb_client = ControlClient(run, name=f"{ident.slot}/hb")
+        self._stop = threading.Event()
+        self._hb = threading.Thread(target=self._hb_loop, name="heartbeat", daemon=True)
+        self.controller_reachable = True
+
+    # ---------------------------------------------------------------- identity
+    @property
+    def ident(self) -> P.Ident:
+        with self._lock:
+            return self._ident
+
+    def set_ident(self, ident: P.Ident) -> None:
+        with self._lock:
+            self._ident = ident
+        log.info("now %s (incarnation %d)", ident.slot, ident.incarnation)
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self, timeout_s: float = 300.0) -> P.Command:
+        """Say hello and get this process's assignment (which role, which step to resume)."""
+        deadline = time.time() + timeout_s
+        hello = P.Hello(ident=self.ident, job_id=self.job_id, node=self.node, pid=os.getpid(),
+                        host_id=self.host_id, sync_addrs=self.addrs)
+        while True:
+            try:
+                reply = self.client.request(hello, timeout_s=5.0, attempts=1)
+                break
+            except EnvironmentProblem:
+                if time.time() > deadline:
+                    raise
+        if not reply.ok and reply.error == "superseded":
+            raise SystemExit(0)
+        assign = None
+        for cmd in reply.commands:
+            if cmd.op == "assign":
+                assign = cmd
+            else:
+                self._command(cmd)
+        if reply.weights is not None:
+            self.newest = reply.weights
+            self.held_wepoch = reply.weights.wepoch
+        if assign is None:
+            assign = P.Command(op="assign", kind=self.ident.kind, index=self.ident.index,
+                               incarnation=self.ident.incarnation)
+        self._hb.start()
+        return assign
+
+    def close(self, reason: str) -> None:
+        self._stop.set()
+        try:
+            self.client.request(P.Goodbye(ident=self.ident, reason=reason), timeout_s=2.0, attempts=1)
+        except (EnvironmentProblem, ProtocolError):
+            pass
+        self._hb.join(timeout=2)
+        self.server.stop()
+        self.client.close()
+        self._hb_client.close()
+
+    # ---------------------------------------------------------------- phase & progress
+    def set_phase(self, phase: Phase, detail: str = "") -> None:
+        if phase != self.phase:
+            log.debug("phase %s -> %s %s", self.phase.value, phase.value, detail)
+        self.phase = phase
+        self.detail = detail
+
+    def bump(self, n: int = 1) -> None:
+        self.progress += n
+
+    # ---------------------------------------------------------------- controller calls
+    def call(self, msg: P.Request, *, timeout_s: float = 10.0, attempts: int = 3) -> P.Reply | None:
+        """Request/reply; None when the controller is unreachable (the caller keeps its work)."""
+        try:
+            reply = self.client.request(msg, timeout_s=timeout_s, attempts=attempts)
+        except (EnvironmentProblem, ProtocolError) as e:
+            if self.controller_reachable:
+                log.warning("controller unreachable: %s", e)
+            self.controller_reachable = False
+            return None
+        self.controller_reachable = True
+        self._absorb(reply)
+        return reply
+
+    def _absorb(self, reply: P.Reply) -> None:
+        for cmd in reply.commands:
+            self._command(cmd)
+        if reply.weights is not None:
+            self.newest = reply.weights
+
+    def _command(self, cmd: P.Command) -> None:
+        if cmd.op == "exit":
+            log.error("controller says exit %d: %s", cmd.exit_code, cmd.reason)
+            _write_exit_record(cmd.exit_code)
+            os._exit(cmd.exit_code)
+        self.commands.put(cmd)
+
+    def next_command(self) -> P.Command | None:
+        try:
+            return self.commands.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _hb_loop(self) -> None:
+        interval = self.cfg.recovery.heartbeat_interval_s
+        while not self._stop.wait(interval):
+            hb = P.Heartbeat(ident=self.ident, phase=self.phase.value, progress=self.progress,
+                             version=self.held_version, wepoch=self.held_wepoch, detail=self.detail[:200],
+                             sync_addrs=self.addrs)
+            try:
+                reply = self._hb_client.request(hb, timeout_s=max(1.0, 2 * interval), attempts=1)
+            except (EnvironmentProblem, ProtocolError):
+                continue
+            self._absorb(reply)
+
+    # ---------------------------------------------------------------- weights
+    def hold(self, ws: WeightSet, wepoch: int, *, report: bool = True) -> None:
+        """Serve this version to others from now on, and tell the controller we hold it."""
+        self.server.publish(ws)
+        self.held = ws
+        self.held_version = ws.version
+        self.held_wepoch = wepoch
+        if report:
+            self.call(P.VersionHeld(ident=self.ident, version=ws.version, wepoch=wepoch, sync_addrs=self.addrs),
+                      timeout_s=5.0, attempts=2)
+
+    def needs_sync(self) -> bool:
+        w = self.newest
+        return w is not None and w.version != self.held_version and w.version >= 0 and bool(w.holders)
+
+    def sync_newest(self, apply: Callable[[WeightSet], None]) -> bool:
+        """Pull the newest version from any holder and apply it; False if none could serve it."""
+        w = self.newest
+        if w is None or not self.needs_sync():
+            return False
+        addrs = [choose_address(h, prefer=self.cfg.sync.transport, local_host_id=self.host_id) for h in w.holders]
+        addrs = [a for a in addrs if a]
+        if not addrs:
+            return False
+        self.set_phase(Phase.SYNCING_WEIGHTS, f"v{w.version}")
+
+        def progress(done: int, total: int) -> None:
+            self.detail = f"v{w.version} {100 * done // max(total, 1)}%"
+            self.bump(1)
+
+        try:
+            ws, addr = pull_any(addrs, w.version, deadline_s=self.cfg.sync.deadline_s, progress=progress,
+                                auth_key=self.run.sync_key())
+        except SyncError as e:
+            log.warning("could not pull version %d from %d holder(s): %s", w.version, len(addrs), e)
+            return False
+        apply(ws)
+        self.hold(ws, w.wepoch)
+        log.info("now holding version %d (from %s)", ws.version, addr)
+        return True
+
+
+def _write_exit_record(code: int) -> None:
+    path = os.environ.get("SLURM_RL_EXIT_FILE")
+    if path:
+        try:
+            with open(path, "w") as f:
+                f.write(str(code))
+        except OSError:
+            pass
+
+
+def write_exit_record(code: int) -> None:
+    _write_exit_record(code)
+
+
+__all__ = ["RoleRuntime", "bind_host", "write_exit_record"]
+
+_Any = Any

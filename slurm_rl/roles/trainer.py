@@ -1,0 +1,169 @@
+"""Trainer: consume trajectory batches, take a GRPO step, publish version v+1, checkpoint.
+
+Reads top to bottom: restore (if resuming), publish the starting version, then per step:
+wait for a batch, step, publish, tell the controller, checkpoint every `checkpoint_every` steps
+(asynchronously: the write happens on a thread while training goes on).
+
+Restoring at committed step c (a warm standby promoted, or a cold restart): the weights of
+version c come from what this process already holds, else from checkpoint c, else from any live
+holder of c; the optimizer state and data come from the newest intact checkpoint at or before c.
+A corrupt checkpoint is skipped with an event, and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+from slurm_rl import protocol as P
+from slurm_rl.checkpoint import Checkpointer
+from slurm_rl.rl.grpo import Group, PolicyTrainer, Sample
+from slurm_rl.roles.host import RoleHost, resolve_device
+from slurm_rl.roles.runtime import RoleRuntime
+from slurm_rl.states import Phase
+from slurm_rl.sync import WeightSet
+
+log = logging.getLogger("slurm_rl.roles.trainer")
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Command | None:
+    cfg = rt.cfg
+    alg = cfg.algorithm
+    host.close_engine()          # a promoted rollout/spare frees its engine for the trainer
+    rt.set_phase(Phase.RESTORING if resume_step > 0 else Phase.LOADING, f"step {resume_step}")
+    trainer = PolicyTrainer(rt.run.model, lr=alg.lr, clip_eps=alg.clip_eps, kl_coef=alg.kl_coef,
+                            max_grad_norm=alg.max_grad_norm, device=resolve_device(cfg.trainer.device),
+                            dtype=cfg.model.dtype, seed=cfg.seed, temperature=alg.temperature,
+                            scale_adv_by_std=alg.normalize_std)
+    ckpt = Checkpointer(rt.run.checkpoints, cfg.trainer.keep_checkpoints)
+    wepoch = rt.newest.wepoch if rt.newest is not None else 0
+    version = resume_step
+    if version > 0:
+        _restore(rt, trainer, ckpt, version)
+    trainer.version = version
+    rt.hold(WeightSet.from_state_dict(trainer.state_dict_for_sync(copy=False), version), wepoch)
+    last_ckpt = version
+    try:
+        while version < alg.steps:
+            _report_checkpoints(rt, ckpt)
+            groups, t_wait0 = _next_batch(rt, version, alg.prompts_per_step, ckpt)
+            t0 = time.time()
+            rt.set_phase(Phase.STEPPING, f"step {version + 1}")
+            stats = trainer.step([_to_group(g) for g in groups])
+            version = trainer.version
+            rt.bump()
+            rt.set_phase(Phase.PUBLISHING, f"v{version}")
+            ws = WeightSet.from_state_dict(trainer.state_dict_for_sync(copy=False), version)
+            rt.server.publish(ws)
+            rt.held, rt.held_version, rt.held_wepoch = ws, version, wepoch
+            t1 = time.time()
+            metrics = {"reward_mean": stats.reward_mean, "loss": stats.loss, "kl": stats.kl,
+                       "clip_frac": stats.clip_frac, "grad_norm": stats.grad_norm, "tokens": float(stats.tokens),
+                       "staleness_mean": stats.staleness_mean, "staleness_max": float(stats.staleness_max),
+                       "informative_groups": float(stats.informative_groups), "step_s": t1 - t0,
+                       "logp_diff_max": stats.logp_diff_max}
+            _tell(rt, P.StepDone(ident=rt.ident, version=version, wepoch=wepoch, group_ids=[g.group_id for g in groups],
+                                 t_start=t_wait0, t_end=t1, wait_s=t0 - t_wait0, metrics=metrics), ckpt)
+            log.info("step %d reward %.3f loss %.4f staleness %.1f (%.2fs, waited %.2fs)", version,
+                     stats.reward_mean, stats.loss, stats.staleness_mean, t1 - t0, t0 - t_wait0)
+            if version % cfg.trainer.checkpoint_every == 0 or version == alg.steps:
+                rt.set_phase(Phase.CHECKPOINTING, f"step {version}")
+                ckpt.save_async(version, ws.tensors(), copy.deepcopy(trainer.optimizer_state()), {"wepoch": wepoch})
+                last_ckpt = version
+        rt.set_phase(Phase.CHECKPOINTING, "final checkpoint")
+        ckpt.wait()
+        _report_checkpoints(rt, ckpt)
+        rt.set_phase(Phase.IDLE, f"all {alg.steps} steps done")
+        while True:
+            cmd = rt.next_command()
+            if cmd is not None and cmd.op in ("stop", "become"):
+                return None if cmd.op == "stop" else cmd
+            time.sleep(0.05)
+    except _Stop:
+        # asked to stop (end of run, or a move off a draining node): keep every step taken
+        if version > last_ckpt:
+            rt.set_phase(Phase.CHECKPOINTING, f"step {version} before stopping")
+            ckpt.save_async(version, rt.held.tensors() if rt.held else trainer.state_dict_for_sync(),
+                            copy.deepcopy(trainer.optimizer_state()), {"wepoch": wepoch})
+        ckpt.wait()
+        _report_checkpoints(rt, ckpt)
+        return None
+    finally:
+        ckpt.close()
+
+
+def _check_stop(rt: RoleRuntime) -> None:
+    cmd = rt.next_command()
+    if cmd is not None and cmd.op == "stop":
+        raise _Stop(cmd.reason)
+
+
+def _next_batch(rt: RoleRuntime, version: int, n: int, ckpt: Checkpointer) -> tuple[list[P.GroupMsg], float]:
+    t0 = time.time()
+    rt.set_phase(Phase.WAITING_FOR_DATA, f"step {version + 1}")
+    while True:
+        _check_stop(rt)
+        _report_checkpoints(rt, ckpt)
+        reply = rt.call(P.FetchBatch(ident=rt.ident, step=version, n_groups=n), timeout_s=10.0, attempts=1)
+        if reply is not None and reply.groups:
+            return list(reply.groups), t0
+        time.sleep(0.05)
+
+
+def _tell(rt: RoleRuntime, msg: P.Request, ckpt: Checkpointer) -> None:
+    """The controller must learn of a step: retry until it answers (it may be restarting)."""
+    delay = 0.2
+    while rt.call(msg, timeout_s=10.0, attempts=2) is None:
+        time.sleep(delay)
+        delay = min(2 * delay, 5.0)
+
+
+def _report_checkpoints(rt: RoleRuntime, ckpt: Checkpointer) -> None:
+    while True:
+        try:
+            res = ckpt.done.get_nowait()
+        except Exception:
+            return
+        if res.path is None:
+            rt.call(P.RoleEvent(ident=rt.ident, kind="checkpoint_failed",
+                                msg=f"checkpoint at step {res.step} failed: {res.error}; training goes on"))
+        else:
+            _tell(rt, P.CheckpointSaved(ident=rt.ident, step=res.step, path=str(res.path)), ckpt)
+
+
+def _to_group(g: P.GroupMsg) -> Group:
+    return Group(prompt_id=str(g.problem_idx), samples=[
+        Sample(prompt_ids=list(g.prompt_ids), completion_ids=list(s.completion_ids), logprobs=list(s.logprobs),
+               reward=s.reward, version=g.version) for s in g.samples])
+
+
+def _restore(rt: RoleRuntime, trainer: PolicyTrainer, ckpt: Checkpointer, step: int) -> None:
+    """Weights of version `step` and the newest usable optimizer state, with an event saying how."""
+    best, skipped = ckpt.newest_valid(at_most=step)
+    for problem in skipped:
+        rt.call(P.RoleEvent(ident=rt.ident, kind="checkpoint_fallback",
+                            msg=f"skipped checkpoint {problem}; using an older one"))
+    if rt.held is not None and rt.held_version == step:
+        trainer.load_weights(rt.held.tensors())
+        source = "weights already held by this standby"
+    elif best is not None and best.step == step:
+        trainer.load_weights(ckpt.load_weights(step))
+        source = f"checkpoint {step}"
+    else:
+        if rt.newest is None or rt.newest.version != step or not rt.sync_newest(
+                lambda ws: trainer.load_weights(ws.tensors())):
+            raise RuntimeError(f"cannot restore version {step}: no holder, no checkpoint")
+        source = "a live holder"
+    if best is not None:
+        trainer.load_optimizer_state(ckpt.load_optimizer(best.step))
+        opt = f"optimizer from checkpoint {best.step}" + (f" ({step - best.step} steps older)" if best.step < step else "")
+    else:
+        opt = "fresh optimizer (no checkpoint yet)"
+    rt.call(P.RoleEvent(ident=rt.ident, kind="trainer_restore",
+                        msg=f"trainer restored at step {step}: weights from {source}, {opt}",
+                        data={"step": str(step), "weights": source, "optimizer_step": str(best.step if best else -1)}))

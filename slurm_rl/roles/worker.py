@@ -1,0 +1,83 @@
+"""Entry point of every role job: `python -m slurm_rl.roles.worker RUN_DIR ROLE INDEX --incarnation N`.
+
+This is what each Slurm job (or local process) runs. It reads the run's resolved config and keys
+from RUN_DIR, says hello to the controller, and plays the role it is assigned, switching role in
+place when promoted (a spare becoming a rollout or the trainer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+
+import yaml
+
+from slurm_rl import protocol as P
+from slurm_rl.config import RunConfig
+from slurm_rl.logs import setup_process_logging
+from slurm_rl.rundir import RunDir
+from slurm_rl.states import RoleKind
+
+log = logging.getLogger("slurm_rl.roles.worker")
+
+
+def load_run_config(run: RunDir) -> RunConfig:
+    return RunConfig.model_validate(yaml.safe_load(run.config.read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m slurm_rl.roles.worker", description=__doc__)
+    p.add_argument("run_dir")
+    p.add_argument("role", choices=[k.value for k in RoleKind])
+    p.add_argument("index", type=int)
+    p.add_argument("--incarnation", type=int, default=1)
+    args = p.parse_args(argv)
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run = RunDir(args.run_dir)
+    cfg = load_run_config(run)
+    job_id = os.environ.get("SLURM_RL_JOB_ID") or os.environ.get("SLURM_JOB_ID", "")
+    node = os.environ.get("SLURM_RL_NODE") or os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+    from slurm_rl.roles.host import RoleHost
+    from slurm_rl.roles.runtime import RoleRuntime, write_exit_record
+
+    holder: dict[str, RoleRuntime] = {}
+
+    def prefix() -> str:
+        rt = holder.get("rt")
+        ident = rt.ident if rt else P.Ident(args.role, args.index, args.incarnation)
+        step = f" v={rt.held_version}" if rt else ""
+        return f"[{ident.slot} job={job_id or '-'}{step}]"
+
+    setup_process_logging(prefix)
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    rt = RoleRuntime(run, cfg, P.Ident(args.role, args.index, args.incarnation), job_id=job_id, node=node)
+    holder["rt"] = rt
+    log.info("started on %s (pid %d), weights served at %s", node, os.getpid(), ", ".join(rt.addrs.values()))
+    code = 0
+    try:
+        assign = rt.start()
+        code = RoleHost(rt).run(assign)
+    except SystemExit as e:
+        code = int(e.code or 0)
+    except Exception:
+        log.exception("role failed")
+        code = 1
+    write_exit_record(code)
+    rt.close("finished" if code == 0 else f"failed with exit {code}")
+    # vLLM's engine threads can abort interpreter teardown; the work is done, so leave now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
