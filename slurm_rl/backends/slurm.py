@@ -8,10 +8,16 @@
     backend.cancel([job_id, ...])           # one scancel
 
 Fault injection:
-  crash      `scancel --signal=KILL --full JOB`: every process of the job, batch step included,
-             dies of SIGKILL; Slurm records FAILED 0:9.
-  hang       `scancel --signal=STOP --full JOB`: the role is alive but silent; the job stays
-             RUNNING (only heartbeats can tell). Cancel it, or send CONT, to end it.
+  crash      `scancel --signal=KILL --batch JOB`: the batch step (which is our `exec srun`) dies
+             of SIGKILL and Slurm SIGKILLs the role's tasks on every node with it; Slurm records
+             FAILED 0:9, what a real crash (OOM killer, segfault of the launcher) looks like.
+             Not `--full`: slurmctld treats SIGKILL to the whole job as a cancel (measured on
+             22.05: CANCELLED, tasks get SIGTERM first), which would hide the crash.
+  hang       `scancel --signal=STOP JOB.0`: SIGSTOP to the role's tasks (step 0, the `exec srun`
+             step, on every node). The role is alive but silent and the job stays RUNNING: only
+             heartbeats can tell, as with a real deadlock. Not `--full`: Slurm then marks the
+             job STOPPED (reported as SUSPENDED), a hint a real hang never gives.
+             `scancel` ends a hung job normally (measured: CANCELLED within a second).
   node-down  on the lab cluster (scripts/slurm-lab): `nodectl.sh crash NODE`, a real power loss
              (slurmd and every job process die; Slurm notices after SlurmdTimeout, ~19 s there).
              Elsewhere `scontrol update state=down`, which needs Slurm operator rights.
@@ -132,9 +138,9 @@ class SlurmBackend(Backend):
         job_node = self._job_node(job_id)
         target = node or job_node
         if fault is FaultKind.CRASH:
-            self.client.scancel([job_id], signal="KILL", full=True)
+            self.client.scancel([job_id], signal="KILL", batch=True)
         elif fault is FaultKind.HANG:
-            self.client.scancel([job_id], signal="STOP", full=True)
+            self.client.scancel([f"{job_id}.0"], signal="STOP")
         elif fault is FaultKind.NODE_DOWN:
             self._node_down(target)
         elif fault is FaultKind.DRAIN:

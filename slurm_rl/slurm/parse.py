@@ -305,6 +305,11 @@ class SinfoRecord:
 _JOB_ID = re.compile(r"^\d+([_+]\d+)?$")
 
 
+def is_job_id(text: str) -> bool:
+    """`12`, `9+1` (het component) or `7_3` (array task): what squeue/sacct accept as a job id."""
+    return bool(_JOB_ID.match(text))
+
+
 def _fields(line: str, n: int) -> list[str] | None:
     """Split a `|` line into exactly n fields; extra "|" belong to the last (free text) field."""
     parts = line.split("|", n - 1)
@@ -373,7 +378,7 @@ def parse_sacct(text: str) -> list[SacctRecord]:
             bad.append(line)
             continue
         if len(parts) > len(header):   # a "|" inside the last column (JobName)
-            parts = parts[:len(header) - 1] + ["|".join(parts[len(header) - 1:])]
+            parts = [*parts[:len(header) - 1], "|".join(parts[len(header) - 1:])]
         job_id = get(parts, "JobID").strip()
         if "." in job_id:              # a step
             continue

@@ -18,7 +18,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -52,18 +52,36 @@ class CommandResult:
 
 
 class CommandRunner(Protocol):
-    """Runs argv and returns its result. Raise FileNotFoundError when the command does not exist
-    and subprocess.TimeoutExpired on timeout (SlurmClient turns both into BackendError)."""
+    """Runs argv (with `env`, or this process's environment when None) and returns its result.
+    Raise FileNotFoundError when the command does not exist and subprocess.TimeoutExpired on
+    timeout (SlurmClient turns both into BackendError)."""
 
-    def __call__(self, argv: Sequence[str], *, timeout: float) -> CommandResult: ...
+    def __call__(self, argv: Sequence[str], *, timeout: float,
+                 env: Mapping[str, str] | None = None) -> CommandResult: ...
 
 
-def subprocess_runner(argv: Sequence[str], *, timeout: float) -> CommandResult:
+def subprocess_runner(argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None) -> CommandResult:
     """The real runner: no shell, text output, C locale so messages are the ones we match on."""
-    env = dict(os.environ, LC_ALL="C")
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env,
+    full_env = dict(os.environ if env is None else env, LC_ALL="C")
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=full_env,
                           stdin=subprocess.DEVNULL, check=False)
     return CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+
+# Variables a job leaks into a job it submits (the controller may itself run as a Slurm job).
+# SBATCH_* would even override the role script's #SBATCH lines (env beats script for sbatch),
+# and a leaked SLURM_MEM_PER_CPU makes the role's srun fail next to its own --mem. Same list as
+# submitit.helpers.clean_env, which mutates os.environ instead; SLURM_CONF is kept: some
+# clusters need it to find slurm.conf.
+_JOB_ENV_PREFIXES = ("SLURM_", "SLURMD_", "SRUN_", "SBATCH_", "SALLOC_", "SUBMITIT_")
+_DISTRIBUTED_ENV = frozenset({"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"})
+
+
+def submission_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment to run sbatch with: ours, minus what a surrounding Slurm job would leak."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items()
+            if k == "SLURM_CONF" or not (k.startswith(_JOB_ENV_PREFIXES) or k in _DISTRIBUTED_ENV)}
 
 
 # stderr of a Slurm client that could not reach slurmctld (22.05 wording, plus older ones)
@@ -84,13 +102,13 @@ class SlurmClient:
         """Commands issued so far by name, e.g. {"squeue": 12, "sinfo": 12, "sacct": 1}."""
         return dict(self._counts)
 
-    def run(self, argv: Sequence[str], *, check: bool = True) -> CommandResult:
+    def run(self, argv: Sequence[str], *, check: bool = True, env: Mapping[str, str] | None = None) -> CommandResult:
         """Run one Slurm command. With check=True a non-zero exit raises BackendError."""
         name = Path(argv[0]).name
         self._counts[name] += 1
         log.debug("run: %s", " ".join(argv))
         try:
-            result = self._runner(argv, timeout=self.timeout_s)
+            result = self._runner(argv, timeout=self.timeout_s, env=env)
         except FileNotFoundError as e:
             raise BackendError(
                 f"`{name}` not found on PATH: Slurm's client commands are not installed here",
@@ -171,18 +189,22 @@ class SlurmClient:
     # ------------------------------------------------------------------ actions
     def sbatch(self, script: Path) -> str:
         """Submit a batch script; returns the job id. Failures come back as the CommandResult's error."""
-        res = self.run(["sbatch", "--parsable", str(script)], check=False)
+        res = self.run(["sbatch", "--parsable", str(script)], check=False, env=submission_env())
         if not res.ok:
             raise SbatchRejected(res)
         return parse.parse_sbatch_job_id(res.stdout)
 
-    def scancel(self, job_ids: Sequence[str], *, signal: str | None = None, full: bool = False) -> CommandResult:
-        """One `scancel` for many jobs. Unknown/finished ids are not an error (logged)."""
+    def scancel(self, job_ids: Sequence[str], *, signal: str | None = None, full: bool = False,
+                batch: bool = False) -> CommandResult:
+        """One `scancel` for many jobs (`--full`: every step and the batch step; `--batch`: only
+        the batch step). Unknown/finished ids are not an error (logged)."""
         argv = ["scancel"]
         if signal:
             argv.append(f"--signal={signal}")
         if full:
             argv.append("--full")
+        if batch:
+            argv.append("--batch")
         res = self.run([*argv, *job_ids], check=False)
         if not res.ok:
             # scancel exits 1 with "Invalid job id" / "Job/step already completing or completed"
@@ -246,6 +268,10 @@ class JobWatcher:
     def poll(self, job_ids: Sequence[str]) -> Snapshot:
         """State of these jobs and of every node: <= 3 Slurm calls, whatever len(job_ids)."""
         ids = list(dict.fromkeys(str(j) for j in job_ids))
+        for j in ids:
+            if j not in self._final and not parse.is_job_id(j):
+                # never hand Slurm something it would fail the whole batched call on
+                self._final[j] = JobStatus(job_id=j, state=JobState.UNKNOWN, reason="not a Slurm job id")
         jobs: dict[str, JobStatus] = {j: self._final[j] for j in ids if j in self._final}
         live = [j for j in ids if j not in self._final]
         if live:

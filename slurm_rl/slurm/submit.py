@@ -198,7 +198,8 @@ def render_script(spec: LaunchSpec) -> str:
     srun = ["srun", "--unbuffered", "--kill-on-bad-exit=1", f"--cpus-per-task={spec.resources.cpus_per_task}",
             f"--output={spec.log_path}"]
     command = "exec " + shlex.join([*srun, *spec.argv])
-    text = executor._make_submission_file_text(command, uid="")  # noqa: SLF001 - the documented hook
+    # the hook submitit's own _submit_command uses; the public submit() would pickle a function
+    text = executor._make_submission_file_text(command, uid="")
     user_keys = set(additional_options(spec.resources))
     if "signal" not in user_keys:
         # submitit always asks for SIGUSR2 90 s before the time limit, for its own checkpoint

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from slurm_rl.slurm import parse
 from slurm_rl.slurm.query import CommandResult
@@ -33,6 +33,7 @@ class FakeSlurm:
         self.jobs: dict[str, FakeJob] = {}
         self.nodes: dict[str, tuple[str, str, str]] = {f"n{i}": ("idle", "idle", "none") for i in range(1, 5)}
         self.calls: list[tuple[str, ...]] = []
+        self.envs: list[Mapping[str, str] | None] = []
         self.accounting = True
         self.missing: set[str] = set()        # commands "not installed"
         self.hang: set[str] = set()           # commands that time out
@@ -47,9 +48,10 @@ class FakeSlurm:
     def count(self, name: str) -> int:
         return sum(1 for c in self.calls if c[0] == name)
 
-    def __call__(self, argv: Sequence[str], *, timeout: float) -> CommandResult:
+    def __call__(self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None) -> CommandResult:
         argv = tuple(argv)
         self.calls.append(argv)
+        self.envs.append(env)
         name = argv[0].rsplit("/", 1)[-1]
         if name in self.missing:
             raise FileNotFoundError(2, "No such file or directory", argv[0])

@@ -147,7 +147,7 @@ def test_preflight_names_missing_commands(monkeypatch, tmp_path):
 def test_preflight_partitions(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda cmd, *a, **k: f"/usr/bin/{cmd}")
     SlurmBackend(runner=FakeSlurm(), partitions=["main", "gpu", None]).preflight()
-    with pytest.raises(ConfigError, match="'nope'.*partitions are: main, gpu"):
+    with pytest.raises(ConfigError, match=r"'nope'.*partitions are: main, gpu"):
         SlurmBackend(runner=FakeSlurm(), partitions=["main", "nope"]).preflight()
     fake = FakeSlurm()
     fake.responses["scontrol"] = CommandResult(("scontrol",), 1, "", "Slurmctld(primary) at x is DOWN\n")
@@ -173,9 +173,9 @@ def test_inject_crash_and_hang_use_one_scancel(tmp_path):
     fake.add("10", nodes="n[2-3]")
     be = SlurmBackend(runner=fake, lab_dir=None)
     assert be.inject("10", FaultKind.CRASH) == "n2"
-    assert ("scancel", "--signal=KILL", "--full", "10") in fake.calls
+    assert ("scancel", "--signal=KILL", "--batch", "10") in fake.calls
     assert be.inject("10", FaultKind.HANG) == "n2"
-    assert ("scancel", "--signal=STOP", "--full", "10") in fake.calls
+    assert ("scancel", "--signal=STOP", "10.0") in fake.calls
 
 
 def test_inject_into_pending_job_is_an_error():
@@ -210,7 +210,7 @@ def test_lab_env_without_nodectl_is_clear(monkeypatch, tmp_path):
     monkeypatch.setenv("SLURM_RL_LAB", str(tmp_path))
     fake = FakeSlurm()
     fake.add("10", nodes="n2")
-    with pytest.raises(BackendError, match="no nodectl.sh"):
+    with pytest.raises(BackendError, match=r"no nodectl\.sh"):
         SlurmBackend(runner=fake).inject("10", FaultKind.NODE_DOWN)
 
 
@@ -220,3 +220,34 @@ def test_cancel_many_is_one_call():
     be.cancel([str(i) for i in range(50)])
     be.cancel([])
     assert be.call_counts == {"scancel": 1}
+
+
+def test_sbatch_runs_without_the_surrounding_jobs_environment(tmp_path, monkeypatch):
+    # the controller may run as a Slurm job itself (sbatch/launch.sbatch)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_MEM_PER_CPU", "1000")
+    monkeypatch.setenv("SBATCH_PARTITION", "cpu")     # would override the role's #SBATCH --partition
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("SLURM_CONF", "/etc/slurm/slurm.conf")
+    monkeypatch.setenv("MY_SETTING", "kept")
+    fake = FakeSlurm()
+    submit.submit_spec(SlurmClient(fake), rollout_spec(tmp_path))
+    (env,) = fake.envs
+    assert env is not None and env["MY_SETTING"] == "kept" and env["SLURM_CONF"] == "/etc/slurm/slurm.conf"
+    assert not {"SLURM_JOB_ID", "SLURM_MEM_PER_CPU", "SBATCH_PARTITION", "MASTER_PORT"} & set(env)
+
+
+def test_sbatch_role_example_matches_the_generator():
+    run_dir = Path("/home/me/runs/demo")
+    spec = LaunchSpec(
+        run_name="demo", run_dir=run_dir, role=RoleKind.ROLLOUT, index=1, incarnation=2,
+        argv=("/home/me/slurm-rl/.venv/bin/python", "-m", "slurm_rl.roles.worker", str(run_dir), "rollout", "1",
+              "--incarnation", "2"),
+        resources=Resources(partition="gpu", time_min=240, gpus_per_node=1, cpus_per_task=8, mem_gb=64),
+        env=(("SLURM_RL_RUN_DIR", str(run_dir)),), extra_exclude=("gpu-07",))
+
+    def code(text: str) -> list[str]:
+        return [ln for ln in text.splitlines() if ln.strip() and (not ln.startswith("#") or ln.startswith("#SBATCH"))]
+
+    example = (Path(__file__).parents[2] / "sbatch" / "role.sbatch").read_text()
+    assert code(example) == code(submit.render_script(spec))

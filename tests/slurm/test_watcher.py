@@ -29,7 +29,7 @@ def make(n_jobs: int = 0, **kw):
 
 @pytest.mark.parametrize("n", [1, 2, 16, 200])
 def test_poll_cost_does_not_grow_with_jobs(n):
-    fake, watcher, _ = make(n)
+    _, watcher, _ = make(n)
     ids = [str(10 + i) for i in range(n)]
     for _ in range(5):
         snap = watcher.poll(ids)
@@ -113,7 +113,7 @@ def test_node_states_in_snapshot():
 
 
 def test_empty_poll_costs_only_sinfo():
-    fake, watcher, _ = make(0)
+    _, watcher, _ = make(0)
     watcher.poll([])
     assert watcher.client.call_counts == {"sinfo": 1}
 
@@ -169,3 +169,10 @@ def test_name_prefix_query_filters_client_side():
     recs = SlurmClient(fake).squeue_by_name_prefix("slurm-rl/a/")
     assert sorted(r.job_id for r in recs) == ["1", "3"]
     assert fake.count("squeue") == 1
+
+
+def test_non_job_ids_never_reach_slurm():
+    fake, watcher, _ = make(1)
+    snap = watcher.poll(["10", "abc", "12.batch", ""])
+    assert snap.jobs["abc"].state is JobState.UNKNOWN and snap.jobs["10"].state is JobState.RUNNING
+    assert [a for c in fake.calls for a in c if a.startswith("--jobs=")] == ["--jobs=10"]

@@ -30,8 +30,8 @@ _commands: list[str] = []
 _last: dict[str, CommandResult] = {}
 
 
-def runner(argv: Sequence[str], *, timeout: float) -> CommandResult:
-    res = subprocess_runner(argv, timeout=timeout)
+def runner(argv: Sequence[str], *, timeout: float, env=None) -> CommandResult:
+    res = subprocess_runner(argv, timeout=timeout, env=env)
     _last["r"] = res
     return res
 
@@ -97,12 +97,15 @@ def main() -> None:
     jobs["pending"] = sbatch("pending", "-w n2", "sleep 5")   # ReqNodeNotAvail on the draining node
     ids.append(jobs["pending"])
     time.sleep(2)
-    client.squeue(ids); save("squeue_mixed")
-    client.sinfo(); save("sinfo_drain")
+    client.squeue(ids)
+    save("squeue_mixed")
+    client.sinfo()
+    save("sinfo_drain")
     # n3 has the het job: draining; release it so n3 becomes drained (idle+drain)
     sh(f"scancel {jobs['het']}")
     wait(lambda: any(r.name == "n3" and r.state == "idle+drain" for r in client.sinfo()), 30, "n3 drained")
-    client.sinfo(); save("sinfo_drained")
+    client.sinfo()
+    save("sinfo_drained")
 
     t0 = time.monotonic()
     sh(f"{NODECTL} crash n4")
@@ -121,15 +124,19 @@ def main() -> None:
     print(f"n4 down after {time.monotonic() - t0:.1f} s", flush=True)
     wait(lambda: state(jobs["nodefail"]) == "NODE_FAIL", 30, "NODE_FAIL")
     time.sleep(1)
-    client.squeue([jobs["requeued"]]); save("squeue_requeued")
+    client.squeue([jobs["requeued"]])
+    save("squeue_requeued")
     wait(lambda: state(jobs["timeout"]) == "TIMEOUT", 150, "TIMEOUT")
-    client.squeue(ids); save("squeue_final")
+    client.squeue(ids)
+    save("squeue_final")
     time.sleep(2)   # sacct lags slurmctld by a fraction of a second
-    client.sacct(ids); save("sacct_final")
+    client.sacct(ids)
+    save("sacct_final")
     # steps included (no --allocations): the parser must skip `12.batch`/`12.0` lines
     client.run(["sacct", "--parsable2", f"--jobs={','.join(ids)}", f"--format={','.join(parse.SACCT_FIELDS)}"])
     save("sacct_with_steps")
-    client.partitions(); save("sinfo_partitions")
+    client.partitions()
+    save("sinfo_partitions")
 
     # reset the lab
     sh("scancel --user=root || true")

@@ -1,0 +1,1 @@
+"""slurm-rl test suite (a package so tests/slurmlab.py imports as tests.slurmlab)."""
