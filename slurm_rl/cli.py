@@ -28,7 +28,26 @@ def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+class UserError(click.ClickException):
+    """A SlurmRLError shown as one clear message with its own exit code (no traceback)."""
+
+    def __init__(self, err: SlurmRLError):
+        super().__init__(str(err))
+        self.exit_code = err.exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SlurmRLError as e:
+            raise UserError(e) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              epilog=EPILOG_EXIT)
 @click.version_option(__version__, prog_name="slurm-rl")
 def cli() -> None:
@@ -360,22 +379,10 @@ def ls_cmd(runs_dir: str, as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes become one clear line and an exit code, never a traceback."""
     try:
-        cli.main(args=argv, prog_name="slurm-rl", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except click.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except SlurmRLError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
+        cli.main(args=argv, prog_name="slurm-rl")
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    sys.exit(0)
 
 
 if __name__ == "__main__":

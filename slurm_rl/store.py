@@ -258,7 +258,7 @@ class Store:
         Asking again for the same step returns the same groups (a retried request).
         """
         with self.tx() as c:
-            again = c.execute("SELECT payload FROM groups WHERE state='delivered' AND step=? ORDER BY created",
+            again = c.execute("SELECT payload FROM groups WHERE state='delivered' AND step=? ORDER BY created, id",
                               (step,)).fetchall()
             if again:
                 return [_group_dec.decode(r[0]) for r in again]

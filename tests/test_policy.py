@@ -1,0 +1,266 @@
+"""The recovery policy is a pure function: every rule tested without processes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from slurm_rl.controller import policy as pol
+from slurm_rl.controller.policy import ProbeResult, SlotView, View
+from slurm_rl.states import JobState, NodeHealth, Phase, RoleKind, RoleState
+
+NOW = 1000.0
+TIMEOUTS = {p: 30.0 for p in Phase} | {Phase.LOADING: 180.0, Phase.CHECKPOINTING: 300.0}
+
+
+def th(**kw) -> pol.Thresholds:
+    base = dict(suspect_after_s=1.0, phase_timeouts=TIMEOUTS, restart_budget=3, exclude_node_after=2,
+                max_full_restarts=2, standby="spare-then-rollout", full_restart_policy=False, spare_replicas=1)
+    base.update(kw)
+    return pol.Thresholds(**base)
+
+
+def slot(kind: RoleKind, index: int = 0, **kw) -> SlotView:
+    base = dict(kind=kind, index=index, state=RoleState.READY, incarnation=1, job_id=f"{kind.value}{index}",
+                node=f"n{index + 1}" if kind is not RoleKind.SPARE else "n9", connected=True,
+                phase=Phase.GENERATING if kind is RoleKind.ROLLOUT else (Phase.IDLE if kind is RoleKind.SPARE
+                                                                       else Phase.STEPPING),
+                last_hb=NOW - 0.2, progress_at=NOW - 0.5, job_state=JobState.RUNNING, version=5)
+    base.update(kw)
+    return SlotView(**base)
+
+
+def cluster(*extra: SlotView, **over: SlotView) -> list[SlotView]:
+    slots = {"trainer/0": slot(RoleKind.TRAINER), "rollout/0": slot(RoleKind.ROLLOUT, 0),
+             "rollout/1": slot(RoleKind.ROLLOUT, 1, version=4), "spare/0": slot(RoleKind.SPARE, 0)}
+    slots.update(over)
+    return list(slots.values()) + list(extra)
+
+
+def view(slots: list[SlotView], **kw) -> View:
+    return View(slots=slots, thresholds=kw.pop("thresholds", th()), committed_version=kw.pop("committed", 5), **kw)
+
+
+def kinds(actions) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+def test_healthy_run_needs_nothing():
+    assert pol.decide(NOW, view(cluster())) == []
+
+
+# ----------------------------------------------------------------------------- detection
+def test_silence_makes_suspect_then_probe_refused_confirms_dead():
+    r1 = slot(RoleKind.ROLLOUT, 1, last_hb=NOW - 1.5)
+    acts = pol.decide(NOW, view(cluster(**{"rollout/1": r1})))
+    assert kinds(acts) == ["Suspect"] and acts[0].slot == "rollout/1"
+    # suspect, probe pending: wait
+    r1 = dataclasses.replace(r1, state=RoleState.SUSPECT, suspect_since=NOW, probe_pending=True,
+                             suspect_reason="no heartbeat")
+    assert pol.decide(NOW + 0.1, view(cluster(**{"rollout/1": r1}))) == []
+    # probe came back refused: dead, with both signals named
+    r1 = dataclasses.replace(r1, probe_pending=False, probe=ProbeResult.REFUSED, probe_at=NOW + 0.2)
+    acts = pol.decide(NOW + 0.3, view(cluster(**{"rollout/1": r1})))
+    dead = [a for a in acts if isinstance(a, pol.Dead)]
+    assert dead and dead[0].slot == "rollout/1" and "probe refused" in dead[0].signals
+    assert "heartbeat lost" in dead[0].signals
+
+
+def test_suspect_alive_probe_waits_for_phase_timeout():
+    """SIGSTOP: the kernel still accepts connections, so only the phase timeout confirms."""
+    r1 = slot(RoleKind.ROLLOUT, 1, state=RoleState.SUSPECT, suspect_since=NOW - 2, last_hb=NOW - 3,
+              probe=ProbeResult.OK, probe_at=NOW - 1.5, suspect_reason="no heartbeat")
+    assert pol.decide(NOW, view(cluster(**{"rollout/1": r1}))) == []
+    later = NOW - 3 + 30.5
+    acts = [a for a in pol.decide(later, view(cluster(**{"rollout/1": r1}))) if getattr(a, "slot", "") == "rollout/1"]
+    assert kinds(acts)[0] == "Dead" and "phase timeout" in acts[0].signals
+
+
+def test_heartbeats_resume_clears_suspect():
+    r1 = slot(RoleKind.ROLLOUT, 1, state=RoleState.SUSPECT, suspect_since=NOW - 1, last_hb=NOW - 0.1,
+              probe=ProbeResult.OK, probe_at=NOW - 0.5)
+    acts = pol.decide(NOW, view(cluster(**{"rollout/1": r1})))
+    assert kinds(acts) == ["Clear"]
+
+
+def test_suspect_without_probe_asks_for_one():
+    r1 = slot(RoleKind.ROLLOUT, 1, state=RoleState.SUSPECT, suspect_since=NOW - 0.5, last_hb=NOW - 1.6)
+    assert kinds(pol.decide(NOW, view(cluster(**{"rollout/1": r1})))) == ["Probe"]
+
+
+@pytest.mark.parametrize("state,exit_text", [(JobState.FAILED, "exit 3"), (JobState.NODE_FAIL, ""),
+                                             (JobState.CANCELLED, ""), (JobState.TIMEOUT, ""),
+                                             (JobState.OUT_OF_MEMORY, "")])
+def test_terminal_job_state_is_conclusive(state, exit_text):
+    r0 = slot(RoleKind.ROLLOUT, 0, job_state=state, job_exit=exit_text)
+    acts = pol.decide(NOW, view(cluster(**{"rollout/0": r0})))
+    assert isinstance(acts[0], pol.Dead) and state.value in acts[0].reason
+
+
+def test_node_down_is_conclusive_even_with_recent_heartbeat():
+    r0 = slot(RoleKind.ROLLOUT, 0, node_health=NodeHealth.DOWN)
+    acts = pol.decide(NOW, view(cluster(**{"rollout/0": r0})))
+    assert isinstance(acts[0], pol.Dead) and "DOWN" in acts[0].reason
+
+
+@pytest.mark.parametrize("phase", [Phase.IDLE, Phase.WAITING_FOR_DATA])
+def test_waiting_is_never_a_fault(phase):
+    """A rollout idle for lack of prompts or a trainer waiting for data: no progress is fine."""
+    kind = RoleKind.ROLLOUT if phase is Phase.IDLE else RoleKind.TRAINER
+    s = slot(kind, 0, phase=phase, progress_at=NOW - 10_000)
+    name = f"{kind.value}/0"
+    assert pol.decide(NOW, view(cluster(**{name: s}))) == []
+
+
+def test_checkpointing_trainer_has_its_own_longer_timeout():
+    t = slot(RoleKind.TRAINER, phase=Phase.CHECKPOINTING, progress_at=NOW - 200)
+    assert pol.decide(NOW, view(cluster(**{"trainer/0": t}))) == []
+    t = slot(RoleKind.TRAINER, phase=Phase.STEPPING, progress_at=NOW - 200)
+    acts = pol.decide(NOW, view(cluster(**{"trainer/0": t})))
+    assert isinstance(acts[0], pol.Dead) and "no progress" in acts[0].reason
+
+
+def test_pending_job_is_not_judged():
+    """Queue wait is not a fault: an unconnected slot is only judged by its job state."""
+    r1 = slot(RoleKind.ROLLOUT, 1, state=RoleState.PENDING, connected=False, last_hb=None,
+              job_state=JobState.PENDING)
+    assert pol.decide(NOW, view(cluster(**{"rollout/1": r1}))) == []
+
+
+def test_goodbye_is_not_a_fault():
+    r1 = slot(RoleKind.ROLLOUT, 1, goodbye=True, last_hb=NOW - 100, job_state=JobState.COMPLETED)
+    assert pol.decide(NOW, view(cluster(**{"rollout/1": r1}))) == []
+
+
+# ----------------------------------------------------------------------------- recovery
+def test_dead_rollout_promotes_spare_and_backfills_it():
+    r1 = slot(RoleKind.ROLLOUT, 1, job_state=JobState.FAILED)
+    acts = pol.decide(NOW, view(cluster(**{"rollout/1": r1})))
+    assert kinds(acts) == ["Dead", "PromoteSpare", "Submit"]
+    assert acts[1].spare == "spare/0" and acts[1].target == "rollout/1"
+    assert acts[2].slot == "spare/0" and acts[2].backfill
+    assert "n2" in acts[2].exclude            # the dead role's node is avoided
+
+
+def test_dead_rollout_without_spare_resubmits_excluding_its_node():
+    r1 = slot(RoleKind.ROLLOUT, 1, job_state=JobState.NODE_FAIL)
+    slots = [s for s in cluster(**{"rollout/1": r1}) if s.kind is not RoleKind.SPARE]
+    acts = pol.decide(NOW, view(slots))
+    assert kinds(acts) == ["Dead", "Submit"]
+    assert acts[1].slot == "rollout/1" and acts[1].exclude == ("n2",)
+
+
+def test_dead_trainer_restored_on_spare_at_committed_step():
+    t = slot(RoleKind.TRAINER, job_state=JobState.FAILED)
+    acts = pol.decide(NOW, view(cluster(**{"trainer/0": t}), committed=7))
+    assert kinds(acts) == ["Dead", "PromoteTrainer", "Submit"]
+    assert acts[1].standby == "spare/0" and acts[1].resume_step == 7
+    assert acts[2].slot == "spare/0"
+
+
+def test_dead_trainer_without_spare_takes_freshest_rollout():
+    t = slot(RoleKind.TRAINER, job_state=JobState.FAILED)
+    slots = [s for s in cluster(**{"trainer/0": t}) if s.kind is not RoleKind.SPARE]
+    acts = pol.decide(NOW, view(slots))
+    assert kinds(acts) == ["Dead", "PromoteTrainer", "Submit"]
+    assert acts[1].standby == "rollout/0"     # version 5 beats rollout/1's version 4
+    assert acts[2].slot == "rollout/0"        # its capacity is backfilled
+
+
+def test_spare_only_standby_policy_restarts_trainer_cold_without_spare():
+    t = slot(RoleKind.TRAINER, job_state=JobState.FAILED)
+    slots = [s for s in cluster(**{"trainer/0": t}) if s.kind is not RoleKind.SPARE]
+    acts = pol.decide(NOW, view(slots, thresholds=th(standby="spare-only")))
+    assert kinds(acts) == ["Dead", "Submit"] and acts[1].slot == "trainer/0"
+
+
+def test_trainer_and_rollout_dying_together_do_not_share_the_spare():
+    t = slot(RoleKind.TRAINER, job_state=JobState.FAILED)
+    r0 = slot(RoleKind.ROLLOUT, 0, job_state=JobState.FAILED)
+    acts = pol.decide(NOW, view(cluster(**{"trainer/0": t, "rollout/0": r0})))
+    promos = [a for a in acts if isinstance(a, (pol.PromoteTrainer, pol.PromoteSpare))]
+    assert isinstance(promos[0], pol.PromoteTrainer) and promos[0].standby == "spare/0"
+    # the rollout gets the next standby in line: rollout/1 becomes trainer? no: rollout/0 is dead,
+    # so the dead rollout is resubmitted (no second spare)
+    assert not any(isinstance(a, pol.PromoteSpare) for a in acts)
+    assert any(isinstance(a, pol.Submit) and a.slot == "rollout/0" for a in acts)
+
+
+def test_dead_spare_is_replaced():
+    sp = slot(RoleKind.SPARE, 0, job_state=JobState.FAILED)
+    acts = pol.decide(NOW, view(cluster(**{"spare/0": sp})))
+    assert kinds(acts) == ["Dead", "Submit"] and acts[1].slot == "spare/0"
+
+
+def test_node_failing_twice_is_excluded():
+    r1 = slot(RoleKind.ROLLOUT, 1, job_state=JobState.NODE_FAIL, node="n7")
+    acts = pol.decide(NOW, view(cluster(**{"rollout/1": r1}), node_failures={"n7": 1}))
+    ex = [a for a in acts if isinstance(a, pol.ExcludeNode)]
+    assert ex and ex[0].node == "n7"
+    acts = pol.decide(NOW, view(cluster(**{"rollout/1": r1}), node_failures={}))
+    assert not any(isinstance(a, pol.ExcludeNode) for a in acts)
+
+
+def test_excluded_nodes_are_passed_to_replacements():
+    r1 = slot(RoleKind.ROLLOUT, 1, job_state=JobState.FAILED, node="n2")
+    slots = [s for s in cluster(**{"rollout/1": r1}) if s.kind is not RoleKind.SPARE]
+    acts = pol.decide(NOW, view(slots, excluded_nodes=frozenset({"n5"})))
+    sub = next(a for a in acts if isinstance(a, pol.Submit))
+    assert set(sub.exclude) == {"n2", "n5"}
+
+
+def test_restart_budget_escalates_to_full_restart_then_stop():
+    r1 = slot(RoleKind.ROLLOUT, 1, job_state=JobState.FAILED, restarts_in_window=3)
+    acts = pol.decide(NOW, view(cluster(**{"rollout/1": r1})))
+    assert kinds(acts) == ["Dead", "FullRestart"] and "budget" in acts[1].reason
+    acts = pol.decide(NOW, view(cluster(**{"rollout/1": r1}), full_restarts=2))
+    assert kinds(acts) == ["Dead", "StopRun"] and acts[1].failed
+
+
+def test_full_restart_policy_restarts_everything_on_any_death():
+    r1 = slot(RoleKind.ROLLOUT, 1, job_state=JobState.FAILED)
+    acts = pol.decide(NOW, view(cluster(**{"rollout/1": r1}), thresholds=th(full_restart_policy=True)))
+    assert kinds(acts) == ["Dead", "FullRestart"]
+
+
+def test_no_decisions_while_restarting_or_stopping():
+    r1 = slot(RoleKind.ROLLOUT, 1, job_state=JobState.FAILED)
+    assert pol.decide(NOW, view(cluster(**{"rollout/1": r1}), restarting=True)) == []
+    assert pol.decide(NOW, view(cluster(**{"rollout/1": r1}), stopping=True)) == []
+
+
+# ----------------------------------------------------------------------------- drain
+def test_drain_moves_role_via_ready_spare():
+    r0 = slot(RoleKind.ROLLOUT, 0, node_health=NodeHealth.DRAIN)
+    acts = pol.decide(NOW, view(cluster(**{"rollout/0": r0})))
+    assert kinds(acts) == ["StartMove"] and acts[0].slot == "rollout/0" and acts[0].spare == "spare/0"
+
+
+def test_drain_without_spare_starts_one_first():
+    r0 = slot(RoleKind.ROLLOUT, 0, node_health=NodeHealth.DRAIN)
+    slots = [s for s in cluster(**{"rollout/0": r0}) if s.kind is not RoleKind.SPARE]
+    acts = pol.decide(NOW, view(slots))
+    assert kinds(acts) == ["AddSpare"] and acts[0].for_slot == "rollout/0"
+    # the extra spare is still starting: nothing more to do
+    extra = slot(RoleKind.SPARE, 1, state=RoleState.STARTING, reserved_for="rollout/0", extra=True)
+    assert pol.decide(NOW, view(slots + [extra])) == []
+    # once ready, the move starts
+    extra = dataclasses.replace(extra, state=RoleState.READY)
+    acts = pol.decide(NOW, view(slots + [extra]))
+    assert kinds(acts) == ["StartMove"] and acts[0].spare == "spare/1"
+
+
+def test_move_finishes_when_the_old_role_said_goodbye():
+    r0 = slot(RoleKind.ROLLOUT, 0, node_health=NodeHealth.DRAIN, state=RoleState.MOVING, moving=True,
+              stop_requested=True, goodbye=True)
+    sp = slot(RoleKind.SPARE, 0, reserved_for="rollout/0")
+    acts = pol.decide(NOW, view(cluster(**{"rollout/0": r0, "spare/0": sp})))
+    assert kinds(acts) == ["FinishMove"] and acts[0].spare == "spare/0"
+
+
+def test_moving_role_that_dies_uses_its_reserved_spare():
+    r0 = slot(RoleKind.ROLLOUT, 0, state=RoleState.MOVING, moving=True, job_state=JobState.NODE_FAIL)
+    sp = slot(RoleKind.SPARE, 0, reserved_for="rollout/0")
+    acts = pol.decide(NOW, view(cluster(**{"rollout/0": r0, "spare/0": sp})))
+    assert kinds(acts)[:2] == ["Dead", "PromoteSpare"] and acts[1].spare == "spare/0"
