@@ -37,6 +37,7 @@ from pathlib import Path
 
 from slurm_rl.backends.base import Backend, LaunchSpec, Snapshot
 from slurm_rl.errors import BackendError, ConfigError
+from slurm_rl.slurm.parse import SqueueRecord
 from slurm_rl.slurm.query import CommandResult, CommandRunner, JobWatcher, SlurmClient
 from slurm_rl.slurm.submit import SubmittedJob, submit_spec
 from slurm_rl.states import FaultKind
@@ -108,11 +109,12 @@ class SlurmBackend(Backend):
                 raise ConfigError(
                     f"Slurm partition(s) {', '.join(map(repr, unknown))} do not exist here; "
                     f"partitions are: {', '.join(existing) or '(none visible)'}",
-                    where="resources.partition", hint="`sinfo -s` lists them")
+                    where="slurm.partition / <role>.partition", hint="`sinfo -s` lists them")
             if None in self.partitions and default is None:
                 raise ConfigError(
                     "a role has no partition and this cluster has no default partition; "
-                    f"set resources.partition to one of: {', '.join(existing)}", where="resources.partition")
+                    f"set slurm.partition (or the role's partition) to one of: {', '.join(existing)}",
+                    where="slurm.partition")
 
     def submit(self, spec: LaunchSpec) -> str:
         """One sbatch; returns the job id. The script is kept in `<run_dir>/slurm/`."""
@@ -149,6 +151,13 @@ class SlurmBackend(Backend):
             raise BackendError(f"fault {fault} is not supported by the Slurm backend")
         log.info("[inject job=%s] %s on node %s", job_id, fault.value, target)
         return target
+
+    def find_run_jobs(self, run_name: str) -> list[SqueueRecord]:
+        """This user's jobs of run `run_name` (named slurm-rl/<run>/...), from one squeue.
+
+        For re-attaching or cleaning up when the job ids are not at hand (a lost state store).
+        """
+        return self.client.squeue_by_name_prefix(f"slurm-rl/{run_name}/")
 
     @property
     def call_counts(self) -> dict[str, int]:

@@ -236,6 +236,16 @@ def node_health(state: str) -> NodeHealth:
 
 
 # ------------------------------------------------------------------------------------ records
+# States in which the role's own process decided how the job ended. In the others Slurm ended
+# it (cancel, time limit, node failure, ...) and the exit status is an artefact that even
+# differs by source: squeue says SIGTERM/143 for a cancelled job where sacct says 0:0.
+_OWN_EXIT_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.OUT_OF_MEMORY})
+
+
+def _exit_of(state: JobState, info: ExitInfo) -> ExitInfo:
+    return info if state in _OWN_EXIT_STATES else ExitInfo()
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class SqueueRecord:
     """One job (or het component) as `squeue` shows it; `raw_id` is the plain numeric id."""
@@ -250,14 +260,10 @@ class SqueueRecord:
     name: str
 
     def to_status(self) -> JobStatus:
-        """JobStatus for the controller; the exit status only means something once the job ended."""
-        ended = self.state.terminal
-        return JobStatus(
-            job_id=self.job_id, state=self.state, nodes=self.nodes,
-            exit_code=self.exit.exit_code if ended else None,
-            signal=self.exit.signal if ended else None,
-            reason=self.reason,
-        )
+        """JobStatus for the controller; exit code/signal only when the role's process ended the job."""
+        ex = _exit_of(self.state, self.exit)
+        return JobStatus(job_id=self.job_id, state=self.state, nodes=self.nodes, exit_code=ex.exit_code,
+                         signal=ex.signal, reason=self.reason)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -279,12 +285,9 @@ class SacctRecord:
         extra = self.state_text.strip().split(" ", 1)[1] if " " in self.state_text.strip() else ""
         if extra:
             reason = f"{reason} ({extra})" if reason else extra
-        return JobStatus(
-            job_id=self.job_id, state=self.state, nodes=self.nodes,
-            exit_code=self.exit.exit_code if self.state.terminal else None,
-            signal=self.exit.signal if self.state.terminal else None,
-            reason=reason,
-        )
+        ex = _exit_of(self.state, self.exit)
+        return JobStatus(job_id=self.job_id, state=self.state, nodes=self.nodes, exit_code=ex.exit_code,
+                         signal=ex.signal, reason=reason)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -55,7 +55,8 @@ SBATCH_OPTIONS: frozenset[str] = frozenset({
 })
 
 # Options slurm-rl sets itself: a clash would break the controller (name, logs, requeue) or
-# duplicate a typed Resources field. The value says what to set instead.
+# duplicate a typed setting. The value says what to do instead ("<role>" = trainer/rollout/spare,
+# each of which inherits from the top-level `slurm:` section).
 MANAGED_OPTIONS: dict[str, str] = {
     "job-name": "the job name is slurm-rl/<run>/<role>/<index>; the watcher relies on it",
     "output": "role output goes to the run's logs/ directory",
@@ -64,12 +65,11 @@ MANAGED_OPTIONS: dict[str, str] = {
     "requeue": "role jobs never requeue: the controller decides restarts",
     "no-requeue": "always set",
     "array": "one job per role replica",
-    "partition": "set resources.partition", "account": "set resources.account", "qos": "set resources.qos",
-    "time": "set resources.time_min", "nodes": "set resources.nodes",
-    "ntasks-per-node": "set resources.tasks_per_node", "gpus-per-node": "set resources.gpus_per_node",
-    "cpus-per-task": "set resources.cpus_per_task", "mem": "set resources.mem_gb",
-    "gres": "set resources.gres", "constraint": "set resources.constraint",
-    "exclude": "set resources.exclude", "nodelist": "set resources.nodelist",
+    **{k: f"use the `{k.replace('-', '_')}` setting (<role>.{k.replace('-', '_')} or slurm.{k.replace('-', '_')})"
+       for k in ("partition", "account", "qos", "time", "nodes", "gpus-per-node", "cpus-per-task", "gres",
+                 "constraint", "exclude", "nodelist")},
+    "mem": "use the `mem_gb` setting (<role>.mem_gb or slurm.mem_gb)",
+    "ntasks-per-node": "set by the role (tasks_per_node), one task per node by default",
 }
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -105,7 +105,7 @@ class _CommandExecutor(submitit.SlurmExecutor):
         return 1
 
 
-def additional_options(resources: Resources) -> dict[str, str | bool]:
+def additional_options(resources: Resources, *, where: str = "slurm.additional") -> dict[str, str | bool]:
     """Validate Resources.additional and return it as sbatch options ("" value = a bare flag).
 
     A typo raises ConfigError listing the valid keys (and the closest one), like submitit does.
@@ -114,16 +114,19 @@ def additional_options(resources: Resources) -> dict[str, str | bool]:
     for raw_key, value in resources.additional:
         key = raw_key.strip().lstrip("-").replace("_", "-")
         if key in MANAGED_OPTIONS:
-            raise ConfigError(f"sbatch option {raw_key!r} in resources.additional is managed by slurm-rl: "
-                              f"{MANAGED_OPTIONS[key]}", where="resources.additional")
+            raise ConfigError(f"sbatch option {raw_key!r} is managed by slurm-rl: {MANAGED_OPTIONS[key]}",
+                              where=where)
         if key not in SBATCH_OPTIONS:
             valid = sorted(SBATCH_OPTIONS - set(MANAGED_OPTIONS))
-            close = difflib.get_close_matches(key, valid, n=1)
+            close = difflib.get_close_matches(key, [*valid, *MANAGED_OPTIONS], n=1)
+            guess = ""
+            if close:
+                guess = f" (did you mean {close[0]!r}?" + (
+                    f" {MANAGED_OPTIONS[close[0]]})" if close[0] in MANAGED_OPTIONS else ")")
             raise ConfigError(
-                f"unknown sbatch option {raw_key!r} in resources.additional"
-                + (f" (did you mean {close[0]!r}?)" if close else "")
+                f"unknown sbatch option {raw_key!r} in additional{guess}"
                 + "\nValid keys are:\n  - " + "\n  - ".join(valid),
-                where="resources.additional")
+                where=where)
         out[key] = True if value == "" else str(value)
     return out
 
@@ -133,20 +136,26 @@ def _mem(mem_gb: float) -> str:
     return f"{int(mem_gb)}G" if float(mem_gb).is_integer() else f"{round(mem_gb * 1024)}M"
 
 
+def _where(spec: LaunchSpec, key: str) -> str:
+    """The config key a setting of this role comes from (config.py: <role>.<key> over slurm.<key>)."""
+    return f"{spec.role.value}.{key} (or slurm.{key})"
+
+
 def _executor_parameters(spec: LaunchSpec) -> dict[str, object]:
     r = spec.resources
+    if not spec.argv:
+        raise ConfigError(f"{spec.job_name}: the role command (argv) is empty")
     if r.nodes < 1 or r.tasks_per_node < 1 or r.cpus_per_task < 1 or r.time_min < 1 or r.gpus_per_node < 0:
         raise ConfigError(
             f"role {spec.role.value}: nodes, tasks_per_node, cpus_per_task and time_min must be >= 1 and "
             f"gpus_per_node >= 0 (got nodes={r.nodes} tasks_per_node={r.tasks_per_node} "
             f"cpus_per_task={r.cpus_per_task} time_min={r.time_min} gpus_per_node={r.gpus_per_node})",
-            where=f"roles.{spec.role.value}.resources")
+            where=spec.role.value)
     if r.mem_gb is not None and r.mem_gb <= 0:
-        raise ConfigError(f"mem_gb must be > 0 (got {r.mem_gb})", where=f"roles.{spec.role.value}.resources")
+        raise ConfigError(f"mem_gb must be > 0 (got {r.mem_gb})", where=_where(spec, "mem_gb"))
     for k, _ in spec.env:
         if not _ENV_NAME.match(k):
-            raise ConfigError(f"environment variable name {k!r} is not a valid shell name",
-                              where=f"roles.{spec.role.value}.env")
+            raise ConfigError(f"environment variable name {k!r} of {spec.job_name} is not a valid shell name")
     params: dict[str, object] = {
         "job_name": spec.job_name,
         "time": r.time_min,
@@ -171,14 +180,15 @@ def _executor_parameters(spec: LaunchSpec) -> dict[str, object]:
         params["exclude"] = exclude
     if r.nodelist:
         params["nodelist"] = parse.join_nodes(r.nodelist)
-        clash = set(parse.expand_nodelist(",".join(r.nodelist))) & set(
-            parse.expand_nodelist(exclude)) if exclude else set()
+        clash = set(parse.expand_nodelist(params["nodelist"])) & set(parse.expand_nodelist(exclude))
         if clash:
+            # the controller excludes nodes that failed; a pinned role cannot avoid them
             raise ConfigError(f"nodes {sorted(clash)} are both in the nodelist and excluded",
-                              where=f"roles.{spec.role.value}.resources.nodelist")
+                              where=_where(spec, "nodelist"),
+                              hint="pinned roles cannot move off a failed node; prefer exclude over nodelist")
     if spec.env:
         params["setup"] = [f"export {k}={shlex.quote(v)}" for k, v in spec.env]
-    extra: dict[str, str | bool] = dict(additional_options(r))
+    extra: dict[str, str | bool] = dict(additional_options(r, where=_where(spec, "additional")))
     extra.update({"output": str(slurm_log_path(spec)), "no-requeue": True})
     params["additional_parameters"] = extra
     return params
@@ -191,8 +201,7 @@ def render_script(spec: LaunchSpec) -> str:
     try:
         executor.update_parameters(**params)
     except ValueError as e:   # submitit's "Unavailable parameter(s)... Valid parameters are..."
-        raise ConfigError(f"invalid Slurm parameters for {spec.job_name}: {e}",
-                          where=f"roles.{spec.role.value}.resources") from e
+        raise ConfigError(f"invalid Slurm parameters for {spec.job_name}: {e}", where=spec.role.value) from e
     # Slurm 22.05's srun no longer inherits --cpus-per-task from the batch job: without it a
     # 16-CPU role would be confined to 1 CPU on clusters that bind tasks (task/cgroup).
     srun = ["srun", "--unbuffered", "--kill-on-bad-exit=1", f"--cpus-per-task={spec.resources.cpus_per_task}",
@@ -236,7 +245,7 @@ def submit_spec(client: SlurmClient, spec: LaunchSpec) -> SubmittedJob:
     except SbatchRejected as e:
         msg = e.result.stderr.strip() or e.result.stdout.strip()
         if any(m.lower() in msg.lower() for m in _CONFIG_ERRORS):
-            raise ConfigError(f"Slurm rejected {spec.job_name}: {msg}", where=f"roles.{spec.role.value}.resources",
+            raise ConfigError(f"Slurm rejected {spec.job_name}: {msg}", where=spec.role.value,
                               hint=f"the generated script is {path}; `sinfo` shows partitions and nodes") from e
         raise BackendError(f"sbatch failed for {spec.job_name}: {e.result.describe()}",
                            hint=f"the generated script is {path}") from e

@@ -99,8 +99,8 @@ def test_role_job_runs_on_a_node_and_cancels(backend, tmp_path):
         assert f"host={node}" in text                              # lab nodes have their own hostname
     assert script_path(spec).is_file()                             # the script users read
     assert "#SBATCH --no-requeue" in script_path(spec).read_text()
-    (rec,) = backend.client.squeue([job])
-    assert rec.name == spec.job_name == "slurm-rl/it/rollout/0"
+    (rec,) = backend.find_run_jobs("it")                            # by name, without the id
+    assert (rec.job_id, rec.name) == (job, spec.job_name) and spec.job_name == "slurm-rl/it/rollout/0"
 
     backend.cancel([job])
     snap = wait_until(backend, [job], all_in(JobState.CANCELLED, [job]), what="CANCELLED")
@@ -134,6 +134,16 @@ def test_preflight_without_slurm_on_path(lab, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(empty))
     with pytest.raises(BackendError, match="sbatch") as e:
         SlurmBackend().preflight()
+    assert e.value.exit_code == 3
+
+
+def test_preflight_when_slurmctld_does_not_answer(lab, monkeypatch, tmp_path):
+    conf = Path("/etc/slurm/slurm.conf").read_text().splitlines()
+    bad = tmp_path / "slurm.conf"   # the lab's config, pointing at a port nobody listens on
+    bad.write_text("\n".join("SlurmctldPort=16999" if ln.startswith("SlurmctldPort=") else ln for ln in conf))
+    monkeypatch.setenv("SLURM_CONF", str(bad))
+    with pytest.raises(BackendError, match="slurmctld does not answer") as e:
+        SlurmBackend(partitions=["main"]).preflight()
     assert e.value.exit_code == 3
 
 

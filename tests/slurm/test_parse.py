@@ -101,7 +101,10 @@ def test_squeue_recorded_running_and_finished():
     assert (kill9.state, kill9.exit_code, kill9.signal) == (JobState.FAILED, None, 9)
     done = cases["completed"][0].to_status()
     assert (done.state, done.exit_code) == (JobState.COMPLETED, 0)
-    assert cases["cancelled"][0].state is JobState.CANCELLED
+    cancelled = cases["cancelled"][0]
+    assert cancelled.state is JobState.CANCELLED and cancelled.exit.signal == 15   # squeue's raw SIGTERM...
+    # ...is Slurm's doing, not the role's
+    assert (cancelled.to_status().exit_code, cancelled.to_status().signal) == (None, None)
     pending = cases["pending"][0].to_status()
     assert pending.state is JobState.PENDING and pending.nodes == () and "ReqNodeNotAvail" in pending.reason
 
@@ -151,6 +154,7 @@ def test_sacct_recorded_final_states():
     assert st["cancelled"].state is JobState.CANCELLED and "by 0" in st["cancelled"].reason
     assert st["timeout"].state is JobState.TIMEOUT
     assert st["nodefail"].state is JobState.NODE_FAIL and st["nodefail"].nodes == ("n4",)
+    assert (st["nodefail"].exit_code, st["nodefail"].signal) == (None, None)   # not the role's 0:0
     assert st["pending"].state is JobState.PENDING and st["pending"].nodes == ()
     assert st["running"].exit_code is None    # 0:0 of a running job means nothing yet
     assert sorted(r.job_id.split("+")[1] for r in cases["het"]) == ["0", "1"]
@@ -168,6 +172,7 @@ def test_sacct_out_of_memory_handwritten():
     (rec,) = parse.parse_sacct(read("sacct_oom_handwritten.txt"))
     st = rec.to_status()
     assert st.state is JobState.OUT_OF_MEMORY and st.state.terminal and st.nodes == ("gpu-03",)
+    assert st.signal == 125                  # what task/cgroup clusters record for the OOM kill
 
 
 def test_sacct_columns_found_by_name_and_pipe_in_name():
@@ -231,3 +236,15 @@ def test_partitions_and_sbatch_id():
 
 def test_join_nodes_sorted_unique():
     assert parse.join_nodes(["n3", "n1", "n3", " "]) == "n1,n3"
+
+
+def test_squeue_and_sacct_agree_on_finished_jobs():
+    # the watcher takes a final state from squeue while slurmctld holds the job, from sacct after:
+    # both must tell the controller the same thing
+    sq = {k: v[0].to_status() for k, v in by_case(parse.parse_squeue(read("squeue_final.txt"))).items()}
+    sa = {k: v[0].to_status() for k, v in by_case(parse.parse_sacct(read("sacct_final.txt"))).items()}
+    finished = [k for k in sq if sq[k].state.terminal and k != "het"]
+    assert {"exit3", "kill9", "completed", "cancelled", "timeout", "nodefail"} <= set(finished)
+    for k in finished:
+        a, b = sq[k], sa[k]
+        assert (a.state, a.exit_code, a.signal, a.nodes) == (b.state, b.exit_code, b.signal, b.nodes), k

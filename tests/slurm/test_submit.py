@@ -88,6 +88,9 @@ def test_typo_in_additional_lists_valid_keys(tmp_path):
         submit.render_script(rollout_spec(tmp_path, additional=(("reservaton", "rl"),)))
     msg = str(e.value)
     assert "did you mean 'reservation'" in msg and "  - mail-type" in msg and e.value.exit_code == 2
+    assert "rollout.additional" in msg                              # where to fix it
+    with pytest.raises(ConfigError, match=r"did you mean 'partition'\? use the `partition` setting"):
+        submit.render_script(rollout_spec(tmp_path, additional=(("partiton", "gpu"),)))
 
 
 @pytest.mark.parametrize("key", ["job-name", "requeue", "partition", "time", "output"])
