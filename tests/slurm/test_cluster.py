@@ -53,8 +53,9 @@ def backend(lab):
     be.close()
 
 
-def make_spec(run_dir: Path, index: int, *args: str, role: RoleKind = RoleKind.ROLLOUT, **res) -> LaunchSpec:
-    return LaunchSpec(run_name="it", run_dir=run_dir, role=role, index=index, incarnation=0,
+def make_spec(run_dir: Path, index: int, *args: str, role: RoleKind = RoleKind.ROLLOUT, run_name: str = "it",
+              **res) -> LaunchSpec:
+    return LaunchSpec(run_name=run_name, run_dir=run_dir, role=role, index=index, incarnation=0,
                       argv=(sys.executable, "-c", ROLE, *args), resources=Resources(time_min=10, **res),
                       env=(("SLURM_RL_TEST_VAR", "hello world"),))
 
@@ -87,7 +88,8 @@ def wait_file(path: Path, needle: str, timeout: float = 20) -> str:
 # ------------------------------------------------------------------------------------ basics
 def test_role_job_runs_on_a_node_and_cancels(backend, tmp_path):
     backend.preflight()
-    spec = make_spec(tmp_path / "run", 0)
+    run_name = f"it-{time.time_ns()}"                               # finished jobs of other runs stay in squeue
+    spec = make_spec(tmp_path / "run", 0, run_name=run_name)
     job = backend.submit(spec)
     snap = wait_until(backend, [job], all_in(JobState.RUNNING, [job]), what="RUNNING")
     (node,) = snap.jobs[job].nodes
@@ -99,8 +101,8 @@ def test_role_job_runs_on_a_node_and_cancels(backend, tmp_path):
         assert f"host={node}" in text                              # lab nodes have their own hostname
     assert script_path(spec).is_file()                             # the script users read
     assert "#SBATCH --no-requeue" in script_path(spec).read_text()
-    (rec,) = backend.find_run_jobs("it")                            # by name, without the id
-    assert (rec.job_id, rec.name) == (job, spec.job_name) and spec.job_name == "slurm-rl/it/rollout/0"
+    (rec,) = backend.find_run_jobs(run_name)                        # by name, without the id
+    assert (rec.job_id, rec.name) == (job, spec.job_name) == (job, f"slurm-rl/{run_name}/rollout/0")
 
     backend.cancel([job])
     snap = wait_until(backend, [job], all_in(JobState.CANCELLED, [job]), what="CANCELLED")
