@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -15,6 +17,17 @@ from slurm_rl.sync.tcp import TcpServer
 from slurm_rl.sync.ucx import UcxServer, ucx_status
 
 log = logging.getLogger("slurm_rl.sync")
+
+
+_RUNNING: weakref.WeakSet[WeightServer] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    # Stop transports while the interpreter is whole: a UCX progress thread torn down mid-call at
+    # exit can crash the process on its way out.
+    for server in list(_RUNNING):
+        server.stop()
 
 
 class _TransportServer(Protocol):
@@ -86,6 +99,7 @@ class WeightServer:
             raise
         if not self.addresses:
             raise SyncError(f"no weight-sync transport could start: {self.unavailable}")
+        _RUNNING.add(self)
         log.info("weight server listening: %s", " ".join(self.addresses.values()))
         return dict(self.addresses)
 
@@ -115,6 +129,7 @@ class WeightServer:
         self._servers.clear()
         self.addresses.clear()
         self._holdings.clear()
+        _RUNNING.discard(self)
 
     def __enter__(self) -> WeightServer:
         self.start()

@@ -6,6 +6,7 @@ in this process. UCX is skipped only where ucxx does not import.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -114,7 +115,25 @@ def test_version_not_held(transport: str) -> None:
     with serving(transport, WeightSet.from_state_dict(odd_state(), 4)) as (_, addr):
         with pytest.raises(VersionNotHeld) as err:
             pull(addr, 5, deadline_s=5)
-    assert err.value.held == (4,)
+        assert err.value.held == (4,)
+        assert_same(pull(addr, 4, deadline_s=5).tensors(), odd_state())     # same holder, next request
+
+
+def test_holder_restarted_at_the_same_address(transport: str) -> None:
+    """Pullers may keep connections between versions (UCX does); a restarted holder must still be reachable."""
+    if transport == "shm":
+        pytest.skip("shm addresses are unique per server process by design: a restart has a new address")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for version in (1, 2, 3):
+        server = WeightServer(host="127.0.0.1", transports=(transport,), port=port)
+        addr = server.start()[transport]
+        server.publish(WeightSet.from_state_dict(make_state(1 << 16, seed=version), version))
+        try:
+            assert_same(pull(addr, version, deadline_s=10).tensors(), make_state(1 << 16, seed=version))
+        finally:
+            server.stop()
 
 
 def test_corrupt_bucket_is_refused_then_another_holder_serves(transport: str) -> None:
