@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -134,16 +135,24 @@ def tail(path: Path, n: int = 15) -> str:
 
 
 def controller_alive(run: RunDir) -> bool:
+    """Is the controller that wrote controller.json still running (on this host)?"""
+    import psutil
+
     addr = run.read_controller()
     if addr is None:
         return False
+    if addr.hostname != socket.gethostname():
+        # another host (a login node, or a batch job): ask it instead of looking for its pid
+        try:
+            return ask(run, P.StatusRequest(events=0), timeout_s=2.0).ok
+        except EnvironmentProblem:
+            return False
     try:
-        os.kill(addr.pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(addr.pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 def ask(run: RunDir, msg: P.Request, timeout_s: float = 5.0) -> P.Reply:

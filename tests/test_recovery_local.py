@@ -1,0 +1,164 @@
+"""Role-based recovery on the local backend: every fault kind, injected into a real run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from slurm_rl.cli import cli
+from tests import runs
+
+pytestmark = pytest.mark.slow
+
+LONG = "algorithm.steps=100000"
+
+
+@pytest.fixture
+def run_factory(tmp_path):
+    made = []
+
+    def make(*sets, name="r"):
+        run = runs.launch(tmp_path, LONG, *sets, name=name)
+        made.append(run)
+        runs.wait_ready(run)
+        return run
+
+    yield make
+    for run in made:
+        runs.cleanup(run)
+        assert runs.run_processes(run) == []
+
+
+def recovered(run, slot):
+    return [e for e in runs.events(run, "recovered") if e["slot"] == slot]
+
+
+def stop_and_audit(run):
+    res = CliRunner().invoke(cli, ["stop", str(run.path)])
+    assert res.exit_code == 0, res.output
+    rep = runs.wait_done(run)
+    runs.assert_accounted(rep)
+    runs.assert_no_prompt_done_twice(run)
+    return rep
+
+
+def test_rollout_crash_is_replaced_by_the_warm_spare(run_factory):
+    run = run_factory()
+    old_job = runs.role(run, "rollout/1")["job_id"]
+    spare_job = runs.role(run, "spare/0")["job_id"]
+    t = runs.inject(run, "rollout/1", "crash")
+    runs.wait_for(lambda: recovered(run, "rollout/1"), 30, "rollout/1 generating again", run)
+    dead = runs.events(run, "dead")[0]
+    assert dead["slot"] == "rollout/1" and dead["t"] - t < 2.0          # a killed process: found within 2 s
+    runs.wait_for(lambda: runs.role(run, "rollout/1")["job_id"] == spare_job, 10, "flush")
+    assert runs.role(run, "rollout/1")["job_id"] != old_job
+    runs.wait_for(lambda: runs.role(run, "spare/0")["state"] == "READY", 90, "spare/0 backfilled", run)
+    rep = stop_and_audit(run)
+    f = rep["faults"][0]
+    assert f["slot"] == "rollout/1" and f["kind"] == "crash" and f["recover_s"] < 10
+    assert rep["restarts"]["rollout"] == 1 and rep["restarts"]["trainer"] == 0
+
+
+def test_trainer_keeps_stepping_while_a_rollout_is_replaced_without_spare(run_factory):
+    run = run_factory("spare.replicas=0")
+    t = runs.inject(run, "rollout/0", "crash")
+    runs.wait_for(lambda: recovered(run, "rollout/0"), 90, "rollout/0 replaced by a new job", run)
+    t_rec = recovered(run, "rollout/0")[0]["t"]
+    during = runs.q(run, "SELECT COUNT(*) FROM steps WHERE t_end > ? AND t_end < ? AND state != 'rolled_back'",
+                    (t, t_rec))[0][0]
+    assert during >= 3, f"trainer took {during} steps during the {t_rec - t:.1f}s recovery"
+    submitted = [e for e in runs.events(run, "submitted") if e["slot"] == "rollout/0"]
+    assert len(submitted) == 2                                           # initial + replacement
+    stop_and_audit(run)
+
+
+def test_trainer_crash_restored_from_standby_at_committed_step(run_factory):
+    run = run_factory()
+    runs.wait_for(lambda: runs.committed(run) >= 15, 90, "15 committed steps", run)
+    before = runs.committed(run)
+    spare_job = runs.role(run, "spare/0")["job_id"]
+    runs.inject(run, "trainer/0", "crash")
+    runs.wait_for(lambda: recovered(run, "trainer/0"), 30, "trainer restored", run)
+    restore = runs.events(run, "trainer_rollback")[0]
+    import json
+    resumed_at = json.loads(restore["data"])["committed"]
+    assert resumed_at >= before                                          # nothing committed is lost
+    assert runs.role(run, "trainer/0")["job_id"] == spare_job            # the warm spare took over
+    runs.wait_for(lambda: runs.committed(run) >= resumed_at + 5, 60, "5 more steps", run)
+    # steps go on from the committed one: never back past it
+    kept = [r["step"] for r in runs.q(run, "SELECT step FROM steps WHERE state != 'rolled_back' ORDER BY step")]
+    assert kept == list(range(1, len(kept) + 1))
+    stop_and_audit(run)
+
+
+def test_hung_rollout_is_found_by_its_phase_timeout(run_factory):
+    run = run_factory("recovery.phase_timeouts.generating=4", "recovery.phase_timeouts.idle=4",
+                      "recovery.phase_timeouts.syncing_weights=4")
+    t = runs.inject(run, "rollout/0", "hang")
+    runs.wait_for(lambda: [e for e in runs.events(run, "suspect") if e["slot"] == "rollout/0"], 10, "suspect", run)
+    runs.wait_for(lambda: recovered(run, "rollout/0"), 30, "hung rollout replaced", run)
+    dead = [e for e in runs.events(run, "dead") if e["slot"] == "rollout/0"][0]
+    assert 4.0 <= dead["t"] - t < 8.0, dead["msg"]                       # within its phase timeout, not before
+    assert "timeout" in dead["msg"]
+    stop_and_audit(run)
+
+
+def test_exit_code_fault_is_recovered(run_factory):
+    run = run_factory()
+    runs.inject(run, "rollout/1", "exit:3")
+    runs.wait_for(lambda: recovered(run, "rollout/1"), 30, "rollout/1 recovered", run)
+    dead = [e for e in runs.events(run, "dead") if e["slot"] == "rollout/1"][0]
+    assert "exit 3" in dead["msg"]
+    stop_and_audit(run)
+
+
+def test_drain_moves_the_role_gracefully(run_factory):
+    run = run_factory()
+    node = runs.role(run, "rollout/0")["node"]
+    runs.inject(run, "rollout/0", "drain")
+    runs.wait_for(lambda: runs.events(run, "moved") or runs.events(run, "promoted"), 30, "the move", run)
+    runs.wait_for(lambda: runs.role(run, "rollout/0")["state"] == "READY"
+                  and runs.role(run, "rollout/0")["node"] != node, 30, "rollout/0 on another node", run)
+    assert runs.events(run, "move_started")
+    assert not [e for e in runs.events(run, "dead") if e["slot"] == "rollout/0"]   # planned, not a failure
+    assert [e for e in runs.events(run, "goodbye") if e["slot"] == "rollout/0"]
+    rep = stop_and_audit(run)
+    assert rep["restarts"]["rollout"] == 0
+
+
+def test_node_down_takes_every_role_on_it_and_all_come_back(run_factory):
+    run = run_factory("local.nodes=3")       # 4 roles on 3 nodes: one node holds two roles
+    nodes = {}
+    for r in runs.q(run, "SELECT slot, node FROM roles"):
+        nodes.setdefault(r["node"], []).append(r["slot"])
+    node, slots = max(nodes.items(), key=lambda kv: len(kv[1]))
+    runs.inject(run, slots[0], "node-down")
+    for s in slots:
+        runs.wait_for(lambda s=s: runs.role(run, s)["state"] == "READY" and runs.role(run, s)["node"] != node,
+                      120, f"{s} back on another node", run)
+    assert {e["slot"] for e in runs.events(run, "dead")} >= set(slots)
+    stop_and_audit(run)
+
+
+def test_controller_kill_and_resume_keeps_the_roles(run_factory):
+    run = run_factory()
+    jobs = {r["slot"]: (r["job_id"], r["incarnation"]) for r in runs.q(run, "SELECT * FROM roles")}
+    pid = runs.controller_pid(run)
+    os.kill(pid, signal.SIGKILL)
+    runs.wait_for(lambda: runs.controller_pid(run) is None, 10, "controller gone")
+    time.sleep(3)                                          # roles carry on without it
+    workers = [p for p in runs.run_processes(run) if "roles.worker" in " ".join(p.cmdline())]
+    assert len(workers) == 4
+    res = CliRunner().invoke(cli, ["resume", str(run.path), "--detach"])
+    assert res.exit_code == 0, res.output
+    before = runs.committed(run)
+    runs.wait_for(lambda: runs.committed(run) >= before + 5, 60, "training goes on after resume", run)
+    after = {r["slot"]: (r["job_id"], r["incarnation"]) for r in runs.q(run, "SELECT * FROM roles")}
+    assert after == jobs                                   # re-attached, nothing restarted
+    assert runs.events(run, "controller_resumed")
+    assert not runs.events(run, "dead")
+    stop_and_audit(run)
