@@ -257,7 +257,8 @@ class ControllerConfig(_Section):
     bind: str | None = Field(default=None, description="address to bind (default: host)")
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
     tick_s: float = Field(default=0.1, gt=0)
-    poll_interval_s: float = Field(default=1.0, gt=0, description="scheduler poll (one squeue+sinfo per poll)")
+    poll_interval_s: float | None = Field(default=None, gt=0, description="scheduler poll period, one squeue+sinfo "
+                                          "per poll (default: 0.2 s local, 2 s Slurm)")
     max_message_mb: float = Field(default=64.0, gt=0)
 
 

@@ -8,7 +8,6 @@ never blocks on Slurm. The SQLite store is written only from the loop thread.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -18,10 +17,11 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from slurm_rl import protocol as P
 from slurm_rl.backends.base import Backend, JobStatus, LaunchSpec, Snapshot
@@ -168,7 +168,11 @@ class Controller:
             full_restart_policy=cfg.recovery.policy is RecoveryPolicy.FULL_RESTART,
             spare_replicas=cfg.spare.replicas)
         self.buffer_limit = max(1, int(cfg.algorithm.buffer_steps * cfg.algorithm.prompts_per_step))
-        self.t_start = time.time()
+        self.node_health: dict[str, NodeHealth] = {}
+        self.full_restart_faults: list[int] = []      # faults a full restart in progress answers
+        self.move_faults: dict[str, int] = {}         # slot -> injected drain fault its move answers
+        self.final_state = "stopped"
+        self.poll_interval = cfg.controller.poll_interval_s or (0.2 if backend.name == "local" else 2.0)
 
     # ================================================================== lifecycle
     def serve(self) -> int:
@@ -447,7 +451,7 @@ class Controller:
             self.store.release(holder, item_ids)
         slot = self.slots.get(ident.slot)
         base = self._reply(slot) if slot is not None and slot.incarnation == ident.incarnation else P.Reply()
-        return dataclasses_replace(base, accepted=accepted, rejected=rejected + invalid)
+        return msgspec.structs.replace(base, accepted=accepted, rejected=rejected + invalid)
 
     def _fetch(self, slot: Slot, msg: P.FetchBatch) -> P.Reply:
         if slot.kind is not RoleKind.TRAINER:
@@ -493,7 +497,7 @@ class Controller:
         if version < 0 or wepoch > self.wepoch or wepoch < 0:
             return False
         if wepoch == self.wepoch:
-            return version <= max(self.trainer_version, self.epoch_bases[-1]) or version <= self._newest_version()
+            return version <= max(self.trainer_version, self.epoch_bases[-1])
         return version <= min(self.epoch_bases[wepoch + 1:])
 
     def _newest_version(self) -> int:
@@ -527,7 +531,7 @@ class Controller:
                 connected=s.connected, phase=s.phase, last_hb=s.last_hb, progress_at=s.progress_at,
                 suspect_since=s.suspect_since, suspect_reason=s.suspect_reason, probe=s.probe, probe_at=s.probe_at,
                 probe_pending=s.probe_pending, job_state=s.job.state if s.job else None,
-                job_exit=_exit_text(s.job), node_health=self._node_health.get(s.node or "", node_health),
+                job_exit=_exit_text(s.job), node_health=self.node_health.get(s.node or "", node_health),
                 version=s.version, restarts_in_window=sum(1 for t in s.restarts if now - t < window),
                 moving=s.moving, reserved_for=s.reserved_for, stop_requested=s.stop_requested, goodbye=s.goodbye,
                 extra=s.extra))
@@ -535,8 +539,6 @@ class Controller:
                         full_restarts=self.full_restarts, node_failures=dict(self.node_failures),
                         excluded_nodes=frozenset(self.excluded), restarting=self.restarting_until is not None,
                         stopping=self.stopping is not None)
-
-    _node_health: dict[str, NodeHealth] = {}
 
     def _apply(self, a: pol.Action, now: float) -> None:
         log.info("action %s: %s", type(a).__name__, a.reason)
@@ -581,6 +583,9 @@ class Controller:
             s.stop_requested = True
             s.state = RoleState.MOVING
             s.commands.append(P.Command(op="stop", reason=a.reason))
+            fid = self.move_faults.get(s.name)
+            if fid is not None:
+                self.store.update_fault(fid, t_detect=now, t_decide=now, action=f"move to {spare.name}")
             self.event("move_started", f"moving {s.name} off {s.node}: {a.reason}", slot=s.name, node=s.node)
         elif isinstance(a, pol.FinishMove):
             s = self.slots[a.slot]
@@ -588,6 +593,10 @@ class Controller:
             old_job = s.job_id
             resume = self.committed if s.kind is RoleKind.TRAINER else -1
             self._promote(spare, s, now, a.reason, resume_step=resume, planned=True)
+            s.fault_id = self.move_faults.pop(s.name, None)
+            if s.fault_id is not None:
+                self.store.update_fault(s.fault_id, t_scheduled=now)
+            self.event("moved", f"{s.name} moved off its draining node: {a.reason}", slot=s.name, node=s.node)
             if old_job:
                 self._cancel([old_job])
             if not spare.extra and spare.index < self.cfg.spare.replicas:
@@ -757,8 +766,8 @@ class Controller:
         open_faults += list(self.pending_faults.values())
         self.pending_faults.clear()
         self.redirects.clear()
-        self._full_restart_faults = [f for f in open_faults if f is not None]
-        for fid in self._full_restart_faults:
+        self.full_restart_faults = [f for f in open_faults if f is not None]
+        for fid in self.full_restart_faults:
             self.store.update_fault(fid, t_decide=now, action="full restart", replay_s=None)
         for s in list(self.slots.values()):
             if s.extra:
@@ -772,14 +781,12 @@ class Controller:
         # give the cancelled jobs a moment to go before judging the new ones
         self.restarting_until = now + 2.0
 
-    _full_restart_faults: list[int] = []
-
     def _recover_full_restart_faults(self, now: float, version: int) -> None:
-        if self._full_restart_faults:
-            for fid in self._full_restart_faults:
+        if self.full_restart_faults:
+            for fid in self.full_restart_faults:
                 self.store.update_fault(fid, t_recovered=now)
             self.event("recovered", f"run recovered by full restart: committed step {version}")
-            self._full_restart_faults = []
+            self.full_restart_faults = []
 
     def _recovered(self, slot: Slot, now: float, what: str) -> None:
         assert slot.fault_id is not None
@@ -799,7 +806,7 @@ class Controller:
                 self.backend_results.put(snap)
             except Exception as e:
                 log.warning("scheduler poll failed: %s", e)
-            self._poll_stop.wait(self.cfg.controller.poll_interval_s)
+            self._poll_stop.wait(self.poll_interval)
 
     def _update_poll_jobs(self) -> None:
         ids = [s.job_id for s in self.slots.values() if s.job_id]
@@ -837,7 +844,7 @@ class Controller:
                     self.event("cancel_failed", f"cancelling {', '.join(r.job_ids)} failed: {r.error}")
 
     def _apply_snapshot(self, snap: Snapshot) -> None:
-        self._node_health = {n: st.health for n, st in snap.nodes.items()}
+        self.node_health = {n: st.health for n, st in snap.nodes.items()}
         for s in self.slots.values():
             if not s.job_id:
                 continue
@@ -904,10 +911,9 @@ class Controller:
                 if other is not s and other.node == node and other.state.alive:
                     self.pending_faults[other.name] = self.store.open_fault(other.name, fault.value, node, True, now)
         if fault is FaultKind.DRAIN:
-            self.store.update_fault(fid, action="move")
-            self.drain_faults = getattr(self, "drain_faults", {})
-            self.drain_faults[s.name] = fid
-        self.pending_faults[s.name] = fid
+            self.move_faults[s.name] = fid        # answered by the move, not by a death
+        else:
+            self.pending_faults[s.name] = fid
         self.event("fault_injected", f"injected {fault.value} into {s.name} on {node}", slot=s.name,
                    job_id=s.job_id, node=node, data={"fault": fault.value})
         return P.Reply(payload=json.dumps({"slot": s.name, "fault": fault.value, "node": node,
@@ -948,8 +954,6 @@ class Controller:
                 s.commands.append(P.Command(op="stop", reason=reason))
         self.store.set_meta("run_state", "stopping")
         self.event("stopping", f"stopping the run: {reason}")
-
-    final_state = "stopped"
 
     def _tick_stopping(self, now: float) -> None:
         assert self.stopping is not None
@@ -999,12 +1003,6 @@ class Controller:
         return status_dict(self.run, live=True, n_events=n_events)
 
 
-def dataclasses_replace(reply: P.Reply, **kw: Any) -> P.Reply:
-    import msgspec
-
-    return msgspec.structs.replace(reply, **kw)
-
-
 def _exit_text(js: JobStatus | None) -> str:
     if js is None:
         return ""
@@ -1026,5 +1024,3 @@ def _role_env() -> tuple[tuple[str, str], ...]:
 
 
 __all__ = ["Controller", "Slot"]
-
-_unused: Callable[..., Any] | None = None

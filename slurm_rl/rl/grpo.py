@@ -13,6 +13,7 @@ Conventions (all tensors are per completion token, shape [B, T] with a 0/1 `mask
 
 from __future__ import annotations
 
+import copy
 import enum
 import logging
 import math
@@ -471,11 +472,19 @@ class PolicyTrainer:
             raise ValueError(f"weights do not match the policy: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
     def optimizer_state(self) -> dict[str, Any]:
-        """AdamW state plus the step counter (`version`) for a checkpoint."""
-        return {"optimizer": self.optimizer.state_dict(), "version": self.version}
+        """A snapshot of the AdamW state plus the step counter (`version`), for a checkpoint.
+
+        Deep-copied: `Optimizer.state_dict()` returns the live moment tensors, which the
+        next step would change under a checkpoint still being written.
+        """
+        return {"optimizer": copy.deepcopy(self.optimizer.state_dict()), "version": self.version}
 
     def load_optimizer_state(self, state: Mapping[str, Any]) -> None:
-        """Restore what `optimizer_state` returned (also restores `version`)."""
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Restore what `optimizer_state` returned (also restores `version`).
+
+        Copies too: `Optimizer.load_state_dict` keeps same-device tensors by reference, so
+        two trainers restored from one dict would otherwise share (and both mutate) moments.
+        """
+        self.optimizer.load_state_dict(copy.deepcopy(dict(state["optimizer"])))
         self.version = int(state["version"])
 

@@ -18,7 +18,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from slurm_rl import protocol as P
 from slurm_rl.config import BackendKind, RunConfig
@@ -237,5 +236,3 @@ def write_exit_record(code: int) -> None:
 
 
 __all__ = ["RoleRuntime", "bind_host", "write_exit_record"]
-
-_Any = Any

@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import psutil
 import torch
 import xxhash
 
@@ -274,11 +273,8 @@ class Assembler:
     """
 
     def __init__(self, manifest: Manifest, progress: ProgressFn | None = None):
-        free = psutil.virtual_memory().available
-        if manifest.total_bytes > free:
-            raise SyncError(f"weights v{manifest.version} need {manifest.total_bytes} bytes, only {free} available")
         self.manifest = manifest
-        self.host = POOL.take(manifest.total_bytes)
+        self.host = POOL.take(manifest.total_bytes, check_memory=True)
         self.flat = POOL.array(self.host, manifest.total_bytes)
         self._mv = memoryview(self.flat)
         self._progress = progress

@@ -22,6 +22,9 @@ import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
+import psutil
+
+from slurm_rl.errors import SyncError
 
 log = logging.getLogger("slurm_rl.sync")
 
@@ -87,7 +90,9 @@ class BufferPool:
         self._free: list[HostBuffer] = []
         self._lock = threading.Lock()
 
-    def take(self, nbytes: int) -> HostBuffer:
+    def take(self, nbytes: int, *, check_memory: bool = False) -> HostBuffer:
+        """A buffer of at least `nbytes`; with `check_memory`, refuse (SyncError) rather than let a new
+        allocation push the node into the OOM killer (the size may come from a peer's manifest)."""
         want = max(PAGE, -(-nbytes // PAGE) * PAGE)
         with self._lock:
             # Same-size first (a model's versions all have the same size), else a slightly larger one;
@@ -97,6 +102,10 @@ class BufferPool:
                 best = min(fits, key=lambda b: b.size)
                 self._free.remove(best)
                 return best
+        if check_memory:
+            free = psutil.virtual_memory().available
+            if want > free:
+                raise SyncError(f"weights need {want} bytes, only {free} available on this node")
         return HostBuffer.allocate(want)
 
     def array(self, buf: HostBuffer, nbytes: int) -> np.ndarray:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from slurm_rl.errors import SyncError
-from slurm_rl.sync.base import Deadline, ProgressFn, Transport, WeightSet
+from slurm_rl.sync.base import Deadline, ProgressFn, Transport, VersionNotHeld, WeightSet
 from slurm_rl.sync.shm import pull_shm
 from slurm_rl.sync.tcp import pull_tcp
 from slurm_rl.sync.ucx import pull_ucx, ucx_status
@@ -119,7 +119,9 @@ def pull_any(addresses: Sequence[str], version: int, *, deadline_s: float, progr
         try:
             return pull(address, version, deadline_s=budget, progress=progress, auth_key=auth_key), address
         except SyncError as e:
-            log.warning("pulling weights v%d from %s failed, trying the next holder: %s", version, address, e)
+            # A holder that has moved on to a newer version is normal in a running job, not a fault.
+            level = logging.INFO if isinstance(e, VersionNotHeld) else logging.WARNING
+            log.log(level, "pulling weights v%d from %s failed, trying the next holder: %s", version, address, e)
             errors.append(f"{address}: {e.message}")
     raise SyncError(f"no holder delivered weights v{version}:\n  " + "\n  ".join(errors),
                     hint="the controller's holder list may be stale; ask it again")

@@ -81,6 +81,11 @@ class ShmServer(SocketServer):
             return f"shm pulls only from the same user (peer uid {uid})"
         return None
 
+    def _done_timeout(self, ws: WeightSet) -> float:
+        # The puller copies without reporting back; give a big version time to be copied at even
+        # 0.5 GB/s before declaring the puller stuck and unpinning the version.
+        return self.stall_timeout_s + ws.nbytes / 0.5e9
+
     def _send_body(self, conn: socket.socket, ws: WeightSet, peer: str) -> None:
         fd = ws._host.readonly_fd()
         deadline = Deadline(self.stall_timeout_s)

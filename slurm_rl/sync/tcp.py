@@ -91,7 +91,7 @@ class SocketServer:
                 return
             t0 = time.perf_counter()
             self._send_body(conn, ws, peer)
-            outcome = recv_done(conn, Deadline(self.stall_timeout_s), peer)
+            outcome = recv_done(conn, Deadline(self._done_timeout(ws)), peer)
             dt = time.perf_counter() - t0
             if outcome == Outcome.VERIFIED:
                 log.debug("served weights v%d (%d B) to %s in %.3fs", ws.version, ws.nbytes, peer, dt)
@@ -110,6 +110,9 @@ class SocketServer:
 
     def _refuse(self, conn: socket.socket) -> str | None:
         return None
+
+    def _done_timeout(self, ws: WeightSet) -> float:
+        return self.stall_timeout_s
 
     def _send_body(self, conn: socket.socket, ws: WeightSet, peer: str) -> None:
         raise NotImplementedError

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -90,4 +89,4 @@ def render_runs(rows: list[dict[str, Any]]) -> Table:
     return t
 
 
-__all__ = ["render_report", "list_runs", "render_runs", "json"]
+__all__ = ["render_report", "list_runs", "render_runs"]

@@ -90,6 +90,15 @@ def test_round_trip_bit_exact(transport: str) -> None:
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
+def test_many_tensors(transport: str) -> None:
+    """A real model's manifest (thousands of names) is larger than UCX's eager limit: still one message."""
+    sd = {f"model.layers.{i // 9}.block.{i % 9}.weight": torch.full((3,), float(i)) for i in range(3000)}
+    ws = WeightSet.from_state_dict(sd, 1)
+    assert len(ws.manifest.encode()) > 100_000
+    with serving(transport, ws) as (_, addr):
+        assert_same(pull(addr, 1, deadline_s=10).tensors(), sd)
+
+
 _dtypes = st.sampled_from([torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int8, torch.bool])
 _shapes = st.lists(st.integers(0, 9), min_size=0, max_size=3).map(tuple)
 _states = st.dictionaries(st.text("abcdefgh.", min_size=1, max_size=12), st.tuples(_dtypes, _shapes), max_size=6)
