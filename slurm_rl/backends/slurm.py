@@ -34,13 +34,18 @@ import os
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from slurm_rl.backends.base import Backend, LaunchSpec, Snapshot
 from slurm_rl.errors import BackendError, ConfigError
 from slurm_rl.slurm.parse import SqueueRecord
 from slurm_rl.slurm.query import CommandResult, CommandRunner, JobWatcher, SlurmClient
-from slurm_rl.slurm.submit import SubmittedJob, submit_spec
-from slurm_rl.states import FaultKind
+from slurm_rl.slurm.submit import SubmittedJob, render_script, submit_spec
+from slurm_rl.states import FaultKind, RoleKind
+
+if TYPE_CHECKING:   # config pulls in pydantic; the backend must import without it for tests
+    from slurm_rl.config import RunConfig
+    from slurm_rl.rundir import RunDir
 
 log = logging.getLogger("slurm_rl.slurm")
 
@@ -91,6 +96,22 @@ class SlurmBackend(Backend):
         self.partitions = tuple(partitions)
         self._lab_dir = lab_dir
         self.submitted: dict[str, SubmittedJob] = {}
+
+    @classmethod
+    def from_config(cls, run: RunDir, cfg: RunConfig) -> SlurmBackend:
+        """The backend of a run: the partitions of every role it starts (for preflight)."""
+        del run   # everything per-run lives in the LaunchSpecs; kept for the backends' common shape
+        return cls(partitions=_config_partitions(cfg))
+
+    @classmethod
+    def check(cls, cfg: RunConfig, *, runner: CommandRunner | None = None) -> None:
+        """`slurm-rl launch`'s fail-fast: Slurm reachable, partitions exist, every role's sbatch
+        options valid (a typo in `additional` is a ConfigError before any job is submitted)."""
+        for role in _config_roles(cfg):
+            spec = LaunchSpec(run_name=cfg.name or "check", run_dir=Path("/nonexistent/slurm-rl-check"),
+                              role=role, index=0, incarnation=0, argv=("true",), resources=cfg.resources(role))
+            render_script(spec)   # pure: validates, writes nothing
+        cls(partitions=_config_partitions(cfg), runner=runner).preflight()
 
     # ------------------------------------------------------------------ Backend
     def preflight(self) -> None:
@@ -197,6 +218,14 @@ class SlurmBackend(Backend):
                     hint="ask an admin, or inject crash/hang faults, which need no rights")
             raise self.client.error(res)
         return res
+
+
+def _config_roles(cfg: RunConfig) -> list[RoleKind]:
+    return [role for role in RoleKind if cfg.replicas(role) > 0]
+
+
+def _config_partitions(cfg: RunConfig) -> list[str | None]:
+    return list(dict.fromkeys(cfg.resources(role).partition for role in _config_roles(cfg)))
 
 
 def partitions_of(specs: Sequence[LaunchSpec]) -> list[str | None]:

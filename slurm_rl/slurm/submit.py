@@ -179,8 +179,9 @@ def _executor_parameters(spec: LaunchSpec) -> dict[str, object]:
     if exclude:
         params["exclude"] = exclude
     if r.nodelist:
-        params["nodelist"] = parse.join_nodes(r.nodelist)
-        clash = set(parse.expand_nodelist(params["nodelist"])) & set(parse.expand_nodelist(exclude))
+        nodelist = parse.join_nodes(r.nodelist)
+        params["nodelist"] = nodelist
+        clash = set(parse.expand_nodelist(nodelist)) & set(parse.expand_nodelist(exclude))
         if clash:
             # the controller excludes nodes that failed; a pinned role cannot avoid them
             raise ConfigError(f"nodes {sorted(clash)} are both in the nodelist and excluded",

@@ -254,3 +254,20 @@ def test_sbatch_role_example_matches_the_generator():
 
     example = (Path(__file__).parents[2] / "sbatch" / "role.sbatch").read_text()
     assert code(example) == code(submit.render_script(spec))
+
+
+def test_check_config_validates_every_role_before_slurm(monkeypatch):
+    from slurm_rl.config import RunConfig
+
+    monkeypatch.setattr("shutil.which", lambda cmd, *a, **k: f"/usr/bin/{cmd}")
+    fake = FakeSlurm()
+    SlurmBackend.check(RunConfig.model_validate({"slurm": {"partition": "gpu"}}), runner=fake)
+    assert fake.count("scontrol") == 1 and fake.count("sinfo") == 1
+    with pytest.raises(ConfigError, match=r"'nope'.*partitions are: main, gpu"):
+        SlurmBackend.check(RunConfig.model_validate({"rollout": {"partition": "nope"}}), runner=FakeSlurm())
+    quiet = FakeSlurm()
+    with pytest.raises(ConfigError, match=r"spare\.additional.*did you mean 'exclusive'"):
+        SlurmBackend.check(RunConfig.model_validate({"spare": {"additional": {"exclusiv": ""}}}), runner=quiet)
+    assert quiet.calls == []                      # option typos are caught before asking Slurm
+    be = SlurmBackend.from_config(None, RunConfig.model_validate({"trainer": {"partition": "gpu"}}))
+    assert set(be.partitions) == {"gpu", None}
