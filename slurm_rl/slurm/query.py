@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -96,16 +97,19 @@ class SlurmClient:
         self._runner: CommandRunner = runner or subprocess_runner
         self.timeout_s = timeout_s
         self._counts: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()   # the controller submits from worker threads while it polls
 
     @property
     def call_counts(self) -> dict[str, int]:
         """Commands issued so far by name, e.g. {"squeue": 12, "sinfo": 12, "sacct": 1}."""
-        return dict(self._counts)
+        with self._lock:
+            return dict(self._counts)
 
     def run(self, argv: Sequence[str], *, check: bool = True, env: Mapping[str, str] | None = None) -> CommandResult:
         """Run one Slurm command. With check=True a non-zero exit raises BackendError."""
         name = Path(argv[0]).name
-        self._counts[name] += 1
+        with self._lock:
+            self._counts[name] += 1
         log.debug("run: %s", " ".join(argv))
         try:
             result = self._runner(argv, timeout=self.timeout_s, env=env)
