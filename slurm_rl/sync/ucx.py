@@ -283,8 +283,6 @@ class UcxServer:
         c.phase = _Phase.AWAIT_REQUEST
         c.hello = Hello.make(self.key)
         c.request = c.done = None
-        c.bufs = [b for b, r in zip(c.bufs, c.ctrl) if not r.completed]
-        c.ctrl = [r for r in c.ctrl if not r.completed]
         self._send_ctrl(c, ucx, array, _HELLO, c.hello.pack() + _CONN_ID.pack(c.cid))
         c.last_progress = time.monotonic()
 
@@ -302,6 +300,10 @@ class UcxServer:
             for r in [*c.ctrl, *c.sends.values()]:
                 if r.completed and (err := _failed(r)) is not None:
                     raise SyncError(repr(err))
+            # Forget finished control sends, or the loop would see "something completed" forever and
+            # never sleep in epoll (a busy holder burning a core).
+            c.bufs = [b for b, r in zip(c.bufs, c.ctrl) if not r.completed]
+            c.ctrl = [r for r in c.ctrl if not r.completed]
             if c.phase is _Phase.AWAIT_REQUEST and c.request is not None:
                 c.last_progress = now
                 self._on_request(c, ucx, array, serving)

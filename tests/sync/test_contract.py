@@ -6,12 +6,14 @@ in this process. UCX is skipped only where ucxx does not import.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psutil
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -184,6 +186,7 @@ def test_killed_holder(transport: str) -> None:
     Either way the result is never partial, and pull_any then succeeds from another holder."""
     spec = HolderSpec(transports=(transport,), nbytes=BIG, seed=3)
     killed_at: list[float] = []
+    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     with Holder(spec) as victim:
         def kill_once(done: int, total: int) -> None:
             if not killed_at:
@@ -200,6 +203,9 @@ def test_killed_holder(transport: str) -> None:
                 pull(addr, 1, deadline_s=30, progress=kill_once)
             assert killed_at and time.monotonic() - killed_at[0] < 1.0
         victim.proc.join(5)
+        # Nothing named is left behind by a SIGKILLed holder (shm segments are memfds).
+        if os.path.isdir("/dev/shm"):
+            assert not {n for n in set(os.listdir("/dev/shm")) - shm_before if "slurm" in n}
         with serving(transport, WeightSet.from_state_dict(make_state(1 << 20, seed=3), 1)) as (_, good):
             got, used = pull_any([addr, good], 1, deadline_s=5)
         assert used == good
@@ -302,6 +308,17 @@ def test_auth(transport: str) -> None:
     with serving(transport, ws) as (_, open_addr):
         with pytest.raises(SyncAuthError, match="does not authenticate"):
             pull(open_addr, 1, deadline_s=5, auth_key=key)
+
+
+def test_idle_holder_does_not_spin(transport: str) -> None:
+    """After serving (with the puller's connection kept open), a holder sleeps: no busy progress loop."""
+    with Holder(HolderSpec(transports=(transport,), nbytes=1 << 20, seed=9)) as holder:
+        pull(holder.addresses[transport], 1, deadline_s=10).verify()
+        proc = psutil.Process(holder.pid)
+        time.sleep(0.2)
+        before = sum(proc.cpu_times()[:2])
+        time.sleep(1.0)
+        assert sum(proc.cpu_times()[:2]) - before < 0.1
 
 
 def test_unreachable_holder_fails_fast(transport: str) -> None:
