@@ -253,7 +253,8 @@ class SyncConfig(_Section):
 
 
 class ControllerConfig(_Section):
-    host: str = Field(default="127.0.0.1", description="address roles use to reach the controller")
+    host: str = Field(default="auto", description="address roles use to reach the controller (auto: loopback "
+                                                   "for the local backend, this host's address for Slurm)")
     bind: str | None = Field(default=None, description="address to bind (default: host)")
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
     tick_s: float = Field(default=0.1, gt=0)

@@ -172,13 +172,15 @@ class Controller:
         self.full_restart_faults: list[int] = []      # faults a full restart in progress answers
         self.move_faults: dict[str, int] = {}         # slot -> injected drain fault its move answers
         self.final_state = "stopped"
+        self._dying: set[str] = set()
         self.poll_interval = cfg.controller.poll_interval_s or (0.2 if backend.name == "local" else 2.0)
 
     # ================================================================== lifecycle
     def serve(self) -> int:
         """Run until the run finishes, fails or is stopped. Returns the exit code."""
         cfg = self.cfg
-        bind = cfg.controller.bind or cfg.controller.host
+        host = controller_host(cfg)
+        bind = cfg.controller.bind or host
         port = cfg.controller.port
         if self.resume and port == 0:
             old = self.store.get_meta("controller_port", 0)
@@ -194,7 +196,7 @@ class Controller:
                 raise
         self.store.set_meta("controller_port", self.server.port)
         self.run.write_controller(ControllerAddress(
-            host=cfg.controller.host, port=self.server.port, pid=os.getpid(),
+            host=host, port=self.server.port, pid=os.getpid(),
             server_public_key=self.server.public_key, started=time.time(), hostname=socket.gethostname()))
         poller = threading.Thread(target=self._poll_loop, name="poller", daemon=True)
         poller.start()
@@ -294,8 +296,11 @@ class Controller:
         if self.restarting_until is not None and now >= self.restarting_until:
             self.restarting_until = None
         actions = pol.decide(now, self._view())
+        # roles found dead together (a node going down) are gone before anyone restores from them
+        self._dying = {a.slot for a in actions if isinstance(a, pol.Dead)}
         for a in actions:
             self._apply(a, now)
+        self._dying = set()
         self._retry_submits(now)
         if now - self._last_expire > 5.0:
             self._last_expire = now
@@ -565,7 +570,8 @@ class Controller:
         elif isinstance(a, pol.PromoteSpare):
             self._promote(self.slots[a.spare], self.slots[a.target], now, a.reason, resume_step=-1)
         elif isinstance(a, pol.PromoteTrainer):
-            self._promote(self.slots[a.standby], self.slots["trainer/0"], now, a.reason, resume_step=a.resume_step)
+            # resume where the restore point ended up (it may be below what the policy saw)
+            self._promote(self.slots[a.standby], self.slots["trainer/0"], now, a.reason, resume_step=self.committed)
         elif isinstance(a, pol.Submit):
             s = self.slots[a.slot]
             s.exclude = a.exclude
@@ -637,8 +643,28 @@ class Controller:
         # redirects owed to the dead process are void
         self.redirects = {k: v for k, v in self.redirects.items() if k[0] != s.name}
 
+    def _restore_point(self) -> int:
+        """Newest version a new trainer can still get: from a live holder or an intact checkpoint.
+
+        Normally the committed version; less when every holder of it died too (a node with the
+        trainer and the rollouts that held its newest weights went down at once).
+        """
+        held = [s.version for s in self.slots.values()
+                if s.kind is not RoleKind.TRAINER and s.connected and s.state.alive and s.name not in self._dying
+                and s.version >= 0]
+        ck = self.store.newest_checkpoint()
+        best = max(held + [ck[0] if ck else 0, 0])
+        return min(best, self.committed)
+
     def _trainer_lost(self, now: float) -> None:
-        """Roll back to the newest committed step; the lineage gets a new epoch from there."""
+        """Roll back to the newest restorable committed step; the lineage gets a new epoch from there."""
+        point = self._restore_point()
+        if point < self.committed:
+            self.event("commit_lost", f"every holder of committed step {self.committed} is gone; the newest "
+                       f"version still held or checkpointed is {point}",
+                       data={"committed": self.committed, "restore_point": point})
+            self.committed = point
+            self.store.set_meta("committed", point)
         steps, groups = self.store.rollback_after(self.committed, regenerate=False, now=now)
         lost = self.trainer_version - self.committed
         self.trainer_version = self.committed
@@ -967,6 +993,7 @@ class Controller:
         if jobs:
             try:
                 self.backend.cancel(jobs)
+                self._apply_snapshot(self.backend.poll(jobs))     # record how each job ended
             except SlurmRLError as e:
                 log.warning("final cancel failed: %s", e)
         for s in self.slots.values():
@@ -1001,6 +1028,18 @@ class Controller:
 
         self._flush(force=True)
         return status_dict(self.run, live=True, n_events=n_events)
+
+
+def controller_host(cfg: RunConfig) -> str:
+    """The address roles dial: loopback locally; on Slurm this host's name resolved to an address."""
+    if cfg.controller.host != "auto":
+        return cfg.controller.host
+    if cfg.backend.value == "local":
+        return "127.0.0.1"
+    try:
+        return socket.gethostbyname(socket.getfqdn())
+    except OSError:
+        return socket.gethostbyname(socket.gethostname())
 
 
 def _exit_text(js: JobStatus | None) -> str:

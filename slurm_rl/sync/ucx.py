@@ -256,8 +256,9 @@ class UcxServer:
 
     @staticmethod
     def _ready_to_advance(c: _Conn) -> bool:
-        return (c.request is not None or c.done is not None or any(r.completed for r in c.ctrl)
-                or any(r.completed for r in c.sends.values()))
+        """Something to act on now (else the loop may sleep in epoll until the next event)."""
+        return (c.request is not None or (c.done is not None and (c.phase is _Phase.REFUSED or not c.sends))
+                or any(r.completed for r in c.ctrl) or any(r.completed for r in c.sends.values()))
 
     def _deliver(self, c: _Conn | None, kind: int, buf: np.ndarray, req: Any) -> None:
         if c is None or c.phase is _Phase.CLOSED:
