@@ -112,8 +112,8 @@ def test_exit_code_fault_is_recovered(run_factory):
     run = run_factory()
     runs.inject(run, "rollout/1", "exit:3")
     runs.wait_for(lambda: recovered(run, "rollout/1"), 30, "rollout/1 recovered", run)
-    dead = [e for e in runs.events(run, "dead") if e["slot"] == "rollout/1"][0]
-    assert "exit 3" in dead["msg"]
+    runs.wait_for(lambda: [e for e in runs.events(run) if e["slot"] == "rollout/1"
+                           and e["kind"] in ("dead", "job_ended") and "exit 3" in e["msg"]], 10, "exit 3 recorded", run)
     stop_and_audit(run)
 
 

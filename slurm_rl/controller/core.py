@@ -173,6 +173,8 @@ class Controller:
         self.move_faults: dict[str, int] = {}         # slot -> injected drain fault its move answers
         self.final_state = "stopped"
         self._dying: set[str] = set()
+        self.job_endings: dict[str, JobState] = {}
+        self.job_slots: dict[str, str] = {}           # job id -> slot it was started for
         self.poll_interval = cfg.controller.poll_interval_s or (0.2 if backend.name == "local" else 2.0)
 
     # ================================================================== lifecycle
@@ -862,6 +864,7 @@ class Controller:
                     continue
                 s.submit_failures = 0
                 s.job_id = r.job_id
+                self.job_slots[r.job_id] = s.name
                 self.store.record_job(r.job_id, s.name, s.incarnation, self.backend.name, "PENDING", now)
                 self._update_poll_jobs()
                 self._dirty = True
@@ -889,11 +892,18 @@ class Controller:
                     fields.update(ended=time.time(), exit_code=js.exit_code, signal=js.signal)
                 self.store.update_job(s.job_id, **fields)
                 self._dirty = True
-        # jobs no slot owns any more (replaced, cancelled): record their final state
+        # jobs no slot owns any more (replaced after a death, cancelled): record how they ended,
+        # which often arrives after the fast signals (probe, heartbeat) already declared the death
         owned = {s.job_id for s in self.slots.values()}
         for jid, js in snap.jobs.items():
-            if jid not in owned and js.state.terminal:
-                self.store.update_job(jid, state=js.state.value, exit_code=js.exit_code, signal=js.signal)
+            if jid in owned or not js.state.terminal or self.job_endings.get(jid) == js.state:
+                continue
+            self.job_endings[jid] = js.state
+            self.store.update_job(jid, state=js.state.value, exit_code=js.exit_code, signal=js.signal, ended=time.time())
+            slot = self.job_slots.get(jid, "")
+            self.event("job_ended", f"job {jid} ({slot or 'unknown role'}) ended {js.state.value}"
+                       + (f" ({_exit_text(js)})" if _exit_text(js) else ""), slot=slot or None, job_id=jid,
+                       data={"state": js.state.value, "exit_code": js.exit_code, "signal": js.signal})
 
     def _drain_probes(self) -> None:
         while True:
