@@ -62,8 +62,12 @@ class Engine(ABC):
         temperature: float,
         seed: int | None,
     ) -> list[list[Completion]]:
-        """`n` completions for each prompt, in prompt order. The same `seed` and weights
-        give the same completions; `seed=None` draws fresh randomness."""
+        """`n` completions for each prompt, in prompt order.
+
+        The seed is per call: the same prompts, `n`, `seed` and weights give the same
+        completions; `seed=None` continues the engine's own random stream (seeded once
+        at start-up from `make_engine(seed=...)`).
+        """
 
     @abstractmethod
     def load_weights(self, sd: Mapping[str, torch.Tensor]) -> None:
@@ -86,12 +90,6 @@ class Engine(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def derive_seed(seed: int, index: int) -> int:
-    """A distinct, reproducible per-prompt seed, so prompts in one call do not share
-    their random stream (identical streams would correlate their samples)."""
-    return (seed * 1_000_003 + index * 7_919 + 1) % (2**31 - 1)
 
 
 def check_generate_args(prompts: Sequence[Sequence[int]], n: int, max_tokens: int, temperature: float) -> None:

@@ -43,7 +43,8 @@ class HFEngine(Engine):
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.seed = seed
+        self._gen = torch.Generator(device=self.device)  # the stream for seed=None calls
+        self._gen.manual_seed(seed)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype(dtype)).to(self.device)
         self.model.eval().requires_grad_(False)
         self.max_model_len = max_model_len or int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
@@ -69,10 +70,10 @@ class HFEngine(Engine):
         too_long = [i for i, p in enumerate(prompt_token_ids) if len(p) + max_tokens > self.max_model_len]
         if too_long:
             raise ValueError(f"prompt {too_long[0]}: prompt + max_tokens exceeds max_model_len={self.max_model_len}")
-        gen = torch.Generator(device=self.device)
         if seed is None:
-            gen.seed()  # fresh, nondeterministic
+            gen = self._gen
         else:
+            gen = torch.Generator(device=self.device)
             gen.manual_seed(seed)
         flat = [list(p) for p in prompt_token_ids for _ in range(n)]
         out: list[Completion] = []
