@@ -41,20 +41,45 @@ _EXTENSION = "slurm_rl.rl.engine_vllm.WeightSyncExtension"
 class WeightSyncExtension:
     """Mixed into vLLM's worker class (`worker_extension_cls`); `self` is the worker.
 
-    Used in multi-process mode, where the RPC carries a file path instead of tensors.
+    In-process the RPC arguments are passed by reference, so `slurm_rl_load` takes the
+    tensors themselves; across processes they travel as a safetensors file path.
     """
 
+    def slurm_rl_load(self, weights: list[tuple[str, torch.Tensor]]) -> int:
+        """Load a full HF-named state dict in place; returns the tensor count."""
+        self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)  # type: ignore[attr-defined]
+        _refresh_tied_lm_head(self.model_runner.model)  # type: ignore[attr-defined]
+        return len(weights)
+
     def slurm_rl_load_file(self, path: str) -> int:
-        """Load a full safetensors state dict from `path` in place; returns tensor count."""
+        """Load a full safetensors state dict from `path` in place."""
         from safetensors.torch import load_file
 
-        weights = list(load_file(path, device="cpu").items())
-        self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)  # type: ignore[attr-defined]
-        return len(weights)
+        return self.slurm_rl_load(list(load_file(path, device="cpu").items()))
 
     def slurm_rl_manual_seed(self, seed: int) -> None:
         """Seed the worker's global torch RNG, which vLLM samples from for unseeded requests."""
         torch.manual_seed(seed)
+
+
+def _refresh_tied_lm_head(model: torch.nn.Module) -> None:
+    """Re-derive a tied lm_head's kernel weights after a reload.
+
+    On CPU the lm_head GEMM runs on a prepacked copy of its weight made at load time.
+    With tied embeddings no checkpoint tensor is named lm_head, so the layerwise reload
+    never re-processes it and the head keeps multiplying by the OLD embedding (measured:
+    logprobs off by ~10 nats after one sync). Only the unquantized method is re-run:
+    re-processing a quantized head would quantize it twice.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    cfg = getattr(model, "config", None)
+    head = getattr(model, "lm_head", None)
+    if head is None or not getattr(cfg, "tie_word_embeddings", False):
+        return
+    method = getattr(head, "quant_method", None)
+    if isinstance(method, UnquantizedEmbeddingMethod):
+        method.process_weights_after_loading(head)
 
 
 @contextlib.contextmanager
@@ -165,6 +190,7 @@ class VllmEngine(Engine):
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
             enforce_eager=enforce_eager,
+            worker_extension_cls=_EXTENSION,
             # Logprobs after temperature: the behaviour policy's real sampling distribution.
             logprobs_mode="processed_logprobs",
             disable_log_stats=True,
@@ -173,9 +199,7 @@ class VllmEngine(Engine):
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
         if not self.on_cpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        if multiprocess:
-            kwargs["worker_extension_cls"] = _EXTENSION
-        else:
+        if not multiprocess:
             kwargs["distributed_executor_backend"] = "uni"
 
         # The CPU worker replaces torch.set_num_threads with a no-op for the whole process
@@ -265,9 +289,7 @@ class VllmEngine(Engine):
         if self.multiprocess:
             self._load_via_file(sd)
         else:
-            self.llm.collective_rpc(
-                "reload_weights", kwargs={"weights_iterator": list(sd.items()), "is_checkpoint_format": True}
-            )
+            self.llm.collective_rpc("slurm_rl_load", args=(list(sd.items()),))
         self.llm.reset_prefix_cache()
 
     def _load_via_file(self, sd: Mapping[str, torch.Tensor]) -> None:

@@ -449,12 +449,19 @@ class PolicyTrainer:
         """The policy's weights under HF checkpoint names, as contiguous CPU tensors.
 
         This is exactly what `Engine.load_weights` and vLLM's `reload_weights(...,
-        is_checkpoint_format=True)` take. `copy=True` gives a snapshot the next step cannot
+        is_checkpoint_format=True)` take: the names `save_pretrained` writes (a tied
+        lm_head is left out). `copy=True` gives a snapshot the next step cannot
         change (needed when the dict is sent while training goes on); on CPU `copy=False`
         shares storage with the live parameters.
         """
         out: dict[str, torch.Tensor] = {}
+        seen: set[int] = set()
         for name, t in self.model.state_dict().items():
+            # Tied weights (lm_head = embed_tokens) appear twice in state_dict but once in
+            # a checkpoint; vLLM rejects the alias, so keep the first name like save_pretrained.
+            if t.data_ptr() in seen:
+                continue
+            seen.add(t.data_ptr())
             t = t.detach()
             if t.device.type != "cpu":
                 t = t.to("cpu")  # already a copy

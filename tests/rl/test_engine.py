@@ -180,3 +180,30 @@ def test_vllm_multiprocess_mode_sync(tiny_model: Path) -> None:
         (comps,) = eng.generate([prompts[1]], n=2, max_tokens=3, temperature=1.0, seed=0)
         assert [c.token_ids for c in comps] == [[seven] * 3] * 2
     assert not list(Path("/dev/shm").glob(f"slurm-rl-weights-{__import__('os').getpid()}-*"))
+
+
+@pytest.mark.parametrize("kind", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_tied_embeddings_sync(kind: str, tmp_path: Path) -> None:
+    """Tied lm_head (Qwen2.5-0.5B, Llama-3.2-1B style): one tensor under one name.
+
+    vLLM-CPU pitfall: the reload never re-packs a tied head's GEMM weight, so without a
+    refresh the head keeps the old embedding (logprobs were off by ~10 nats).
+    """
+    from safetensors import safe_open
+
+    from slurm_rl.rl.model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tied", tie_word_embeddings=True, seed=1)
+    tr = _trainer(model)
+    sd = tr.state_dict_for_sync()
+    with safe_open(str(model / "model.safetensors"), framework="pt") as f:
+        assert set(sd) == set(f.keys()) and "lm_head.weight" not in sd
+    prompts = _prompts(model)
+    probe = prompts[0] + [5, 6, 7, 8]
+    with make_engine(kind, model, seed=0, max_model_len=64) as eng:
+        _train_a_little(tr, prompts)
+        eng.load_weights(tr.state_dict_for_sync())
+        assert _max_diff(eng.prompt_logprobs(probe), tr.logprobs(probe)) < TOL
+        (comps,) = eng.generate([prompts[0]], n=2, max_tokens=4, temperature=1.0, seed=0)
+        for c in comps:
+            assert _max_diff(c.logprobs, tr.logprobs(prompts[0] + c.token_ids)[len(prompts[0]) - 1 :]) < TOL
