@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from slurm_rl.config import RunConfig, load_config
+from slurm_rl.config import RecoveryPolicy, RunConfig, load_config
 from slurm_rl.errors import BadInput
 from slurm_rl.sim.config import (ChaosSchedule, ControllerRules, RecoveryTimes, SimConfig, Standby, Topology, Work,
                                  _frozen)
@@ -104,6 +104,11 @@ class MeasuredRun:
     found: int                     # rows the controller opened itself (failures nobody injected)
     full_restarts: int
 
+    @property
+    def step_s(self) -> float | None:
+        """This run's pace: productive time per kept step (the machine may be busier in one run)."""
+        return self.productive_s / self.steps if self.steps and self.productive_s > 0 else None
+
     @classmethod
     def from_report(cls, r: Mapping[str, Any], policy: str) -> "MeasuredRun":
         bad = r.get("badput") or {}
@@ -163,8 +168,11 @@ class MeasuredTimes:
         for (role, kind), v in by_rk.items():
             samples[f"detect {role.value}/{kind.value}"] = len(v)
 
+        # recoveries of injected faults only: a failure the controller found by itself (a stalled
+        # weight pull, a standby that could not restore) is not one the model produces
+        rb_inj = [f for f in rb if f.get("injected", True)]
         # replacement jobs (role-based run): queue, load, sync
-        submits = [f for f in rb if _action(f) == "submit"]
+        submits = [f for f in rb_inj if _action(f) == "submit"]
         queue: dict[RoleKind, float] = {}
         load: dict[RoleKind, float] = {}
         for role in RoleKind:
@@ -204,7 +212,8 @@ class MeasuredTimes:
         # promotions of warm standbys
         promote: dict[RoleKind, float] = {}
         for role in (RoleKind.ROLLOUT, RoleKind.TRAINER):
-            vals = [_span(f, "t_decide", "t_recovered") for f in rb if _action(f) == "promote" and _role(f) is role]
+            vals = [_span(f, "t_decide", "t_recovered") for f in rb_inj
+                    if _action(f) == "promote" and _role(f) is role]
             vals = [v for v in vals if v is not None]
             if vals:
                 m = statistics.fmean(vals)
@@ -229,13 +238,15 @@ class MeasuredTimes:
                    role_based=MeasuredRun.from_report(role_based_report, "role-based"),
                    full_restart=MeasuredRun.from_report(full_restart_report, "full-restart"))
 
-    def recovery_times(self, *, step_compute_s: float) -> RecoveryTimes:
+    def recovery_times(self) -> RecoveryTimes:
         """The model's times. The trainer's restore is inside its measured load and promotion (the
         role reports READY only once restored), so restore_s is 0; the full restart's teardown is
-        what its measured duration leaves after a cold start (queue + trainer load) and one step."""
+        what its measured duration leaves after a cold start (queue + trainer load) and one step
+        (at the full-restart run's own pace)."""
         detect_kind = {k: self.detect_kind_s.get(k, _DEFAULT_DETECT_S) for k in FaultKind}
         q_all = self.queue_s.get(RoleKind.TRAINER, _DEFAULT_QUEUE_S)
-        cold = q_all + self.load_s.get(RoleKind.TRAINER, _DEFAULT_LOAD_S) + step_compute_s
+        step = self.full_restart.step_s or self.step_s
+        cold = q_all + self.load_s.get(RoleKind.TRAINER, _DEFAULT_LOAD_S) + step
         teardown = max(0.0, self.full_restart_s - cold) if self.full_restart_s is not None else 0.0
         promote = dict(self.promote_s)
         promote.setdefault(RoleKind.ROLLOUT, self.sync_s)
@@ -295,14 +306,17 @@ class LocalBenchmark:
 
 
 def local_config(measured: MeasuredTimes, bench: LocalBenchmark | None = None, *,
-                 compute_fraction: float = LOCAL_COMPUTE_FRACTION) -> SimConfig:
+                 policy: RecoveryPolicy | None = None, compute_fraction: float = LOCAL_COMPUTE_FRACTION) -> SimConfig:
     """The local benchmark as a simulation: 4 shared fake nodes, one process per role, the
     measured times, and the chaos plan the real run used (same generator, same seed).
 
-    The work is paced to the measured step: the trainer computes `compute_fraction` of it and
-    waits for generation the rest, which the rollouts deliver at exactly one batch per step."""
+    The work is paced to the measured step of `policy`'s run (the role-based run's when None; the
+    machine is shared, so two runs need not go at one pace): the trainer computes
+    `compute_fraction` of a step and waits for generation the rest, which the rollouts deliver at
+    exactly one batch per step."""
     b = bench or LocalBenchmark()
-    step_s = measured.step_s
+    run = measured.full_restart if policy is RecoveryPolicy.FULL_RESTART else measured.role_based
+    step_s = run.step_s or measured.step_s
     compute = compute_fraction * step_s
     rate = b.groups_per_step / (b.rollouts * step_s)
     return SimConfig(
@@ -313,7 +327,7 @@ def local_config(measured: MeasuredTimes, bench: LocalBenchmark | None = None, *
                   checkpoint_every=b.checkpoint_every, checkpoint_write_s=step_s,
                   # a spare polls for new versions every 0.05 s and pulls at once
                   commit_delay_s=measured.sync_s + 0.05),
-        failures=b.chaos, times=measured.recovery_times(step_compute_s=compute), rules=b.rules)
+        failures=b.chaos, times=measured.recovery_times(), rules=b.rules)
 
 
 def load_reports(role_based: str | Path, full_restart: str | Path) -> MeasuredTimes:

@@ -133,6 +133,7 @@ class _Job:
     id: int
     nodes: tuple[str, ...]
     state: _JobState = _JobState.RUNNING
+    version: int | None = None     # the weights it held when it stopped working (None: working, current)
 
     @property
     def working(self) -> bool:
@@ -251,6 +252,7 @@ class _Run:
         self.plan: list[chaos_mod.PlannedFault] = []
         self.plan_next = 0
         self.restarting_until = -_NEVER
+        self.dying: set[str] = set()
         self.thresholds = self._thresholds()
 
     # ----------------------------------------------------------------- set-up
@@ -304,9 +306,11 @@ class _Run:
     def _max_sim_s(self) -> float:
         if self.cfg.max_sim_s is not None:
             return self.cfg.max_sim_s
-        nominal = self.work.nominal_step_s(self.topo.rollout_replicas)
-        span = self.work.duration_s if self.work.duration_s is not None else self.work.total_steps * nominal
-        return 200.0 * span + 10 * (self.times.full_queue_s + max(self.times.load_s.values(), default=0.0)) + 3600.0
+        # a wall-time run ends at its deadline once the trainer started; this only stops runs that
+        # never get going (or a step count that failures keep out of reach)
+        if self.work.duration_s is not None:
+            return self.work.duration_s + 10 * 86_400.0
+        return 50.0 * self.work.total_steps * self.work.nominal_step_s(self.topo.rollout_replicas) + 86_400.0
 
     def _guard(self, limit: float) -> Generator[simpy.Event, Any, None]:
         yield self.env.timeout(limit)
@@ -530,10 +534,21 @@ class _Run:
         now = self.env.now
         self.checkpoints = [(s, t) for s, t in self.checkpoints if t <= now and (upto is None or s <= upto)]
 
+    def _restore_point(self) -> int:
+        """The controller's _restore_point: the committed step, unless every holder of it died too
+        (then the newest checkpoint). A live, ready non-trainer role is taken to hold the committed
+        version: the first holder to pull a version is what commits it, and the rest follow."""
+        held = any(s.kind is not RoleKind.TRAINER and s.state is RoleState.READY and s.job is not None
+                   and s.job.present and s.name not in self.dying for s in self.slots.values())
+        if held:
+            return self.committed
+        return min(self.committed, max((st for st, _ in self.checkpoints), default=0))
+
     def _trainer_lost(self) -> None:
-        """The controller's _trainer_lost: roll back to the newest committed step (role-based)."""
+        """The controller's _trainer_lost: roll back to the newest restorable committed step."""
         self._update_commit()
         self._drop_unwritten_checkpoints()
+        self.committed = self._restore_point()
         n = self._rollback(self.committed)
         # the rolled-back steps' groups, and a batch the dead trainer was working on, go back to
         # the queue (the store requeues them)
@@ -612,6 +627,8 @@ class _Run:
             f = self._open_fault(s, kind, node)
             s.pending = f                   # a second fault before detection replaces the first
             s.hit_node = node
+            if job.working:
+                job.version = self.version      # it pulls nothing more
             if kind is FaultKind.HANG:
                 if job.state is _JobState.RUNNING:
                     job.state = _JobState.HUNG
@@ -652,7 +669,9 @@ class _Run:
                 job_id=str(s.job.id) if s.job is not None else None, node=node, connected=connected,
                 phase=Phase.IDLE, last_hb=now if connected else None, progress_at=now if connected else None,
                 job_state=(JobState.FAILED if is_dead else (JobState.RUNNING if s.job is not None else None)),
-                version=self.version if connected else -1,
+                # a standby that stopped working (undetected) lags: the policy prefers the newest
+                version=-1 if not connected or s.job is None else
+                (self.version if s.job.version is None else min(s.job.version, self.version)),
                 restarts_in_window=sum(1 for t in s.restarts if now - t < window)))
         self._update_commit()
         return pol.View(slots=views, thresholds=self.thresholds, committed_version=self.committed,
@@ -660,10 +679,14 @@ class _Run:
                         excluded_nodes=frozenset(self.excluded))
 
     def _decide(self, dead: list[_Slot]) -> None:
-        for a in pol.decide(self.env.now, self._view(dead)):
+        actions = pol.decide(self.env.now, self._view(dead))
+        # roles found dead together are gone before anyone restores from them
+        self.dying = {a.slot for a in actions if isinstance(a, pol.Dead)}
+        for a in actions:
             self._apply(a)
             if self.done.triggered:
-                return
+                break
+        self.dying = set()
         self._prune_jobs()
 
     def _apply(self, a: pol.Action) -> None:

@@ -178,10 +178,10 @@ def validate(measured: MeasuredTimes, bench: LocalBenchmark | None = None, *, tr
     `spread` adds the ETTR over `trials` other plans (seeds seed .. seed+trials-1): how much a
     single measured run can be expected to vary with the schedule alone."""
     bench = bench or LocalBenchmark()
-    cfg = local_config(measured, bench)
     rows = []
     for policy, run in ((RecoveryPolicy.ROLE_BASED, measured.role_based),
                         (RecoveryPolicy.FULL_RESTART, measured.full_restart)):
+        cfg = local_config(measured, bench, policy=policy)
         own_seed = bench.chaos.seed if bench.chaos.seed is not None else 0
         sim = simulate(cfg, policy, own_seed)
         spread = None

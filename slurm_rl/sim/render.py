@@ -1,0 +1,68 @@
+"""Plain-text tables of simulation results (returned as strings: domain code never prints)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from slurm_rl.config import RecoveryPolicy
+from slurm_rl.sim.measured import LocalBenchmark, MeasuredTimes
+from slurm_rl.sim.sweep import Table, ValidationRow
+
+__all__ = ["format_table", "format_validation"]
+
+ROLE, FULL = RecoveryPolicy.ROLE_BASED, RecoveryPolicy.FULL_RESTART
+
+
+def format_validation(pairs: Sequence[tuple[str, MeasuredTimes, LocalBenchmark, Sequence[ValidationRow]]],
+                      tol: float = 0.05) -> str:
+    """Simulated vs measured, one line per (benchmark pair, policy), then the measured components."""
+    out = ["Validation: the local benchmark, simulated with the recovery times measured in it,",
+           f"on the same fault plan (target |sim - measured| <= {tol:g})"]
+    hdr = (f"{'pair':<8} {'policy':<13} {'steps':>5} {'fault every':>11} {'ETTR meas':>9} {'ETTR sim':>8} "
+           f"{'diff':>7} {'ok':>3} {'faults m/s':>10} {'full m/s':>8} {'recov+replay s m/s':>19} {'idle s m/s':>12}")
+    out += [hdr, "-" * len(hdr)]
+    for name, _, bench, rows in pairs:
+        for r in rows:
+            m, s = r.measured, r.sim
+            every = f"{bench.chaos.mean_interval_steps:g} steps"
+            spread = f"  (other plans: {r.spread.fmt()})" if r.spread is not None else ""
+            rr_m, rr_s = m.recovery_s + m.replay_s, s.badput.recovery_s + s.badput.replay_s
+            out.append(f"{name:<8} {r.policy.value:<13} {bench.steps:>5} {every:>11} {m.ettr:>9.3f} {s.ettr:>8.3f} "
+                       f"{r.diff:>+7.3f} {'yes' if r.within(tol) else 'NO':>3} {m.faults:>4}/{s.faults:<5} "
+                       f"{m.full_restarts:>3}/{s.full_restarts:<4} {rr_m:>8.1f}/{rr_s:<10.1f} "
+                       f"{m.idle_s:>5.1f}/{s.badput.idle_s:<6.1f}{spread}")
+    out.append("")
+    for name, mt, _, _ in pairs:
+        d = mt.to_dict()
+        pad = " " * len(name)
+        out.append(f"{name} measured (s): detect {d['detect_s']}")
+        out.append(f"{pad} queue {d['queue_s']} load {d['load_s']} sync {d['sync_s']}")
+        out.append(f"{pad} promote {d['promote_s']} full restart {d['full_restart_s']} step {d['step_s']}")
+        found = mt.role_based.found + mt.full_restart.found
+        if found:
+            out.append(f"{pad} {found} fault row(s) were failures nobody injected (not produced by the model)")
+    return "\n".join(out)
+
+
+def format_table(t: Table, spares: int) -> str:
+    """ETTR per failure rate (rows) for role-based/full restart with 0 and `spares` spares (columns),
+    then the badput split with `spares` spares."""
+    days = f", {t.days:g} days" if t.days is not None else ""
+    out = [f"ETTR vs failure rate: {t.gpus} GPUs ({t.nodes} nodes){days}, mean ± std over {t.trials} seeds"]
+    cols = [(ROLE, 0), (ROLE, spares), (FULL, 0), (FULL, spares)]
+    names = [f"{'role' if p is ROLE else 'full'}, {n} spare{'' if n == 1 else 's'}" for p, n in cols]
+    hdr = f"{'failures':<20} {'faults':>11} " + " ".join(f"{n:>15}" for n in names)
+    out += [hdr, "-" * len(hdr)]
+    for label in t.labels:
+        r0 = t.cell(label, ROLE, 0)
+        out.append(f"{label:<20} {r0.faults.fmt(1):>11} " +
+                   " ".join(f"{t.cell(label, p, n).ettr.fmt():>15}" for p, n in cols))
+    out += ["", f"badput, hours per run: recovery / replay / idle ({spares} spares)",
+            f"{'failures':<20} {'role-based':>22} {'full restart':>22}"]
+    for label in t.labels:
+        parts = []
+        for p in (ROLE, FULL):
+            c = t.cell(label, p, spares)
+            parts.append(f"{c.recovery_s.mean / 3600:.2f} / {c.replay_s.mean / 3600:.2f} / {c.idle_s.mean / 3600:.2f}")
+        out.append(f"{label:<20} {parts[0]:>22} {parts[1]:>22}")
+    return "\n".join(out)

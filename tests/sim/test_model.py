@@ -1,0 +1,288 @@
+"""The discrete-event model: invariants, the policy's rules, and hand-checked timelines."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sqlite3
+from collections.abc import Sequence
+
+import pytest
+
+from slurm_rl import report
+from slurm_rl.config import ChaosConfig
+from slurm_rl.controller import chaos
+from slurm_rl.sim import (ChaosSchedule, ControllerRules, NodeFailures, RecoveryPolicy, RecoveryTimes, SimConfig,
+                          Standby, Topology, Work, cluster_config, rate_for_fraction_failing, simulate)
+from slurm_rl.sim.metrics import ettr_breakdown
+from slurm_rl.states import FaultKind, RoleKind
+
+ROLE, FULL = RecoveryPolicy.ROLE_BASED, RecoveryPolicy.FULL_RESTART
+DAY = 86_400.0
+
+
+def cluster(rate: float, *, spares: int = 0, days: float = 1.0) -> SimConfig:
+    return cluster_config(spares=spares, per_node_per_day=rate, days=days)
+
+
+def one_fault(role: RoleKind, kind: FaultKind, at_step: int) -> ChaosSchedule:
+    """Exactly one planned fault at `at_step` (a vanishing mean interval puts it right at the start)."""
+    return ChaosSchedule(mean_interval_steps=1e-9, roles=(role,), kinds=(kind,), start_after_steps=at_step,
+                         max_faults=1, seed=0)
+
+
+def tiny(**over: object) -> SimConfig:
+    """One trainer, fast rollouts (the buffer is always full), fixed times: easy to check by hand."""
+    cfg = SimConfig(
+        topology=Topology(gpus_per_node=1, trainer_nodes=1, rollout_replicas=2, rollout_nodes=1, spare_replicas=0),
+        work=Work(step_compute_s=10.0, groups_per_step=4, rollout_groups_per_s=100.0, total_steps=100,
+                  duration_s=None, checkpoint_every=10, checkpoint_write_s=0.0, commit_delay_s=0.0),
+        times=RecoveryTimes(detect_s={FaultKind.CRASH: 7.0, FaultKind.HANG: 40.0, FaultKind.NODE_DOWN: 3.0},
+                            queue_s={RoleKind.TRAINER: 50.0, RoleKind.ROLLOUT: 20.0, RoleKind.SPARE: 20.0},
+                            load_s={RoleKind.TRAINER: 30.0, RoleKind.ROLLOUT: 5.0, RoleKind.SPARE: 5.0},
+                            sync_s=1.0, promote_s={RoleKind.ROLLOUT: 2.0, RoleKind.TRAINER: 4.0}, restore_s=6.0,
+                            teardown_s=11.0, full_queue_s=13.0),
+        rules=ControllerRules(standby=Standby.NONE))
+    return cfg.replace(**over)
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_no_failures_ettr_is_one() -> None:
+    r = simulate(tiny(), ROLE, 0)
+    assert r.finished and r.steps == 100 and r.faults == 0
+    assert r.ettr == pytest.approx(1.0)
+    assert r.wall_s == pytest.approx(100 * 10.0)
+    for policy in (ROLE, FULL):
+        c = simulate(cluster(0.0), policy, 3)
+        assert c.faults == 0 and c.ettr > 0.998     # only the step cut off by the wall-time end is lost
+
+
+def test_deterministic_per_seed() -> None:
+    cfg = cluster(0.2)
+    a, b = simulate(cfg, ROLE, 11), simulate(cfg, ROLE, 11)
+    assert a.to_dict() == b.to_dict()
+    assert simulate(cfg, ROLE, 12).to_dict() != a.to_dict()
+
+
+def test_ettr_falls_as_failures_rise() -> None:
+    for policy in (ROLE, FULL):
+        means = []
+        for rate in (0.0, 0.05, 0.2, 0.6):
+            runs = [simulate(cluster(rate), policy, s) for s in range(4)]
+            means.append(sum(r.ettr for r in runs) / len(runs))
+        assert means == sorted(means, reverse=True), (policy, means)
+        assert means[0] > means[-1] + 0.02
+
+
+def test_role_based_beats_full_restart_on_the_same_failures() -> None:
+    for seed in range(6):
+        cfg = cluster(0.3)
+        rb, fr = simulate(cfg, ROLE, seed), simulate(cfg, FULL, seed)
+        assert rb.fault_events == fr.fault_events or abs(rb.fault_events - fr.fault_events) <= 2
+        assert rb.ettr >= fr.ettr, seed
+    for seed in range(4):      # the local benchmark's chaos plan: the very same injections
+        cfg = tiny(failures=ChaosSchedule(mean_interval_steps=8, seed=seed),
+                   rules=ControllerRules(standby=Standby.SPARE_THEN_ROLLOUT))
+        assert simulate(cfg, ROLE, seed).ettr >= simulate(cfg, FULL, seed).ettr
+
+
+def test_spares_help() -> None:
+    # generation-bound work, faults on rollouts only: a spare replaces a rollout in seconds
+    # instead of a queue wait, and the trainer starves less
+    work = Work(step_compute_s=10.0, groups_per_step=20, rollout_groups_per_s=1.0, total_steps=300, duration_s=None,
+                checkpoint_every=10, checkpoint_write_s=0.0, commit_delay_s=1.0)
+    fail = ChaosSchedule(mean_interval_steps=15, roles=(RoleKind.ROLLOUT,), kinds=(FaultKind.CRASH,), seed=4)
+    no = tiny(work=work, failures=fail)
+    yes = no.replace(topology=dataclasses.replace(no.topology, spare_replicas=1))
+    r0, r1 = simulate(no, ROLE, 4, keep_trace=True), simulate(yes, ROLE, 4, keep_trace=True)
+    assert r0.fault_events == r1.fault_events > 5
+    assert r1.ettr > r0.ettr + 0.02
+    assert r1.badput.idle_s < r0.badput.idle_s
+    assert any((f.action or "").startswith("promote spare/") for f in r1.trace.faults)
+    # at cluster scale, over the same failure streams, spares never make role-based recovery worse on average
+    c0 = [simulate(cluster(0.3, spares=0), ROLE, s).ettr for s in range(4)]
+    c2 = [simulate(cluster(0.3, spares=2), ROLE, s).ettr for s in range(4)]
+    assert sum(c2) >= sum(c0) - 0.004
+
+
+# --------------------------------------------------------------------------- hand-checked
+
+
+def test_one_trainer_crash_role_based_cold_restart_exact() -> None:
+    """Steps 1..25 (10 s each), crash right after step 25 is published, detect 7, queue 50,
+    load 30 + restore 6, then steps 26..100. Committed = 25 (commit delay 0): nothing replayed."""
+    cfg = tiny(failures=one_fault(RoleKind.TRAINER, FaultKind.CRASH, 25))
+    r = simulate(cfg, ROLE, 0, keep_trace=True)
+    (f,) = r.trace.faults
+    assert f.action == "submit trainer/0" and f.t_detect - f.t_fault == pytest.approx(7.0)
+    assert f.t_scheduled - f.t_decide == pytest.approx(50.0) and f.t_loaded - f.t_scheduled == pytest.approx(36.0)
+    outage = 7.0 + 50.0 + 30.0 + 6.0
+    assert r.wall_s == pytest.approx(1000.0 + outage)
+    assert r.ettr == pytest.approx(1000.0 / (1000.0 + outage))
+    assert r.badput.replay_s == 0 and r.badput.idle_s == 0
+    assert r.badput.recovery_s == pytest.approx(outage)
+    assert f.recover_s == pytest.approx(outage + 10.0)        # recovered = the first step after it
+
+
+def test_one_trainer_crash_full_restart_exact() -> None:
+    """The same fault under full restart: teardown 11 + queue 13, trainer load 30 + restore 6,
+    and steps 21..25 (after checkpoint 20) computed again."""
+    cfg = tiny(failures=one_fault(RoleKind.TRAINER, FaultKind.CRASH, 25))
+    r = simulate(cfg, FULL, 0, keep_trace=True)
+    outage = 7.0 + 11.0 + 13.0 + 30.0 + 6.0
+    assert r.full_restarts == 1 and r.steps_computed == 105
+    assert r.wall_s == pytest.approx(1050.0 + outage)
+    assert r.ettr == pytest.approx(1000.0 / (1050.0 + outage))
+    assert r.badput.replay_s == pytest.approx(50.0)
+    # a real report folds the recomputed steps into recovery (one row per step number)
+    assert r.as_reported.replay_s == 0 and r.as_reported.recovery_s == pytest.approx(outage + 50.0)
+
+
+def test_trainer_promoted_on_a_spare_and_the_spare_backfilled() -> None:
+    cfg = tiny(failures=one_fault(RoleKind.TRAINER, FaultKind.CRASH, 25),
+               topology=Topology(gpus_per_node=1, trainer_nodes=1, rollout_replicas=2, rollout_nodes=1,
+                                 spare_replicas=1),
+               rules=ControllerRules(standby=Standby.SPARE_THEN_ROLLOUT))
+    r = simulate(cfg, ROLE, 0, keep_trace=True)
+    (f,) = r.trace.faults
+    assert f.action == "promote spare/0"
+    outage = 7.0 + 4.0 + 6.0                  # detect, promotion, optimizer restore
+    assert r.ettr == pytest.approx(1000.0 / (1000.0 + outage))
+
+
+def test_uncommitted_steps_are_replayed() -> None:
+    # a version is committed 25 s after it is published: the crash right after step 25 loses
+    # steps 24 and 25 (published 10 s and 0 s before it)
+    cfg = tiny(failures=one_fault(RoleKind.TRAINER, FaultKind.CRASH, 25),
+               work=dataclasses.replace(tiny().work, commit_delay_s=15.0))
+    r = simulate(cfg, ROLE, 0, keep_trace=True)
+    assert r.steps_computed == 102 and r.badput.replay_s == pytest.approx(20.0)
+
+
+def test_rollout_fault_without_spare_starves_the_trainer_exact() -> None:
+    """Two rollouts make exactly one batch per step (buffer of one batch). One dies right after
+    step 20 (t=T); its replacement generates again at T+33 (detect 7, queue 20, load 5, sync 1).
+    Step 22 waits 10 s (one rollout: 20 s per batch), step 23 waits 6.5 s, of which 3 s fall
+    inside the fault window: idle = 13 s, the other 3.5 s are outside the window (productive)."""
+    work = Work(step_compute_s=10.0, groups_per_step=20, rollout_groups_per_s=1.0, buffer_steps=1.0, total_steps=60,
+                duration_s=None, checkpoint_every=10, checkpoint_write_s=0.0, commit_delay_s=0.0)
+    cfg = tiny(work=work, failures=one_fault(RoleKind.ROLLOUT, FaultKind.CRASH, 20))
+    r = simulate(cfg, ROLE, 0, keep_trace=True)
+    (f,) = r.trace.faults
+    assert f.action in ("submit rollout/0", "submit rollout/1")
+    assert f.recover_s == pytest.approx(33.0)
+    assert [s.wait_s for s in r.trace.steps[20:23]] == pytest.approx([0.0, 10.0, 6.5])
+    assert r.wall_s == pytest.approx(600.0 + 16.5)
+    assert r.badput.idle_s == pytest.approx(13.0)
+    assert r.ettr == pytest.approx((616.5 - 13.0) / 616.5)
+    assert r.badput.recovery_s == pytest.approx(0.0, abs=1e-9) and r.steps == 60
+
+
+def test_node_down_takes_every_role_on_the_node() -> None:
+    # a pool of 2 nodes: the trainer shares its node with a rollout
+    cfg = tiny(topology=Topology(gpus_per_node=1, trainer_nodes=1, rollout_replicas=2, rollout_nodes=1,
+                                 cluster_nodes=2, node_down_s=30.0),
+               failures=one_fault(RoleKind.TRAINER, FaultKind.NODE_DOWN, 25))
+    r = simulate(cfg, ROLE, 0, keep_trace=True)
+    assert sorted(f.slot for f in r.trace.faults) == ["rollout/1", "trainer/0"]
+    assert {f.node for f in r.trace.faults} == {"local1"}
+    assert r.finished
+
+
+def test_full_restart_policy_restarts_everything_on_a_rollout_fault() -> None:
+    cfg = tiny(failures=one_fault(RoleKind.ROLLOUT, FaultKind.HANG, 33))
+    r = simulate(cfg, FULL, 0, keep_trace=True)
+    (f,) = r.trace.faults
+    assert f.action == "full restart" and f.t_detect - f.t_fault == pytest.approx(40.0)
+    assert r.full_restarts == 1 and r.steps_computed > 100      # back to checkpoint 30 (or 40), replayed
+    assert r.restarts[RoleKind.ROLLOUT] == 1
+
+
+def test_restart_budget_escalates_to_a_full_restart_then_stops() -> None:
+    cfg = tiny(failures=ChaosSchedule(mean_interval_steps=2, roles=(RoleKind.TRAINER,), kinds=(FaultKind.CRASH,),
+                                      start_after_steps=3, seed=1),
+               rules=ControllerRules(standby=Standby.NONE, restart_budget=2, budget_window_s=10_000.0,
+                                     max_full_restarts=1))
+    r = simulate(cfg, ROLE, 1)
+    assert r.full_restarts == 1 and not r.finished
+    assert "restart budget" in r.end_reason and "max_full_restarts" in r.end_reason
+
+
+def test_multi_node_trainer_cannot_be_hosted_by_a_one_node_spare() -> None:
+    cfg = tiny(topology=Topology(gpus_per_node=8, trainer_nodes=4, rollout_replicas=2, rollout_nodes=1,
+                                 spare_replicas=1),
+               rules=ControllerRules(standby=Standby.SPARE_THEN_ROLLOUT),
+               failures=one_fault(RoleKind.TRAINER, FaultKind.CRASH, 25))
+    r = simulate(cfg, ROLE, 0, keep_trace=True)
+    assert r.trace.faults[0].action == "submit trainer/0"
+    big = cfg.replace(topology=dataclasses.replace(cfg.topology, spare_nodes=4))
+    assert simulate(big, ROLE, 0, keep_trace=True).trace.faults[0].action == "promote spare/0"
+
+
+def test_chaos_plan_is_the_controllers() -> None:
+    sched = ChaosSchedule(mean_interval_steps=9, seed=5)
+    cfg = tiny(failures=sched, topology=Topology(gpus_per_node=1, trainer_nodes=1, rollout_replicas=2,
+                                                 rollout_nodes=1, spare_replicas=1, cluster_nodes=8),
+               rules=ControllerRules(standby=Standby.SPARE_THEN_ROLLOUT))
+    plan = chaos.schedule(ChaosConfig(enabled=True, mean_interval_steps=9, seed=5), 100)
+    r = simulate(cfg, ROLE, 123, keep_trace=True)         # the schedule's own seed wins
+    got = [(f.role, f.kind) for f in r.trace.faults]
+    want = [(p.role, p.kind.value) for p in plan]
+    assert got[: len(want)] == want[: len(got)] and len(got) >= len(want) // 2
+
+
+def test_node_failure_rate_matches_exposure() -> None:
+    rate = 0.5
+    cfg = cluster(rate, days=4.0)
+    n = [simulate(cfg, ROLE, s).fault_events for s in range(4)]
+    expected = rate * cfg.topology.nodes * 4.0
+    assert 0.75 * expected < sum(n) / len(n) < 1.25 * expected
+    assert rate_for_fraction_failing(0.10, 3 * DAY) == pytest.approx(-math.log(0.9) / 3)
+
+
+# --------------------------------------------------------------------------- ETTR = report.py's
+
+
+def _report_ettr(steps: Sequence, faults: Sequence, end: float, finished: bool) -> dict[str, float]:
+    conn = sqlite3.connect(":memory:")
+    conn.row_factory = sqlite3.Row
+    conn.execute("CREATE TABLE steps(step INTEGER PRIMARY KEY, state TEXT, t_start REAL, t_end REAL, wait_s REAL, "
+                 "trainer TEXT)")
+    conn.execute("CREATE TABLE faults(t_fault REAL, t_recovered REAL)")
+    conn.executemany("INSERT INTO steps VALUES(?,?,?,?,?,?)",
+                     [(s.step, s.state.value, s.t_start, s.t_end, s.wait_s, s.trainer) for s in steps])
+    conn.executemany("INSERT INTO faults VALUES(?,?)", [(f.t_fault, f.t_recovered) for f in faults])
+    meta = {"started": -1.0, "run_state": "finished" if finished else "running", "ended": end}
+    return report.ettr_breakdown(conn, meta, now=end)
+
+
+@pytest.mark.parametrize("policy", [ROLE, FULL])
+def test_ettr_is_the_reports_formula(policy: RecoveryPolicy) -> None:
+    cfg = tiny(failures=ChaosSchedule(mean_interval_steps=6, seed=2),
+               topology=Topology(gpus_per_node=1, trainer_nodes=1, rollout_replicas=2, rollout_nodes=1,
+                                 spare_replicas=1, cluster_nodes=4, node_down_s=30.0),
+               work=Work(step_compute_s=0.06, groups_per_step=16, rollout_groups_per_s=80.0, total_steps=200,
+                         duration_s=None, checkpoint_every=10, checkpoint_write_s=0.1, commit_delay_s=0.2),
+               rules=ControllerRules(standby=Standby.SPARE_THEN_ROLLOUT, max_full_restarts=100))
+    r = simulate(cfg, policy, 2, keep_trace=True)
+    t = r.trace
+    assert r.faults > 5 and r.badput.idle_s > 0
+    want = _report_ettr(t.steps, t.faults, t.end, t.finished)
+    got = ettr_breakdown(t.steps, t.faults, end=t.end, finished=t.finished)
+    assert got.ettr == pytest.approx(want["ettr"], abs=1e-9)
+    assert got.productive_s == pytest.approx(want["productive_s"])
+    assert got.idle_s == pytest.approx(want["idle_s"])
+    assert got.replay_s == pytest.approx(want["replay_s"])
+    assert got.recovery_s == pytest.approx(want["recovery_s"])
+    assert r.ettr == pytest.approx(want["ettr"], abs=1e-9)
+
+
+def test_bad_config_is_reported() -> None:
+    from slurm_rl.errors import BadInput
+
+    with pytest.raises(BadInput, match="exactly one of total_steps and duration_s"):
+        Work(total_steps=10)
+    with pytest.raises(BadInput, match="per_node_per_day"):
+        NodeFailures(per_node_per_day=-1)
