@@ -163,3 +163,16 @@ def test_controller_kill_and_resume_keeps_the_roles(run_factory):
     assert runs.events(run, "controller_resumed")
     assert not runs.events(run, "dead")
     stop_and_audit(run)
+
+
+def test_hung_trainer_is_the_only_casualty(run_factory):
+    """Rollouts pulling weights from a trainer that hangs must not be taken for hung themselves."""
+    run = run_factory("recovery.phase_timeouts.stepping=4", "recovery.phase_timeouts.publishing=4",
+                      "recovery.phase_timeouts.waiting_for_data=4", "recovery.phase_timeouts.syncing_weights=4",
+                      "recovery.phase_timeouts.generating=4", "recovery.phase_timeouts.idle=4")
+    runs.wait_for(lambda: runs.committed(run) >= 5, 60, "5 steps", run)
+    runs.inject(run, "trainer/0", "hang")
+    runs.wait_for(lambda: recovered(run, "trainer/0"), 40, "hung trainer replaced", run)
+    time.sleep(6)                                         # longer than every phase timeout
+    assert {e["slot"] for e in runs.events(run, "dead")} == {"trainer/0"}
+    stop_and_audit(run)

@@ -508,7 +508,9 @@ class Controller:
         return version <= min(self.epoch_bases[wepoch + 1:])
 
     def _newest_version(self) -> int:
-        vs = [s.version for s in self.slots.values() if s.connected and s.version >= 0 and s.state.alive]
+        """Newest version some healthy holder can serve (a SUSPECT holder may be hung: not listed)."""
+        vs = [s.version for s in self.slots.values() if s.connected and s.version >= 0
+              and s.state in (RoleState.READY, RoleState.STARTING, RoleState.MOVING)]
         return max(vs, default=0)
 
     def _weights_info(self, for_slot: Slot | None = None) -> P.WeightsInfo:

@@ -209,11 +209,17 @@ class RoleRuntime:
             self.detail = f"v{w.version} {100 * done // max(total, 1)}%"
             self.bump(1)
 
+        # A silent (hung) holder must cost us less than our own syncing phase timeout, or the
+        # controller would take this healthy puller for hung too: bound all attempts together.
+        phase_limit = float(self.cfg.recovery.phase_timeouts.get(Phase.SYNCING_WEIGHTS, 30.0))
+        total = min(self.cfg.sync.deadline_s, 0.6 * phase_limit)
         try:
-            ws, addr = pull_any(addrs, w.version, deadline_s=self.cfg.sync.deadline_s, progress=progress,
-                                auth_key=self.run.sync_key())
+            ws, addr = pull_any(addrs, w.version, deadline_s=max(0.5, total / min(2, len(addrs))), progress=progress,
+                                auth_key=self.run.sync_key(), total_deadline_s=total)
         except SyncError as e:
             log.warning("could not pull version %d from %d holder(s): %s", w.version, len(addrs), e)
+            self.set_phase(Phase.IDLE, f"v{w.version} unavailable; keeping v{self.held_version}")
+            self.bump()
             return False
         apply(ws)
         self.hold(ws, w.wepoch)

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""ETTR under injected faults: role-based recovery against full restart, side by side.
+
+    python bench/ettr.py                      # real local Slurm cluster (needs root: it starts the lab)
+    python bench/ettr.py --backend local      # same on local processes
+    python bench/ettr.py --json --out bench/results/ettr.json
+
+One invocation runs the same config and seed twice, `recovery.policy: role-based` then
+`full-restart`, under the same fault schedule: chaos mode draws a fault on average every
+`--mean-interval` trainer steps (exponential gaps, seeded), on a trainer or a rollout, of the kinds
+crash (SIGKILL), node-down (the node's namespace is killed) and hang (SIGSTOP). Crashed nodes are
+repaired (restarted) after `--repair-s` seconds, as an admin would, so capacity comes back.
+
+ETTR = productive training time / wall time (exact definition: slurm_rl/report.py): wall time runs
+from the trainer's first request for data to the last committed step; productive time is the time
+of trainer steps that were kept, less starvation caused by faults. Start-up is excluded for both.
+Prints ETTR of each policy, their ratio, end-to-end time, MTTR per role and fault kind, and the
+badput split; `--out` writes both reports (the simulator's calibration input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from slurm_rl.report import report_dict  # noqa: E402
+from slurm_rl.rundir import RunDir  # noqa: E402
+
+
+def lab_dir() -> Path:
+    return Path(os.environ.get("SLURM_RL_LAB") or Path(os.environ.get("TMPDIR", "/tmp")) / "slurm-rl-lab")
+
+
+def ensure_lab() -> Path:
+    lab = lab_dir()
+    subprocess.run(["bash", str(ROOT / "scripts/slurm-lab/cluster-up.sh")], check=True, env=dict(os.environ, LAB=str(lab)),
+                   stdout=subprocess.DEVNULL)
+    os.environ["SLURM_RL_LAB"] = str(lab)
+    return lab
+
+
+class Repairer(threading.Thread):
+    """Brings crashed lab nodes back after a delay and resumes drained ones (the admin's job)."""
+
+    def __init__(self, lab: Path, delay_s: float):
+        super().__init__(daemon=True)
+        self.lab, self.delay_s = lab, delay_s
+        self.stop = threading.Event()
+        self.down_since: dict[str, float] = {}
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True).stdout
+            now = time.time()
+            for line in out.splitlines():
+                node, state = line.split()[:2]
+                if "down" in state or state.endswith("*"):
+                    t0 = self.down_since.setdefault(node, now)
+                    if now - t0 >= self.delay_s:
+                        subprocess.run([str(self.lab / "nodectl.sh"), "start", node], capture_output=True)
+                        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
+                        self.down_since.pop(node, None)
+                else:
+                    self.down_since.pop(node, None)
+
+
+def run_policy(policy: str, args: argparse.Namespace, runs_dir: Path) -> dict:
+    name = f"ettr-{policy}"
+    sets = [f"runs_dir={runs_dir}", f"recovery.policy={policy}", f"algorithm.steps={args.steps}",
+            f"rollout.engine={args.engine}", f"seed={args.seed}", "chaos.enabled=true",
+            f"chaos.mean_interval_steps={args.mean_interval}", f"chaos.seed={args.seed}",
+            "chaos.kinds=[crash, node-down, hang]", "chaos.roles=[rollout, trainer]",
+            f"chaos.start_after_steps={args.start_after}",
+            # injected node faults are not flaky hardware: keep every lab node usable
+            "recovery.exclude_node_after=1000", "recovery.restart_budget=1000", "recovery.max_full_restarts=1000",
+            # timeouts scaled to this workload (steps take about a second): a hang is confirmed after 5 s
+            "recovery.phase_timeouts.generating=5", "recovery.phase_timeouts.stepping=5",
+            "recovery.phase_timeouts.idle=8", "recovery.phase_timeouts.waiting_for_data=8",
+            "recovery.phase_timeouts.syncing_weights=5", "recovery.phase_timeouts.publishing=5",
+            f"trainer.checkpoint_every={args.checkpoint_every}"]
+    if args.backend == "slurm":
+        sets += ["controller.host=127.0.0.1", f"slurm.cpus_per_task={args.cpus_per_task}"]
+    sets += args.set
+    cmd = [sys.executable, "-m", "slurm_rl.cli", "launch", str(ROOT / args.config), "--backend", args.backend,
+           "--name", name, "--quiet"]
+    for s in sets:
+        cmd += ["--set", s]
+    t0 = time.time()
+    print(f"[ettr] {policy}: launching ({' '.join(cmd[3:])})", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"[ettr] {policy} run failed (exit {proc.returncode})")
+    rep = report_dict(RunDir(runs_dir / name))
+    rep["end_to_end_s"] = round(time.time() - t0, 1)
+    print(f"[ettr] {policy}: ETTR {rep['ettr']:.3f}, {len(rep['faults'])} faults, {rep['end_to_end_s']}s",
+          file=sys.stderr, flush=True)
+    return rep
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", choices=["slurm", "local"], default="slurm")
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--mean-interval", type=float, default=10.0, help="mean trainer steps between faults")
+    p.add_argument("--start-after", type=int, default=5)
+    p.add_argument("--checkpoint-every", type=int, default=10)
+    p.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpus-per-task", type=int, default=2, help="Slurm: 2 roles fit on a 4-CPU lab node")
+    p.add_argument("--repair-s", type=float, default=15.0, help="restart a crashed lab node after this long")
+    p.add_argument("--runs-dir", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--out", help="write both reports and the summary to this JSON file")
+    args = p.parse_args()
+
+    runs_dir = Path(args.runs_dir or f"/tmp/slurm-rl-bench-{int(time.time())}")
+    repairer = None
+    if args.backend == "slurm":
+        lab = ensure_lab()
+        repairer = Repairer(lab, args.repair_s)
+        repairer.start()
+    try:
+        reports = {pol: run_policy(pol, args, runs_dir) for pol in ("role-based", "full-restart")}
+    finally:
+        if repairer is not None:
+            repairer.stop.set()
+    rb, fr = reports["role-based"], reports["full-restart"]
+    summary = {
+        "backend": args.backend, "engine": args.engine, "steps": args.steps, "seed": args.seed,
+        "mean_interval_steps": args.mean_interval,
+        "ettr": {"role-based": rb["ettr"], "full-restart": fr["ettr"]},
+        "ratio": round(rb["ettr"] / fr["ettr"], 3) if fr["ettr"] else None,
+        "end_to_end_s": {"role-based": rb["end_to_end_s"], "full-restart": fr["end_to_end_s"]},
+        "wall_s": {"role-based": rb["wall_s"], "full-restart": fr["wall_s"]},
+        "faults": {"role-based": len(rb["faults"]), "full-restart": len(fr["faults"])},
+        "badput": {"role-based": rb["badput"], "full-restart": fr["badput"]},
+        "mttr": {"role-based": rb["mttr"], "full-restart": fr["mttr"]},
+        "machine": machine(),
+    }
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"summary": summary, "reports": reports}, indent=2))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_tables(summary)
+    return 0
+
+
+def machine() -> dict:
+    import platform
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def print_tables(s: dict) -> None:
+    c = Console()
+    t = Table(title=f"ETTR under faults ({s['backend']}, {s['engine']}, {s['steps']} steps, a fault every "
+                    f"~{s['mean_interval_steps']:g} steps, seed {s['seed']})")
+    for col in ("policy", "ETTR", "vs full restart", "end-to-end s", "train wall s", "faults", "recovery s",
+                "replay s", "idle s"):
+        t.add_column(col, justify="right" if col != "policy" else "left")
+    for pol in ("role-based", "full-restart"):
+        b = s["badput"][pol]
+        ratio = s["ettr"][pol] / s["ettr"]["full-restart"] if s["ettr"]["full-restart"] else float("nan")
+        t.add_row(pol, f"{s['ettr'][pol]:.3f}", f"{ratio:.2f}x", f"{s['end_to_end_s'][pol]:.0f}",
+                  f"{s['wall_s'][pol]:.0f}", str(s["faults"][pol]), f"{b['recovery_s']:.1f}",
+                  f"{b['replay_s']:.1f}", f"{b['idle_s']:.1f}")
+    c.print(t)
+    m = Table(title="MTTR by role and fault kind (seconds: total = detect + schedule + load + sync + ...)")
+    for col in ("policy", "role", "fault", "n", "MTTR", "detect", "schedule", "load", "sync"):
+        m.add_column(col, justify="right" if col not in ("policy", "role", "fault") else "left")
+    for pol in ("role-based", "full-restart"):
+        for r in s["mttr"][pol]:
+            def f(v):
+                return "-" if v is None else f"{v:.2f}"
+            m.add_row(pol, r["role"], r["kind"], str(r["count"]), f(r["mttr_s"]), f(r["detect_s"]),
+                      f(r["schedule_s"]), f(r["load_s"]), f(r["sync_s"]))
+    c.print(m)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
