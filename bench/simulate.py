@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # runnable from
 from slurm_rl.errors import BadInput  # noqa: E402
 from slurm_rl.sim import (DEFAULT_RATES, LocalBenchmark, NodeFailures, RecoveryTimes, SimConfig,  # noqa: E402
                           Standby, Topology, Work, load_reports, table, validate)
-from slurm_rl.sim.config import ControllerRules  # noqa: E402
+from slurm_rl.sim.config import ControllerRules, config_dict  # noqa: E402
 from slurm_rl.sim.measured import MeasuredTimes  # noqa: E402
 from slurm_rl.sim.render import format_table, format_validation  # noqa: E402
 from slurm_rl.states import FaultKind, RoleKind  # noqa: E402
@@ -134,7 +134,7 @@ def cluster_from_args(a: argparse.Namespace) -> SimConfig:
                   rollout_groups_per_s=a.rollout_groups_per_s, buffer_steps=a.buffer_steps,
                   duration_s=a.days * 86_400.0, checkpoint_every=a.checkpoint_every,
                   checkpoint_write_s=a.checkpoint_write_s, commit_delay_s=a.commit_delay_s),
-        failures=NodeFailures(per_node_per_day=1.0, kinds=a.kinds),      # rate set per row
+        failures=NodeFailures(per_node_per_day=0.0, kinds=a.kinds),      # the kind mix; each row sets its rate
         times=RecoveryTimes(detect_s=detect,
                             queue_s={RoleKind.TRAINER: a.queue_trainer_s, RoleKind.ROLLOUT: a.queue_rollout_s,
                                      RoleKind.SPARE: a.queue_rollout_s}, queue_cv=a.queue_cv,
@@ -150,12 +150,14 @@ def measured_pairs(a: argparse.Namespace) -> list[tuple[str, MeasuredTimes, Loca
         bench = LocalBenchmark.from_config_file(a.bench_config) if a.bench_config else LocalBenchmark()
         return [(Path(a.measured[0]).stem, load_reports(*a.measured), bench)]
     out = []
-    for d in sorted(p for p in DATA.iterdir() if p.is_dir() and (p / "role-based.json").exists()) if DATA.exists() else []:
+    dirs = sorted(p for p in DATA.iterdir() if p.is_dir() and (p / "role-based.json").exists()) if DATA.exists() else []
+    for d in dirs:
         cfg = d / "config.yaml"
         bench = LocalBenchmark.from_config_file(cfg) if cfg.exists() else LocalBenchmark()
         out.append((d.name, load_reports(d / "role-based.json", d / "full-restart.json"), bench))
     if not out:
-        raise BadInput(f"no measured reports under {DATA}", hint="pass --measured ROLE.json FULL.json, or --no-validate")
+        raise BadInput(f"no measured reports under {DATA}",
+                       hint="pass --measured ROLE.json FULL.json, or --no-validate")
     return out
 
 
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             t = table(base, rates=a.rates, fraction_failing=a.fraction_failing or None, spares=(0, a.spares),
                       trials=a.trials, seed=a.seed)
-            out["table"] = t.to_dict()
+            out["table"] = t.to_dict() | {"config": config_dict(base)}
             out["table_s"] = round(time.perf_counter() - t0, 2)
             if not a.json:
                 print(format_table(t, a.spares))

@@ -20,14 +20,14 @@ from slurm_rl.states import FaultKind, RoleKind
 
 __all__ = [
     "ChaosSchedule", "ControllerRules", "NodeFailures", "RecoveryPolicy", "RecoveryTimes", "SimConfig", "Standby",
-    "Topology", "Work", "cluster_config", "rate_for_fraction_failing",
+    "Topology", "Work", "cluster_config", "config_dict", "rate_for_fraction_failing",
 ]
 
 DAY_S = 86_400.0
 
 
-def _frozen(m: Mapping) -> Mapping:
-    """A read-only copy: configs are shared between trials and must not change under them."""
+def frozen_map(m: Mapping) -> Mapping:
+    """A read-only copy: one config serves many trials and must not change under them."""
     return MappingProxyType(dict(m))
 
 
@@ -133,7 +133,7 @@ class NodeFailures:
     the failure hits every role on that node with a kind drawn from `kinds` (weights)."""
 
     per_node_per_day: float
-    kinds: Mapping[FaultKind, float] = dataclasses.field(default_factory=lambda: _frozen(
+    kinds: Mapping[FaultKind, float] = dataclasses.field(default_factory=lambda: frozen_map(
         {FaultKind.NODE_DOWN: 0.6, FaultKind.CRASH: 0.25, FaultKind.HANG: 0.15}))
 
     def __post_init__(self) -> None:
@@ -141,7 +141,7 @@ class NodeFailures:
             raise BadInput(f"failures.per_node_per_day must be >= 0 (got {self.per_node_per_day})")
         if not self.kinds or any(w < 0 for w in self.kinds.values()) or sum(self.kinds.values()) <= 0:
             raise BadInput("failures.kinds needs at least one fault kind with a positive weight")
-        object.__setattr__(self, "kinds", _frozen(self.kinds))
+        object.__setattr__(self, "kinds", frozen_map(self.kinds))
 
 
 @dataclasses.dataclass(kw_only=True, slots=True, frozen=True)
@@ -169,21 +169,21 @@ class RecoveryTimes:
     """How long each part of a recovery takes, in seconds (means; `queue_cv` adds spread)."""
 
     # fault to DEAD, by fault kind; `detect_by_role` overrides it for one (role, kind)
-    detect_s: Mapping[FaultKind, float] = dataclasses.field(default_factory=lambda: _frozen(
+    detect_s: Mapping[FaultKind, float] = dataclasses.field(default_factory=lambda: frozen_map(
         {FaultKind.CRASH: 15.0, FaultKind.EXIT: 15.0, FaultKind.NODE_DOWN: 30.0, FaultKind.HANG: 300.0,
          FaultKind.DRAIN: 15.0}))
     detect_by_role: Mapping[tuple[RoleKind, FaultKind], float] = dataclasses.field(default_factory=dict)
     # a replacement job's wait in the queue, by role (submitted to running)
-    queue_s: Mapping[RoleKind, float] = dataclasses.field(default_factory=lambda: _frozen(
+    queue_s: Mapping[RoleKind, float] = dataclasses.field(default_factory=lambda: frozen_map(
         {RoleKind.TRAINER: 600.0, RoleKind.ROLLOUT: 180.0, RoleKind.SPARE: 180.0}))
     # coefficient of variation of every queue wait (0: fixed; 1: exponential-like, gamma-distributed)
     queue_cv: float = 0.0
     # a new job's start: process, model and engine load (running to ready), by role
-    load_s: Mapping[RoleKind, float] = dataclasses.field(default_factory=lambda: _frozen(
+    load_s: Mapping[RoleKind, float] = dataclasses.field(default_factory=lambda: frozen_map(
         {RoleKind.TRAINER: 300.0, RoleKind.ROLLOUT: 240.0, RoleKind.SPARE: 240.0}))
     sync_s: float = 30.0                   # a newcomer pulls the newest weights from a holder
     # a warm standby takes over (decision to working), by the role it becomes
-    promote_s: Mapping[RoleKind, float] = dataclasses.field(default_factory=lambda: _frozen(
+    promote_s: Mapping[RoleKind, float] = dataclasses.field(default_factory=lambda: frozen_map(
         {RoleKind.ROLLOUT: 5.0, RoleKind.TRAINER: 60.0}))
     restore_s: float = 180.0               # trainer: optimizer state and data cursor from a checkpoint
     teardown_s: float = 60.0               # full restart: cancel every job and let it end
@@ -194,7 +194,7 @@ class RecoveryTimes:
             m = getattr(self, name)
             if any(v < 0 for v in m.values()):
                 raise BadInput(f"times.{name}: every time must be >= 0")
-            object.__setattr__(self, name, _frozen(m))
+            object.__setattr__(self, name, frozen_map(m))
         for name in ("queue_cv", "sync_s", "restore_s", "teardown_s", "full_queue_s"):
             if getattr(self, name) < 0:
                 raise BadInput(f"times.{name} must be >= 0 (got {getattr(self, name)})")
@@ -254,3 +254,28 @@ def cluster_config(*, spares: int = 0, per_node_per_day: float = 0.0, days: floa
                      work=Work(duration_s=days * DAY_S),
                      failures=NodeFailures(per_node_per_day=per_node_per_day) if per_node_per_day > 0 else None,
                      times=RecoveryTimes(queue_cv=1.0))
+
+
+def config_dict(cfg: SimConfig) -> dict[str, object]:
+    """JSON-ready form of a config (enum keys and values as their strings), for `--json` outputs."""
+
+    def conv(x: object) -> object:
+        if isinstance(x, enum.Enum):
+            return x.value
+        if isinstance(x, Mapping):
+            return {("/".join(conv(p) for p in k) if isinstance(k, tuple) else conv(k)): conv(v)
+                    for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [conv(v) for v in x]
+        if isinstance(x, float) and math.isinf(x):
+            return None
+        return x
+
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            out[f.name] = {"type": type(v).__name__} | {g.name: conv(getattr(v, g.name)) for g in dataclasses.fields(v)}
+        else:
+            out[f.name] = conv(v)
+    return out

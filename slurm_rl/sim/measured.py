@@ -8,12 +8,14 @@ rows into the model's components:
   queue     decision -> the new job connects (t_decide -> t_scheduled), `submit` actions
   load      the job connects -> READY (t_scheduled -> t_loaded), `submit` actions; the trainer's
             cold load is the run's start-up (launch -> first request for data) less its queue
-  sync      READY -> generating (t_loaded -> t_recovered) of replacement rollouts
+  sync      the weight pull of replacement rollouts (t_loaded -> t_synced, else -> t_recovered)
   promote   decision -> working again (t_decide -> t_recovered) of `promote` actions; for the
             trainer less one step (the first step after the promotion is simulated, not assumed)
   full      decision -> first step after a full restart, per restart (the full-restart run)
 
-Every figure skips missing (null) timestamps and falls back to a wider group (any role, then any
+Detection is a mean (a hang is found by the timeout of the phase it froze in: the mix of phases
+is part of the figure); the recovery paths are medians (see `_median`). Every figure skips
+missing (null) timestamps and falls back to a wider group (any role, then any
 kind, then a default) when a group has no sample; `samples` says how many faults each came from.
 """
 
@@ -31,7 +33,7 @@ from typing import Any
 from slurm_rl.config import RecoveryPolicy, RunConfig, load_config
 from slurm_rl.errors import BadInput
 from slurm_rl.sim.config import (ChaosSchedule, ControllerRules, RecoveryTimes, SimConfig, Standby, Topology, Work,
-                                 _frozen)
+                                 frozen_map)
 from slurm_rl.states import FaultKind, RoleKind
 
 __all__ = ["LocalBenchmark", "MeasuredRun", "MeasuredTimes", "load_reports", "local_config"]
@@ -44,6 +46,8 @@ _DEFAULT_DETECT_S = 1.0
 _DEFAULT_QUEUE_S = 4.0
 _DEFAULT_LOAD_S = 8.0
 _DEFAULT_SYNC_S = 0.2
+# fewer samples than this for one role: use the figure pooled over roles
+_MIN_SAMPLES = 3
 
 
 def _num(x: Any) -> float | None:
@@ -61,9 +65,12 @@ def _span(f: Mapping[str, Any], a: str, b: str) -> float | None:
     return None if ta is None or tb is None else max(0.0, tb - ta)
 
 
-def _mean(xs: Iterable[float | None]) -> float | None:
+def _median(xs: Iterable[float | None]) -> float | None:
+    """A recovery path's typical time. The median, not the mean: a path that hit a second failure
+    on the way (a weight pull from a holder that hung, a standby that died while taking over)
+    takes minutes, and such failures are not the ones the model injects."""
     vals = [x for x in xs if x is not None]
-    return statistics.fmean(vals) if vals else None
+    return statistics.median(vals) if vals else None
 
 
 def _role(f: Mapping[str, Any]) -> RoleKind | None:
@@ -173,26 +180,39 @@ class MeasuredTimes:
         rb_inj = [f for f in rb if f.get("injected", True)]
         # replacement jobs (role-based run): queue, load, sync
         submits = [f for f in rb_inj if _action(f) == "submit"]
+        def q_of(f: Mapping[str, Any]) -> float | None:
+            v = _num(f.get("schedule_s"))
+            return v if v is not None else _span(f, "t_decide", "t_scheduled")
+
+        def ld_of(f: Mapping[str, Any]) -> float | None:
+            v = _num(f.get("load_s"))
+            return v if v is not None else _span(f, "t_scheduled", "t_loaded")
+
+        # a role's own figure once it has a few samples, else the pool: every local job reaches
+        # "connected" the same way (process start, imports), and a spare loads what a rollout does
+        engines = [f for f in submits if _role(f) in (RoleKind.ROLLOUT, RoleKind.SPARE)]
+        pooled_q, pooled_ld = _median(map(q_of, submits)), _median(map(ld_of, engines))
         queue: dict[RoleKind, float] = {}
         load: dict[RoleKind, float] = {}
         for role in RoleKind:
             mine = [f for f in submits if _role(f) is role]
-            q = _mean(_num(f.get("schedule_s")) if _num(f.get("schedule_s")) is not None
-                      else _span(f, "t_decide", "t_scheduled") for f in mine)
-            ld = _mean(_num(f.get("load_s")) if _num(f.get("load_s")) is not None
-                       else _span(f, "t_scheduled", "t_loaded") for f in mine)
-            if q is not None:
-                queue[role] = q
-                samples[f"queue {role.value}"] = sum(1 for f in mine if _span(f, "t_decide", "t_scheduled") is not None)
-            if ld is not None:
-                load[role] = ld
-                samples[f"load {role.value}"] = sum(1 for f in mine if _span(f, "t_scheduled", "t_loaded") is not None)
-        any_queue = _mean(_span(f, "t_decide", "t_scheduled") for f in submits)
-        any_load = _mean(_span(f, "t_scheduled", "t_loaded") for f in submits
-                         if _role(f) in (RoleKind.ROLLOUT, RoleKind.SPARE))
+            qs = [v for v in map(q_of, mine) if v is not None]
+            lds = [v for v in map(ld_of, mine) if v is not None]
+            if len(qs) >= _MIN_SAMPLES:
+                queue[role] = statistics.median(qs)
+                samples[f"queue {role.value}"] = len(qs)
+            elif pooled_q is not None:
+                queue[role] = pooled_q
+                samples[f"queue {role.value} (pooled)"] = sum(1 for v in map(q_of, submits) if v is not None)
+            if len(lds) >= _MIN_SAMPLES:
+                load[role] = statistics.median(lds)
+                samples[f"load {role.value}"] = len(lds)
+            elif role is not RoleKind.TRAINER and pooled_ld is not None:
+                load[role] = pooled_ld
+                samples[f"load {role.value} (pooled)"] = sum(1 for v in map(ld_of, engines) if v is not None)
         for role in (RoleKind.ROLLOUT, RoleKind.SPARE):
-            queue.setdefault(role, any_queue if any_queue is not None else _DEFAULT_QUEUE_S)
-            load.setdefault(role, any_load if any_load is not None else _DEFAULT_LOAD_S)
+            queue.setdefault(role, _DEFAULT_QUEUE_S)
+            load.setdefault(role, _DEFAULT_LOAD_S)
         queue.setdefault(RoleKind.TRAINER, queue[RoleKind.ROLLOUT])
         startup = _num(role_based_report.get("startup_s"))
         if RoleKind.TRAINER not in load:
@@ -200,8 +220,13 @@ class MeasuredTimes:
             load[RoleKind.TRAINER] = (max(0.0, startup - queue[RoleKind.TRAINER]) if startup
                                       else load[RoleKind.ROLLOUT])
             samples["load trainer (from start-up)"] = 1 if startup else 0
-        sync_vals = [_span(f, "t_loaded", "t_recovered") for f in submits if _role(f) is RoleKind.ROLLOUT]
-        sync = _mean(sync_vals)
+        # the weight pull itself (t_loaded -> t_synced); READY -> generating also holds waits for a
+        # trainer to publish, which the model produces by itself
+        sync_vals = [_num(f.get("sync_s")) if _num(f.get("sync_s")) is not None
+                     else (_span(f, "t_loaded", "t_synced") if f.get("t_synced") is not None
+                           else _span(f, "t_loaded", "t_recovered"))
+                     for f in submits if _role(f) is RoleKind.ROLLOUT]
+        sync = _median(sync_vals)
         samples["sync"] = sum(1 for v in sync_vals if v is not None)
 
         # a step without faults: the run's productive time per kept step
@@ -216,7 +241,7 @@ class MeasuredTimes:
                     if _action(f) == "promote" and _role(f) is role]
             vals = [v for v in vals if v is not None]
             if vals:
-                m = statistics.fmean(vals)
+                m = statistics.median(vals)
                 promote[role] = max(0.0, m - step_s) if role is RoleKind.TRAINER else m
                 samples[f"promote {role.value}"] = len(vals)
 
@@ -228,13 +253,13 @@ class MeasuredTimes:
             t_dec, span = _num(f.get("t_decide")), _span(f, "t_decide", "t_recovered")
             if t_dec is not None and span is not None:
                 per_restart[round(t_dec, 3)] = span
-        full = statistics.fmean(per_restart.values()) if per_restart else None
+        full = statistics.median(per_restart.values()) if per_restart else None
         samples["full restart"] = len(per_restart)
 
-        return cls(detect_s=_frozen(detect), detect_kind_s=_frozen(detect_kind), queue_s=_frozen(queue),
-                   load_s=_frozen(load), sync_s=sync if sync is not None else _DEFAULT_SYNC_S,
-                   promote_s=_frozen(promote), full_restart_s=full, step_s=step_s, startup_s=startup or 0.0,
-                   samples=_frozen(samples),
+        return cls(detect_s=frozen_map(detect), detect_kind_s=frozen_map(detect_kind), queue_s=frozen_map(queue),
+                   load_s=frozen_map(load), sync_s=sync if sync is not None else _DEFAULT_SYNC_S,
+                   promote_s=frozen_map(promote), full_restart_s=full, step_s=step_s, startup_s=startup or 0.0,
+                   samples=frozen_map(samples),
                    role_based=MeasuredRun.from_report(role_based_report, "role-based"),
                    full_restart=MeasuredRun.from_report(full_restart_report, "full-restart"))
 
@@ -260,7 +285,8 @@ class MeasuredTimes:
             return {f"{r.value}/{k.value}": round(v, 3) for (r, k), v in sorted(m.items())}
 
         return {
-            "detect_s": rk(self.detect_s), "detect_kind_s": {k.value: round(v, 3) for k, v in self.detect_kind_s.items()},
+            "detect_s": rk(self.detect_s),
+            "detect_kind_s": {k.value: round(v, 3) for k, v in self.detect_kind_s.items()},
             "queue_s": {k.value: round(v, 3) for k, v in self.queue_s.items()},
             "load_s": {k.value: round(v, 3) for k, v in self.load_s.items()}, "sync_s": round(self.sync_s, 3),
             "promote_s": {k.value: round(v, 3) for k, v in self.promote_s.items()},

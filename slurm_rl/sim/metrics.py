@@ -96,7 +96,7 @@ def _merge(windows: Iterable[tuple[float, float]]) -> tuple[list[float], list[fl
             starts.append(s)
             ends.append(e)
     cum = [0.0]
-    for s, e in zip(starts, ends):
+    for s, e in zip(starts, ends, strict=True):
         cum.append(cum[-1] + e - s)
     return starts, ends, cum
 

@@ -51,13 +51,13 @@ def format_table(t: Table, spares: int) -> str:
     out = [f"ETTR vs failure rate: {t.gpus} GPUs ({t.nodes} nodes){days}, mean ± std over {t.trials} seeds"]
     cols = [(ROLE, 0), (ROLE, spares), (FULL, 0), (FULL, spares)]
     names = [f"{'role' if p is ROLE else 'full'}, {n} spare{'' if n == 1 else 's'}" for p, n in cols]
-    hdr = f"{'failures':<20} {'faults':>11} " + " ".join(f"{n:>15}" for n in names)
+    hdr = f"{'failures':<20} {'faults, 0 / ' + str(spares) + ' sp.':>16} " + " ".join(f"{n:>15}" for n in names)
     out += [hdr, "-" * len(hdr)]
     for label in t.labels:
-        r0 = t.cell(label, ROLE, 0)
-        out.append(f"{label:<20} {r0.faults.fmt(1):>11} " +
+        f0, fn = t.cell(label, ROLE, 0).faults.mean, t.cell(label, ROLE, spares).faults.mean
+        out.append(f"{label:<20} {f0:>8.1f} / {fn:<5.1f} " +
                    " ".join(f"{t.cell(label, p, n).ettr.fmt():>15}" for p, n in cols))
-    out += ["", f"badput, hours per run: recovery / replay / idle ({spares} spares)",
+    out += ["", f"badput, hours per run: recovery / replay / idle ({spares} spare{'' if spares == 1 else 's'})",
             f"{'failures':<20} {'role-based':>22} {'full restart':>22}"]
     for label in t.labels:
         parts = []

@@ -108,11 +108,13 @@ def test_example_reports_give_sane_components(pair: Path) -> None:
 def test_validation_within_target(pair: Path) -> None:
     m = load_reports(pair / "role-based.json", pair / "full-restart.json")
     rows = validate(m, LocalBenchmark.from_config_file(pair / "config.yaml"))
-    by = {r.policy: r for r in rows}
+    assert [r.policy for r in rows] == [RecoveryPolicy.ROLE_BASED, RecoveryPolicy.FULL_RESTART]
     for r in rows:
         assert r.within(0.05), (r.policy, r.measured.ettr, r.sim.ettr)
-    assert by[RecoveryPolicy.ROLE_BASED].sim.ettr > by[RecoveryPolicy.FULL_RESTART].sim.ettr
-    assert by[RecoveryPolicy.ROLE_BASED].measured.ettr > by[RecoveryPolicy.FULL_RESTART].measured.ettr
+        assert r.sim.finished and r.sim.steps == r.measured.steps
+        # the fault plan is the measured one: about as many fault rows (node failures hit what
+        # shares the node, which depends on placement and timing)
+        assert abs(r.sim.faults - r.measured.faults) <= max(3, r.measured.faults // 3)
 
 
 def test_bench_script_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
