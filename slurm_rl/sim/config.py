@@ -101,14 +101,16 @@ class Work:
     rollout_groups_per_s: float = 0.17     # groups per second one rollout replica generates
     buffer_steps: float = 3.0              # rollouts pause when this many steps of data wait
     total_steps: int | None = None         # the run ends after this many steps ...
-    duration_s: float | None = 3 * DAY_S   # ... or after this much wall time from the first step
+    duration_s: float | None = None        # ... or this much wall time from the first step (default 3 days)
     checkpoint_every: int = 20             # steps between checkpoints
     checkpoint_write_s: float = 60.0       # asynchronous write; a checkpoint counts once written
     commit_delay_s: float = 30.0           # until a non-trainer holder has pulled a new version (commit)
 
     def __post_init__(self) -> None:
-        if (self.total_steps is None) == (self.duration_s is None):
-            raise BadInput("work: set exactly one of total_steps and duration_s")
+        if self.total_steps is not None and self.duration_s is not None:
+            raise BadInput("work: set one of total_steps and duration_s, not both")
+        if self.total_steps is None and self.duration_s is None:
+            object.__setattr__(self, "duration_s", 3 * DAY_S)
         if self.total_steps is not None and self.total_steps < 1:
             raise BadInput(f"work.total_steps must be at least 1 (got {self.total_steps})")
         if self.duration_s is not None and self.duration_s <= 0:

@@ -110,16 +110,19 @@ def _covered(x: float, starts: list[float], ends: list[float], cum: list[float])
 
 
 def ettr_breakdown(steps: Sequence[StepRecord], faults: Sequence[FaultRecord], *, end: float,
-                   finished: bool) -> Breakdown:
+                   finished: bool, t_train: float | None = None) -> Breakdown:
     """Productive time and badput (definitions in slurm_rl/report.py's docstring).
 
-    `steps` in step order; `end` is when the run ended (stop or simulation end). A finished run
-    ends at its last kept step, as in the report."""
+    `steps` in step order, one row per step number; `end` is when the run ended (stop or
+    simulation end); a finished run ends at its last kept step, as in the report. `t_train` is
+    when the trainer first asked for data; None takes the earliest step row, as the report does
+    (which is later than the first request once a rollback to step 0 overwrote step 1's row)."""
     kept = [s for s in steps if s.state.kept]
     rolled = [s for s in steps if not s.state.kept]
     if not steps:
         return Breakdown(wall_s=0.0, productive_s=0.0, ettr=0.0, replay_s=0.0, idle_s=0.0, recovery_s=0.0)
-    t_train = min(s.t_start for s in steps)
+    if t_train is None:
+        t_train = min(s.t_start for s in steps)
     if finished and kept:
         end = max(s.t_end for s in kept)
     wall = max(1e-9, end - t_train)
@@ -140,7 +143,12 @@ def ettr_breakdown(steps: Sequence[StepRecord], faults: Sequence[FaultRecord], *
         productive += dur - starved
         idle += starved
         prev = s
-    replay = sum(max(0.0, s.t_end - s.t_start) for s in rolled)
+    replay = replay_between(rolled, t_train, end)
     recovery = max(0.0, wall - productive - idle - replay)
     return Breakdown(wall_s=wall, productive_s=productive, ettr=min(1.0, productive / wall), replay_s=replay,
                      idle_s=idle, recovery_s=recovery)
+
+
+def replay_between(rolled: Iterable[StepRecord], start: float, end: float) -> float:
+    """Time of rolled-back steps inside [start, end]."""
+    return sum(max(0.0, min(s.t_end, end) - max(s.t_start, start)) for s in rolled)

@@ -34,7 +34,8 @@ from slurm_rl.config import ChaosConfig, RecoveryPolicy
 from slurm_rl.controller import chaos as chaos_mod
 from slurm_rl.controller import policy as pol
 from slurm_rl.sim.config import ChaosSchedule, NodeFailures, SimConfig, Standby
-from slurm_rl.sim.metrics import Breakdown, FaultRecord, StepRecord, StepState, ettr_breakdown
+from slurm_rl.sim.metrics import (Breakdown, FaultRecord, StepRecord, StepState, ettr_breakdown,
+                                  replay_between)
 from slurm_rl.states import FaultKind, JobState, Phase, RoleKind, RoleState
 
 __all__ = ["Badput", "MttrRow", "SimResult", "Trace", "simulate"]
@@ -89,6 +90,7 @@ class SimResult:
     productive_s: float
     badput: Badput             # replay counted in full (see slurm_rl.sim.metrics)
     as_reported: Badput        # the split a real report would print for the same run
+    ettr_as_reported: float    # what a real report would print (differs only after a rollback to step 0)
     steps: int                 # steps kept at the end
     steps_computed: int        # every step computed, replays included
     faults: int                # fault rows (a node failure opens one per role it hits)
@@ -107,6 +109,7 @@ class SimResult:
             "wall_s": round(self.wall_s, 3), "productive_s": round(self.productive_s, 3),
             "badput": {"recovery_s": round(self.badput.recovery_s, 3), "replay_s": round(self.badput.replay_s, 3),
                        "idle_s": round(self.badput.idle_s, 3)},
+            "ettr_as_reported": round(self.ettr_as_reported, 4),
             "badput_as_reported": {"recovery_s": round(self.as_reported.recovery_s, 3),
                                    "replay_s": round(self.as_reported.replay_s, 3),
                                    "idle_s": round(self.as_reported.idle_s, 3)},
@@ -792,9 +795,15 @@ class _Run:
     # ----------------------------------------------------------------- result
     def _result(self) -> SimResult:
         rows = [self.steps[k] for k in sorted(self.steps)]
-        bd: Breakdown = ettr_breakdown(rows, self.faults, end=self.t_end, finished=self.finished)
+        # the report's own arithmetic on the rows its store would hold ...
+        rep: Breakdown = ettr_breakdown(rows, self.faults, end=self.t_end, finished=self.finished)
+        # ... and the same definition with the wall time from the trainer's first request for data
+        # and every rolled-back step counted (a store keeps one row per step number)
+        bd: Breakdown = ettr_breakdown(rows, self.faults, end=self.t_end, finished=self.finished,
+                                       t_train=self.t_train)
         rolled = [r for r in rows if not r.state.kept] + self.replaced
-        replay = sum(max(0.0, r.t_end - r.t_start) for r in rolled)
+        t0 = self.t_train if self.t_train is not None else 0.0
+        replay = replay_between(rolled, t0, t0 + bd.wall_s)
         recovery = max(0.0, bd.wall_s - bd.productive_s - bd.idle_s - replay)
         restarts = Counter(s.kind for s in self.slots.values() for _ in s.restarts)
         groups: dict[tuple[RoleKind, str], list[float]] = {}
@@ -806,7 +815,8 @@ class _Run:
         return SimResult(
             policy=self.policy, seed=self.seed, ettr=bd.ettr, wall_s=bd.wall_s, productive_s=bd.productive_s,
             badput=Badput(recovery_s=recovery, replay_s=replay, idle_s=bd.idle_s),
-            as_reported=Badput(recovery_s=bd.recovery_s, replay_s=bd.replay_s, idle_s=bd.idle_s),
+            as_reported=Badput(recovery_s=rep.recovery_s, replay_s=rep.replay_s, idle_s=rep.idle_s),
+            ettr_as_reported=rep.ettr,
             steps=sum(1 for r in rows if r.state.kept), steps_computed=self.computed, faults=len(self.faults),
             fault_events=self.fault_events, restarts={k: restarts.get(k, 0) for k in RoleKind},
             full_restarts=self.full_restarts, finished=self.finished, end_reason=self.end_reason, mttr=mttr,

@@ -279,10 +279,23 @@ def test_ettr_is_the_reports_formula(policy: RecoveryPolicy) -> None:
     assert r.ettr == pytest.approx(want["ettr"], abs=1e-9)
 
 
+def test_rollback_to_step_zero_and_the_reports_wall_time() -> None:
+    """A full restart before the first checkpoint goes back to step 0; steps 1.. are computed
+    again and overwrite their rows, so a report's wall time (from the earliest row) starts at the
+    restart. The model's ETTR keeps the first request for data as its start."""
+    cfg = tiny(failures=one_fault(RoleKind.TRAINER, FaultKind.CRASH, 5))
+    r = simulate(cfg, FULL, 0, keep_trace=True)
+    outage = 7.0 + 11.0 + 13.0 + 30.0           # detect, teardown, queue, load (step 0: no restore)
+    assert r.ettr == pytest.approx(1000.0 / (1050.0 + outage))
+    assert r.badput.replay_s == pytest.approx(50.0)
+    assert r.ettr_as_reported == pytest.approx(1.0)          # what `slurm-rl report` would print
+
+
 def test_bad_config_is_reported() -> None:
     from slurm_rl.errors import BadInput
 
-    with pytest.raises(BadInput, match="exactly one of total_steps and duration_s"):
-        Work(total_steps=10)
+    with pytest.raises(BadInput, match="one of total_steps and duration_s, not both"):
+        Work(total_steps=10, duration_s=60.0)
+    assert Work().duration_s == 3 * DAY and Work(total_steps=10).duration_s is None
     with pytest.raises(BadInput, match="per_node_per_day"):
         NodeFailures(per_node_per_day=-1)
