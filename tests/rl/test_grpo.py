@@ -91,12 +91,12 @@ def test_loss_masks_prompt_and_padding_even_when_junk() -> None:
     ref = torch.tensor([[LN(0.25), LN(0.5), float("nan")]])
     mask = torch.tensor([[1.0, 1.0, 0.0]])
     t = grpo_loss(logp, old, torch.tensor([1.0]), mask, clip_eps=0.2)
-    assert float(t.loss) == pytest.approx(-1.1)
+    assert float(t.loss.detach()) == pytest.approx(-1.1)
     assert float(t.clip_tokens) == 1.0
     t = grpo_loss(logp, old, torch.tensor([1.0]), mask, clip_eps=0.2, kl_coef=0.1, ref_logp=ref)
     kl = (0.5 + LN(2) - 1 + 0.0) / 2
-    assert float(t.kl) == pytest.approx(kl)
-    assert float(t.loss) == pytest.approx(-1.1 + 0.1 * kl)
+    assert float(t.kl.detach()) == pytest.approx(kl)
+    assert float(t.loss.detach()) == pytest.approx(-1.1 + 0.1 * kl)
     t.loss.backward()
     # token 1: (-A * ratio + kl_coef * (1 - e^d)) / 2 tokens; token 2: clipped and at the
     # reference (k3 has zero slope at d = 0); padding: nothing, and no NaN from its junk.
