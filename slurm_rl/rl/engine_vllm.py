@@ -145,6 +145,9 @@ class VllmEngine(Engine):
 
         multiprocess: False runs the engine core and worker in this process (fast start,
         weights by reference); True uses vLLM's default engine-core + worker processes.
+        In-process, vLLM initialises torch.distributed (a world of one) in this process and
+        `close()` destroys it: a process that runs its own process group (a multi-node
+        trainer) must use multiprocess=True.
         threads: torch/OpenMP threads for the model (None: leave this process's setting;
         the worker process then uses OMP_NUM_THREADS or 1).
         cpu_bind: VLLM_CPU_OMP_THREADS_BIND for the multi-process CPU worker. "nobind"
