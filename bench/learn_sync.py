@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(a.threads)
     t_all = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="learn_sync-"))
+    tmp = tempfile.TemporaryDirectory(prefix="learn_sync-")  # the tiny model lives here
+    workdir = Path(tmp.name)
     model_dir = build_tiny_model(
         workdir / "model", hidden=a.hidden, layers=a.layers, heads=a.heads, kv_heads=a.kv_heads, seed=a.seed
     )
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     loop_s = time.perf_counter() - t_loop
     engine.close()
+    tmp.cleanup()
 
     k = min(10, len(rows))
     first = statistics.mean(r.reward for r in rows[:k])
