@@ -49,7 +49,7 @@ def acked_group_ids(run: RunDir) -> set[str]:
 
 
 def _steps(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    return conn.execute("SELECT * FROM steps ORDER BY step").fetchall()
+    return conn.execute("SELECT * FROM steps ORDER BY step, id").fetchall()
 
 
 def _fault_windows(conn: sqlite3.Connection, end: float) -> list[tuple[float, float]]:

@@ -30,7 +30,7 @@ from slurm_rl import protocol as P
 
 SCHEMA_VERSION = 1
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS problems(idx INTEGER PRIMARY KEY, prompt TEXT NOT NULL, answer TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items(
@@ -44,8 +44,10 @@ CREATE TABLE IF NOT EXISTS groups(
   state TEXT NOT NULL, step INTEGER, n INTEGER NOT NULL, reward REAL NOT NULL, payload BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS groups_state ON groups(state, created);
 CREATE TABLE IF NOT EXISTS steps(
-  step INTEGER PRIMARY KEY, wepoch INTEGER NOT NULL, t_start REAL, t_end REAL NOT NULL, wait_s REAL,
-  state TEXT NOT NULL, trainer TEXT, n_groups INTEGER, reward REAL, metrics TEXT);
+  id INTEGER PRIMARY KEY AUTOINCREMENT, step INTEGER NOT NULL, wepoch INTEGER NOT NULL, t_start REAL,
+  t_end REAL NOT NULL, wait_s REAL, state TEXT NOT NULL, trainer TEXT NOT NULL, n_groups INTEGER, reward REAL,
+  metrics TEXT, UNIQUE(step, trainer));
+CREATE INDEX IF NOT EXISTS steps_step ON steps(step, state);
 CREATE TABLE IF NOT EXISTS roles(
   slot TEXT PRIMARY KEY, kind TEXT NOT NULL, idx INTEGER NOT NULL, state TEXT NOT NULL,
   incarnation INTEGER NOT NULL, job_id TEXT, node TEXT, phase TEXT, progress INTEGER, version INTEGER,
@@ -120,7 +122,7 @@ class Store:
     def __init__(self, path: Path):
         self.path = path
         self.conn = connect(path)
-        self.conn.executescript(_SCHEMA)
+        self.conn.executescript(SCHEMA)
         self._lock = threading.RLock()
         if self.get_meta("schema") is None:
             self.set_meta("schema", SCHEMA_VERSION)
@@ -274,7 +276,9 @@ class Store:
     def step_done(self, msg: P.StepDone, trainer: str) -> None:
         with self.tx() as c:
             reward = msg.metrics.get("reward_mean")
-            c.execute("INSERT OR REPLACE INTO steps(step, wepoch, t_start, t_end, wait_s, state, trainer, n_groups,"
+            # one row per computation of a step: a step redone after a rollback keeps the undone row
+            # (replay time); a retried report from the same trainer incarnation is ignored
+            c.execute("INSERT OR IGNORE INTO steps(step, wepoch, t_start, t_end, wait_s, state, trainer, n_groups,"
                       " reward, metrics) VALUES(?,?,?,?,?,?,?,?,?,?)",
                       (msg.version, msg.wepoch, msg.t_start, msg.t_end, msg.wait_s, "done", trainer,
                        len(msg.group_ids), reward, json.dumps(msg.metrics)))
@@ -394,7 +398,7 @@ class Store:
         return None if row is None else (row[0], row[1])
 
     def steps(self) -> list[sqlite3.Row]:
-        return self.conn.execute("SELECT * FROM steps ORDER BY step").fetchall()
+        return self.conn.execute("SELECT * FROM steps ORDER BY step, id").fetchall()
 
 
 # ---------------------------------------------------------------------- read side (CLI)

@@ -128,9 +128,17 @@ def test_pending_job_is_not_judged():
     assert pol.decide(NOW, view(cluster(**{"rollout/1": r1}))) == []
 
 
-def test_goodbye_is_not_a_fault():
-    r1 = slot(RoleKind.ROLLOUT, 1, goodbye=True, last_hb=NOW - 100, job_state=JobState.COMPLETED)
+def test_goodbye_after_a_stop_request_is_not_a_fault():
+    r1 = slot(RoleKind.ROLLOUT, 1, goodbye=True, stop_requested=True, last_hb=NOW - 100,
+              job_state=JobState.COMPLETED)
     assert pol.decide(NOW, view(cluster(**{"rollout/1": r1}))) == []
+
+
+def test_a_role_leaving_on_its_own_is_dead():
+    """A trainer that cannot restore says goodbye and exits: that is a failure, not a stop."""
+    t = slot(RoleKind.TRAINER, goodbye=True, last_hb=NOW - 0.1)
+    acts = pol.decide(NOW, view(cluster(**{"trainer/0": t})))
+    assert kinds(acts)[:2] == ["Dead", "PromoteTrainer"] and "on its own" in acts[0].reason
 
 
 # ----------------------------------------------------------------------------- recovery

@@ -75,7 +75,7 @@ class Slot:
     extra: bool = False
     commands: list[P.Command] = field(default_factory=list)
     assign: P.Command | None = None
-    fault_id: int | None = None       # an open fault this slot's current incarnation is recovering
+    fault_ids: list[int] = field(default_factory=list)   # open faults this slot's incarnation recovers from
     submitted_at: float | None = None
     submit_retry_at: float | None = None
     submit_failures: int = 0
@@ -146,7 +146,7 @@ class Controller:
         self.stopping: tuple[str, bool] | None = None
         self.stop_deadline: float | None = None
         self.exit_code: int | None = None
-        self.pending_faults: dict[str, int] = {}        # slot -> injected fault id awaiting detection
+        self.pending_faults: dict[str, list[int]] = {}  # slot -> injected faults awaiting detection
         self.chaos_plan = chaos_mod.schedule(cfg.chaos, cfg.algorithm.steps) if cfg.chaos.enabled else []
         self.chaos_next = int(self.store.get_meta("chaos_next", 0))
         self.chaos_rng = random.Random(cfg.chaos.seed + 1)
@@ -397,8 +397,7 @@ class Controller:
             slot.job_id = msg.job_id
         self.event("connected", f"{slot.name} connected from {msg.node} (job {msg.job_id}, pid {msg.pid})",
                    slot=slot.name, job_id=msg.job_id, node=msg.node)
-        if slot.fault_id is not None:
-            self.store.update_fault(slot.fault_id, t_scheduled=now)
+        self._faults(slot, t_scheduled=now)
         self._dirty = True
         cmds = [slot.assign] if slot.assign else []
         cmds += slot.commands
@@ -420,9 +419,10 @@ class Controller:
             slot.state = RoleState.READY
             self.event("ready", f"{slot.name} is ready ({phase.value})", slot=slot.name, job_id=slot.job_id,
                        node=slot.node)
-            if slot.fault_id is not None:
-                self.store.update_fault(slot.fault_id, t_loaded=now)
-        if slot.fault_id is not None and slot.kind is RoleKind.ROLLOUT and phase is Phase.GENERATING \
+            self._faults(slot, t_loaded=now)
+            if slot.kind is RoleKind.SPARE and slot.fault_ids:
+                self._recovered(slot, now, "standby ready again")
+        if slot.fault_ids and slot.kind is RoleKind.ROLLOUT and phase is Phase.GENERATING \
                 and prev_phase is not Phase.GENERATING:
             self._recovered(slot, now, "generating again")
         self._dirty = True
@@ -471,7 +471,7 @@ class Controller:
         self.trainer_version = msg.version
         slot.version = msg.version
         self.store.set_meta("trainer_version", self.trainer_version)
-        if slot.fault_id is not None:
+        if slot.fault_ids:
             self._recovered(slot, now, f"committed step {msg.version}")
         self._recover_full_restart_faults(now, msg.version)
         self._dirty = True
@@ -485,8 +485,7 @@ class Controller:
             return
         if version != slot.version:
             slot.version = version
-            if slot.fault_id is not None:
-                self.store.update_fault(slot.fault_id, t_synced=time.time())
+            self._faults(slot, t_synced=time.time())
             if slot.kind is not RoleKind.TRAINER:
                 self._commit(version)
 
@@ -603,9 +602,9 @@ class Controller:
             old_job = s.job_id
             resume = self.committed if s.kind is RoleKind.TRAINER else -1
             self._promote(spare, s, now, a.reason, resume_step=resume, planned=True)
-            s.fault_id = self.move_faults.pop(s.name, None)
-            if s.fault_id is not None:
-                self.store.update_fault(s.fault_id, t_scheduled=now)
+            fid = self.move_faults.pop(s.name, None)
+            s.fault_ids = [fid] if fid is not None else []
+            self._faults(s, t_scheduled=now)
             self.event("moved", f"{s.name} moved off its draining node: {a.reason}", slot=s.name, node=s.node)
             if old_job:
                 self._cancel([old_job])
@@ -625,12 +624,15 @@ class Controller:
         prev_state = s.state
         s.state = RoleState.DEAD
         s.restarts.append(now)
-        fid = self.pending_faults.pop(s.name, None)
-        if fid is None:
+        fids = self.pending_faults.pop(s.name, [])
+        if not fids:
             t_fault = s.last_hb if s.last_hb is not None else now
             kind = "node_down" if "node down" in a.signals else ("exit" if s.job and s.job.state.terminal else "crash")
-            fid = self.store.open_fault(s.name, f"detected:{kind}", s.node, False, min(t_fault, now))
-        self.store.update_fault(fid, t_detect=now, t_decide=now, reason=a.reason)
+            fids = [self.store.open_fault(s.name, f"detected:{kind}", s.node, False, min(t_fault, now))]
+        for fid in fids:
+            self.store.update_fault(fid, t_detect=now, t_decide=now, reason=a.reason)
+        if s.node and not (s.goodbye and s.stop_requested):
+            self.node_failures[s.node] = self.node_failures.get(s.node, 0) + 1
         self.event("dead", f"{s.name} is DEAD: {a.reason}", slot=s.name, job_id=s.job_id, node=s.node,
                    data={"signals": list(a.signals), "was": prev_state.value})
         if s.job_id and not (s.job and s.job.state.terminal):
@@ -641,7 +643,7 @@ class Controller:
                 self.event("leases_requeued", f"{n} prompt leases of {s.name} went back to the queue", slot=s.name)
         elif s.kind is RoleKind.TRAINER:
             self._trainer_lost(now)
-        s.fault_id = fid
+        s.fault_ids = fids
         s.version = -1
         s.connected = False
         # redirects owed to the dead process are void
@@ -688,7 +690,7 @@ class Controller:
         old_ident = (standby.name, standby.incarnation)
         if standby.kind is RoleKind.ROLLOUT:
             self.store.requeue_holder_prefix(standby.name)
-        fault_id = target.fault_id
+        fault_ids = [] if planned else list(target.fault_ids)
         target.incarnation += 1
         target.reset_runtime()
         target.state = RoleState.STARTING
@@ -702,7 +704,7 @@ class Controller:
         target.version = standby.version
         target.last_hb = now
         target.progress_at = now
-        target.fault_id = fault_id if not planned else None
+        target.fault_ids = fault_ids
         cmd = P.Command(op="become", kind=target.kind.value, index=target.index, incarnation=target.incarnation,
                         resume_step=resume_step, reason=reason)
         target.assign = P.Command(op="assign", kind=target.kind.value, index=target.index,
@@ -716,8 +718,7 @@ class Controller:
         standby.job = None
         standby.reserved_for = None
         standby.reset_runtime()
-        if fault_id is not None and not planned:
-            self.store.update_fault(fault_id, t_decide=now, t_scheduled=now, action=f"promote {old_ident[0]}")
+        self._faults(target, t_decide=now, t_scheduled=now, action=f"promote {old_ident[0]}")
         kind = "trainer_restored" if target.kind is RoleKind.TRAINER else "promoted"
         self.event(kind, f"{old_ident[0]} -> {target.name}: {reason}", slot=target.name, job_id=target.job_id,
                    node=target.node)
@@ -733,8 +734,7 @@ class Controller:
         resume = self.committed if s.kind is RoleKind.TRAINER else -1
         s.assign = P.Command(op="assign", kind=s.kind.value, index=s.index, incarnation=s.incarnation,
                              resume_step=resume)
-        if s.fault_id is not None:
-            self.store.update_fault(s.fault_id, action=f"submit {s.name}")
+        self._faults(s, action=f"submit {s.name}")
         spec = LaunchSpec(
             run_name=self.run.name, run_dir=self.run.path, role=s.kind, index=s.index, incarnation=s.incarnation,
             argv=(sys.executable, "-m", "slurm_rl.roles.worker", str(self.run.path), s.kind.value, str(s.index),
@@ -792,8 +792,8 @@ class Controller:
         self.event("full_restart", f"full restart #{self.full_restarts} from checkpoint step {step}: {reason}; "
                    f"{lost} step(s) to replay, {groups} groups dropped, {requeued} leases returned",
                    data={"step": step, "steps_lost": lost, "groups_dropped": groups})
-        open_faults = [s.fault_id for s in self.slots.values() if s.fault_id is not None]
-        open_faults += list(self.pending_faults.values())
+        open_faults = [f for s in self.slots.values() for f in s.fault_ids]
+        open_faults += [f for fs in self.pending_faults.values() for f in fs]
         self.pending_faults.clear()
         self.redirects.clear()
         self.full_restart_faults = [f for f in open_faults if f is not None]
@@ -804,7 +804,7 @@ class Controller:
                 s.state = RoleState.STOPPED
                 s.job_id = None
                 continue
-            s.fault_id = None
+            s.fault_ids = []
             s.reserved_for = None
             s.exclude = ()
             self._submit(s, "full restart")
@@ -819,12 +819,17 @@ class Controller:
             self.full_restart_faults = []
 
     def _recovered(self, slot: Slot, now: float, what: str) -> None:
-        assert slot.fault_id is not None
-        self.store.update_fault(slot.fault_id, t_recovered=now)
-        row = next((r for r in self.store.faults() if r["id"] == slot.fault_id), None)
-        took = f" {now - row['t_fault']:.1f}s after the fault" if row is not None else ""
+        rows = {r["id"]: r for r in self.store.faults()}
+        self._faults(slot, t_recovered=now)
+        first = min((rows[f]["t_fault"] for f in slot.fault_ids if f in rows), default=None)
+        took = f" {now - first:.1f}s after the fault" if first is not None else ""
         self.event("recovered", f"{slot.name} recovered: {what}{took}", slot=slot.name, node=slot.node)
-        slot.fault_id = None
+        slot.fault_ids = []
+
+    def _faults(self, slot: Slot, **fields: Any) -> None:
+        """Record a recovery milestone on every open fault the slot is recovering from."""
+        for fid in slot.fault_ids:
+            self.store.update_fault(fid, **fields)
 
     # ================================================================== scheduler results
     def _poll_loop(self) -> None:
@@ -947,11 +952,12 @@ class Controller:
             # every role on that node is hit
             for other in self.slots.values():
                 if other is not s and other.node == node and other.state.alive:
-                    self.pending_faults[other.name] = self.store.open_fault(other.name, fault.value, node, True, now)
+                    self.pending_faults.setdefault(other.name, []).append(
+                        self.store.open_fault(other.name, fault.value, node, True, now))
         if fault is FaultKind.DRAIN:
             self.move_faults[s.name] = fid        # answered by the move, not by a death
         else:
-            self.pending_faults[s.name] = fid
+            self.pending_faults.setdefault(s.name, []).append(fid)
         self.event("fault_injected", f"injected {fault.value} into {s.name} on {node}", slot=s.name,
                    job_id=s.job_id, node=node, data={"fault": fault.value})
         return P.Reply(payload=json.dumps({"slot": s.name, "fault": fault.value, "node": node,

@@ -206,7 +206,9 @@ def assess(now: float, s: SlotView, view: View) -> Action | None:
     """The detection verdict for one live slot: Dead, Suspect, Probe, Clear or nothing."""
     slot = s.slot
     if s.goodbye:
-        return None            # it stopped on request (a move off a draining node): not a fault
+        if s.stop_requested:
+            return None        # it stopped on request (a move, the end of the run): not a fault
+        return Dead("it exited on its own (said goodbye without being asked to stop)", slot, ("role exited",))
     if s.job_state is not None and s.job_state.terminal:
         if s.stop_requested:
             return None        # a role we asked to stop has ended: handled as a move, not a fault

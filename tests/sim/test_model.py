@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from slurm_rl import report
+from slurm_rl import store as store_schema
 from slurm_rl.config import ChaosConfig
 from slurm_rl.controller import chaos
 from slurm_rl.sim import (ChaosSchedule, ControllerRules, NodeFailures, RecoveryPolicy, RecoveryTimes, SimConfig,
@@ -248,12 +249,11 @@ def test_node_failure_rate_matches_exposure() -> None:
 def _report_ettr(steps: Sequence, faults: Sequence, end: float, finished: bool) -> dict[str, float]:
     conn = sqlite3.connect(":memory:")
     conn.row_factory = sqlite3.Row
-    conn.execute("CREATE TABLE steps(step INTEGER PRIMARY KEY, state TEXT, t_start REAL, t_end REAL, wait_s REAL, "
-                 "trainer TEXT)")
-    conn.execute("CREATE TABLE faults(t_fault REAL, t_recovered REAL)")
-    conn.executemany("INSERT INTO steps VALUES(?,?,?,?,?,?)",
+    conn.executescript(store_schema.SCHEMA)        # the store's own tables: the formula reads them as they are
+    conn.executemany("INSERT INTO steps(step, wepoch, state, t_start, t_end, wait_s, trainer) VALUES(?,0,?,?,?,?,?)",
                      [(s.step, s.state.value, s.t_start, s.t_end, s.wait_s, s.trainer) for s in steps])
-    conn.executemany("INSERT INTO faults VALUES(?,?)", [(f.t_fault, f.t_recovered) for f in faults])
+    conn.executemany("INSERT INTO faults(slot, kind, injected, t_fault, t_recovered) VALUES('x', 'crash', 1, ?, ?)",
+                     [(f.t_fault, f.t_recovered) for f in faults])
     meta = {"started": -1.0, "run_state": "finished" if finished else "running", "ended": end}
     return report.ettr_breakdown(conn, meta, now=end)
 
