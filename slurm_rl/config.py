@@ -175,7 +175,7 @@ class AlgorithmConfig(_Section):
     max_new_tokens: int = Field(default=4, ge=1)
     temperature: float = Field(default=1.0, gt=0)
     max_staleness: int = Field(default=2, ge=0, description="drop trajectories more versions behind than this")
-    buffer_steps: float = Field(default=3.0, gt=0, description="rollouts pause when this many steps of data wait")
+    buffer_steps: float = Field(default=2.0, gt=0, description="rollouts pause when this many steps of data wait")
 
 
 class TrainerConfig(SlurmResources):
