@@ -151,6 +151,14 @@ def test_dead_rollout_promotes_spare_and_backfills_it():
     assert "n2" in acts[2].exclude            # the dead role's node is avoided
 
 
+def test_a_standby_not_heard_from_lately_is_not_promoted():
+    """It may have hung a moment ago (not SUSPECT yet): promoting it would stall the recovery."""
+    r1 = slot(RoleKind.ROLLOUT, 1, job_state=JobState.FAILED)
+    quiet_spare = slot(RoleKind.SPARE, 0, last_hb=NOW - 0.9)
+    acts = pol.decide(NOW, view(cluster(**{"rollout/1": r1, "spare/0": quiet_spare})))
+    assert kinds(acts) == ["Dead", "Submit"] and acts[1].slot == "rollout/1"
+
+
 def test_dead_rollout_without_spare_resubmits_excluding_its_node():
     r1 = slot(RoleKind.ROLLOUT, 1, job_state=JobState.NODE_FAIL)
     slots = [s for s in cluster(**{"rollout/1": r1}) if s.kind is not RoleKind.SPARE]

@@ -328,6 +328,11 @@ class Controller:
         if slot is None or slot.incarnation != ident.incarnation:
             redirect = self.redirects.get((ident.slot, ident.incarnation))
             if redirect is not None:
+                # a promoted process still speaking under its old name is alive: that counts for
+                # the slot it is taking over (it switches once its current batch is done)
+                target = self.slots.get(f"{redirect.kind}/{redirect.index}")
+                if target is not None and target.incarnation == redirect.incarnation:
+                    target.last_hb = now
                 return P.Reply(commands=[redirect], weights=self._weights_info())
             if isinstance(msg, P.SubmitGroups):
                 # leases of a superseded incarnation were requeued; the store rejects its groups
@@ -643,7 +648,7 @@ class Controller:
                 self.event("leases_requeued", f"{n} prompt leases of {s.name} went back to the queue", slot=s.name)
         elif s.kind is RoleKind.TRAINER:
             self._trainer_lost(now)
-        s.fault_ids = fids
+        s.fault_ids = s.fault_ids + fids     # a replacement dying before it recovered: both stay open
         s.version = -1
         s.connected = False
         # redirects owed to the dead process are void
@@ -691,6 +696,9 @@ class Controller:
         if standby.kind is RoleKind.ROLLOUT:
             self.store.requeue_holder_prefix(standby.name)
         fault_ids = [] if planned else list(target.fault_ids)
+        # the same live process carries on: it keeps the phase (and its timeout) it last reported, so
+        # a standby that hung just before its promotion is found as fast as any hung role
+        standby_phase = standby.phase
         target.incarnation += 1
         target.reset_runtime()
         target.state = RoleState.STARTING
@@ -702,8 +710,9 @@ class Controller:
         target.host_id = standby.host_id
         target.sync_addrs = dict(standby.sync_addrs)
         target.version = standby.version
-        target.last_hb = now
+        target.last_hb = standby.last_hb if standby.last_hb is not None else now
         target.progress_at = now
+        target.phase = standby_phase
         target.fault_ids = fault_ids
         cmd = P.Command(op="become", kind=target.kind.value, index=target.index, incarnation=target.incarnation,
                         resume_step=resume_step, reason=reason)

@@ -247,10 +247,14 @@ def assess(now: float, s: SlotView, view: View) -> Action | None:
 
 
 class _Pool:
-    """Standbys not yet promised to anyone during this decision."""
+    """Standbys not yet promised to anyone during this decision.
 
-    def __init__(self, slots: Sequence[SlotView], dead: set[str]):
-        live = [s for s in slots if s.slot not in dead]
+    Only roles heard from within the suspect threshold qualify: a process that hung a moment ago
+    still looks READY, and promoting it would stall the recovery it was meant to provide.
+    """
+
+    def __init__(self, slots: Sequence[SlotView], dead: set[str], now: float, fresh_s: float):
+        live = [s for s in slots if s.slot not in dead and s.last_hb is not None and now - s.last_hb < fresh_s]
         self.spares = sorted((s for s in live if s.kind is RoleKind.SPARE and s.ready and s.reserved_for is None),
                              key=lambda s: (-s.version, s.index))
         self.rollouts = sorted((s for s in live if s.kind is RoleKind.ROLLOUT and s.ready),
@@ -290,7 +294,7 @@ def decide(now: float, view: View) -> list[Action]:
     # the trainer first: it gets the first pick of standbys
     deaths.sort(key=lambda sd: (sd[0].kind is not RoleKind.TRAINER, sd[0].kind is RoleKind.SPARE, sd[0].index))
     dead_slots = {s.slot for s, _ in deaths}
-    pool = _Pool(view.slots, dead_slots)
+    pool = _Pool(view.slots, dead_slots, now, t.suspect_after_s * 0.75)
     failures = dict(view.node_failures)
     excluded = set(view.excluded_nodes)
     for s, d in deaths:
