@@ -85,10 +85,14 @@ def run_policy(policy: str, args: argparse.Namespace, runs_dir: Path) -> dict:
             f"chaos.start_after_steps={args.start_after}",
             # injected node faults are not flaky hardware: keep every lab node usable
             "recovery.exclude_node_after=1000", "recovery.restart_budget=1000", "recovery.max_full_restarts=1000",
-            # timeouts scaled to this workload (steps take about a second): a hang is confirmed after 5 s
-            "recovery.phase_timeouts.generating=5", "recovery.phase_timeouts.stepping=5",
-            "recovery.phase_timeouts.idle=8", "recovery.phase_timeouts.waiting_for_data=8",
-            "recovery.phase_timeouts.syncing_weights=5", "recovery.phase_timeouts.publishing=5",
+            # timeouts scaled to this workload (a step takes 2-3 s, slower while replacements start up):
+            # a hang is confirmed after the phase timeout, the same for both policies
+            f"recovery.phase_timeouts.generating={args.hang_timeout}",
+            f"recovery.phase_timeouts.stepping={args.hang_timeout}",
+            f"recovery.phase_timeouts.idle={args.hang_timeout}",
+            f"recovery.phase_timeouts.waiting_for_data={args.hang_timeout}",
+            f"recovery.phase_timeouts.syncing_weights={args.hang_timeout}",
+            f"recovery.phase_timeouts.publishing={args.hang_timeout}",
             f"trainer.checkpoint_every={args.checkpoint_every}"]
     if args.backend == "slurm":
         sets += ["controller.host=127.0.0.1", f"slurm.cpus_per_task={args.cpus_per_task}"]
@@ -113,8 +117,9 @@ def run_policy(policy: str, args: argparse.Namespace, runs_dir: Path) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=["slurm", "local"], default="slurm")
-    p.add_argument("--config", default="configs/demo.yaml")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--config", default="configs/bench-ettr.yaml")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--hang-timeout", type=float, default=10.0, help="phase timeouts (s) that confirm a hang")
     p.add_argument("--mean-interval", type=float, default=10.0, help="mean trainer steps between faults")
     p.add_argument("--start-after", type=int, default=5)
     p.add_argument("--checkpoint-every", type=int, default=10)

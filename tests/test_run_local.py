@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -77,3 +79,15 @@ def test_launch_refuses_an_existing_run_dir(tmp_path):
     runs.wait_done(run)
     res = CliRunner().invoke(cli, ["launch", "configs/demo.yaml", "--run-dir", str(run.path)])
     assert res.exit_code == 2 and "already holds a run" in res.output
+
+
+@pytest.mark.vllm
+def test_the_demo_learns_with_vllm(tmp_path):
+    """The README's demo as it ships: vLLM rollouts, 100 steps, reward must rise by >= 0.3."""
+    proc = subprocess.run([sys.executable, "-m", "slurm_rl.cli", "launch", "configs/demo.yaml", "--quiet",
+                           "--set", f"runs_dir={tmp_path}"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rep = runs.report_dict(RunDir(tmp_path / "demo"))
+    assert rep["state"] == "finished" and rep["steps"] == 100
+    assert rep["reward"]["last"] - rep["reward"]["first"] >= 0.3, rep["reward"]
+    runs.assert_accounted(rep)
