@@ -10,8 +10,11 @@ from __future__ import annotations
 import enum
 import json
 import math
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -265,11 +268,31 @@ class WeightSet:
         return f"WeightSet(version={self.version}, tensors={len(self.manifest.tensors)}, bytes={self.nbytes})"
 
 
+_hasher_lock = threading.Lock()
+_hasher_pool: ThreadPoolExecutor | None = None
+
+
+def hasher() -> ThreadPoolExecutor:
+    """One background thread that hashes received buckets while the next one arrives.
+
+    xxhash releases the GIL for large buffers, so hashing overlaps the receive (socket copy, UCX
+    progress, shm copy) instead of stalling it; one worker keeps tasks in submission order, which
+    lets a bucket be hashed incrementally chunk by chunk.
+    """
+    global _hasher_pool
+    with _hasher_lock:
+        if _hasher_pool is None:
+            _hasher_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slurm-rl-sync-hash")
+        return _hasher_pool
+
+
 class Assembler:
     """Receiver side of one transfer: one buffer of total_bytes, each bucket hashed as it lands.
 
-    Transports write bucket k into `view(k)` and call `landed(k)`; `result()` gives the WeightSet
-    only when every bucket has landed and matched its hash, so a broken transfer never escapes.
+    Transports write bucket k into `view(k)` and call `landed(k)`, which hands the hash to the
+    background hasher; digests are checked (and progress reported) in order as they finish.
+    `result()` gives the WeightSet only when every bucket has landed and matched its hash, so a
+    broken transfer never escapes.
     """
 
     def __init__(self, manifest: Manifest, progress: ProgressFn | None = None):
@@ -279,7 +302,9 @@ class Assembler:
         self._mv = memoryview(self.flat)
         self._progress = progress
         self._landed = 0
+        self._checked = 0
         self._done = 0
+        self._pending: deque[tuple[int, Future[int]]] = deque()
 
     def view(self, k: int) -> memoryview:
         s, e = self.manifest.bucket_range(k)
@@ -289,21 +314,29 @@ class Assembler:
         s, e = self.manifest.bucket_range(k)
         return self.flat[s:e]
 
-    def landed(self, k: int, digest: int | None = None) -> None:
-        """Bucket k is complete; hash it (or take the digest computed while copying) and check it."""
+    def landed(self, k: int, digest: Future[int] | None = None) -> None:
+        """Bucket k is complete. Its hash is computed in the background (or `digest` is a future the
+        transport already started, e.g. while copying); mismatches raise here or in `result()`."""
         if k != self._landed:
             raise SyncError(f"bucket {k} landed out of order (expected {self._landed})")
-        if digest is None:
-            digest = xxhash.xxh3_64_intdigest(self.view(k))
-        if digest != self.manifest.bucket_hashes[k]:
-            raise SyncError(f"weights v{self.manifest.version}: bucket {k} hash mismatch (corrupt data)")
-        s, e = self.manifest.bucket_range(k)
         self._landed += 1
-        self._done += e - s
-        if self._progress is not None:
-            self._progress(self._done, self.manifest.total_bytes)
+        fut = digest if digest is not None else hasher().submit(xxhash.xxh3_64_intdigest, self.view(k))
+        self._pending.append((k, fut))
+        self._check(block=False)
+
+    def _check(self, *, block: bool) -> None:
+        while self._pending and (block or self._pending[0][1].done()):
+            k, fut = self._pending.popleft()
+            if fut.result() != self.manifest.bucket_hashes[k]:
+                raise SyncError(f"weights v{self.manifest.version}: bucket {k} hash mismatch (corrupt data)")
+            s, e = self.manifest.bucket_range(k)
+            self._checked += 1
+            self._done += e - s
+            if self._progress is not None:
+                self._progress(self._done, self.manifest.total_bytes)
 
     def result(self) -> WeightSet:
-        if self._landed != self.manifest.num_buckets:
-            raise SyncError(f"weights v{self.manifest.version}: only {self._landed}/{self.manifest.num_buckets} buckets arrived")
+        self._check(block=True)
+        if self._checked != self.manifest.num_buckets:
+            raise SyncError(f"weights v{self.manifest.version}: only {self._checked}/{self.manifest.num_buckets} buckets arrived")
         return WeightSet(self.manifest, self.flat, self.host)

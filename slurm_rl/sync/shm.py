@@ -33,7 +33,7 @@ import numpy as np
 import xxhash
 
 from slurm_rl.errors import SyncError
-from slurm_rl.sync.base import Assembler, Deadline, ProgressFn, WeightSet
+from slurm_rl.sync.base import Assembler, Deadline, ProgressFn, WeightSet, hasher
 from slurm_rl.sync.buffers import HAVE_MEMFD
 from slurm_rl.sync.holdings import Holdings
 from slurm_rl.sync.stream import client_handshake, send_done
@@ -222,16 +222,18 @@ def pull_shm(host_id: str, name: str, version: int, *, deadline: Deadline, progr
         try:
             asm = Assembler(manifest, progress)
             src = mapping.array
+            pool = hasher()
             for k in range(manifest.num_buckets):
                 deadline.remaining(f"copy from {peer}")
                 s, e = manifest.bucket_range(k)
                 dst = asm.array(k)
                 h = xxhash.xxh3_64()
-                # Copy and hash in chunks so the hash reads from cache, not from memory a second time.
+                # Copy a chunk here while the hasher thread hashes the previous one (both release the
+                # GIL): the hash reads from cache, not from memory a second time, and runs in parallel.
                 for c in range(0, e - s, COPY_CHUNK):
                     np.copyto(dst[c:c + COPY_CHUNK], src[s + c:min(e, s + c + COPY_CHUNK)])
-                    h.update(memoryview(dst[c:c + COPY_CHUNK]))
-                asm.landed(k, h.intdigest())
+                    pool.submit(h.update, memoryview(dst[c:c + COPY_CHUNK]))
+                asm.landed(k, pool.submit(h.intdigest))
             ws = asm.result()
         finally:
             MAPPINGS.release(mapping)

@@ -14,7 +14,7 @@ Everything is a tagged message. The holder never keeps a receive posted: it prob
 messages (REQUEST, DONE) whose tag carries the connection id it handed out in HELLO, and receives each
 by its probe handle. A receive left posted on an endpoint survives the endpoint's close and keeps the
 listener (and its port) alive, so a server could not stop cleanly; probing leaves nothing behind.
-Buckets go out with at most `WINDOW` in flight per transfer.
+Buckets go out with up to `WINDOW_BYTES` in flight per transfer.
 
 Connecting costs 20-50 ms here (CM handshake plus wireup), as much as moving 100 MB, so a puller keeps
 its connection to a holder for `SESSION_TTL_S` and reuses it for the next version. Each connection
@@ -49,7 +49,16 @@ from slurm_rl.sync.wire import (
 
 log = logging.getLogger("slurm_rl.sync")
 
-WINDOW = 8                     # buckets in flight per transfer (8 x 32 MiB)
+# Bytes in flight per transfer. Posting everything up to 1 GiB keeps the rendezvous pipeline full:
+# measured here 4.1 GB/s with 32 x 32 MiB outstanding vs 2.5-3.5 with 8 (the ends wait on each other
+# to refill a short window). The buffers exist anyway, so a deep window costs no memory.
+WINDOW_BYTES = 1 << 30
+
+
+def _window(bucket_bytes: int) -> int:
+    return max(2, WINDOW_BYTES // bucket_bytes)
+
+
 # Tags. Puller -> holder: _C2S | kind << 40 | connection id (the holder probes the _C2S prefix).
 # Holder -> puller (the puller's worker has this one peer, so no id needed): _S2C | kind; buckets.
 _PREFIX_MASK = 0xF << 60
@@ -359,7 +368,7 @@ class UcxServer:
             del c.sends[k]
             c.last_progress = now
         buf = c.ws.buffer()
-        while c.next_bucket < m.num_buckets and len(c.sends) < WINDOW:
+        while c.next_bucket < m.num_buckets and len(c.sends) < _window(m.bucket_bytes):
             k = c.next_bucket
             s, e = m.bucket_range(k)
             c.sends[k] = c.ep.tag_send(array(np.frombuffer(buf[s:e], np.uint8)), ucx.UCXXTag(BUCKET_TAG + k))
@@ -537,8 +546,9 @@ def _transfer(s: _Session, version: int, deadline: Deadline, progress: ProgressF
         asm = Assembler(manifest, progress)
         recvs: dict[int, Any] = {}
         posted = 0
+        window = _window(manifest.bucket_bytes)
         for k in range(manifest.num_buckets):
-            while posted < manifest.num_buckets and posted < k + WINDOW:
+            while posted < manifest.num_buckets and posted < k + window:
                 recvs[posted] = s.ep.tag_recv(s.array(asm.array(posted)), s.ucx.UCXXTag(BUCKET_TAG + posted))
                 posted += 1
             s.wait([recvs.pop(k)], f"bucket {k}", deadline)
