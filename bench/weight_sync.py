@@ -84,19 +84,6 @@ def digest(buf: np.ndarray | memoryview) -> int:
     return xxhash.xxh3_64_intdigest(buf)
 
 
-def timed_runs(fn: Callable[[], float | None], warmup: int, repeat: int) -> list[float]:
-    """fn returns its own duration (or None to have it timed here)."""
-    out = []
-    for i in range(warmup + repeat):
-        gc.collect()
-        t0 = time.perf_counter()
-        d = fn()
-        d = d if d is not None else time.perf_counter() - t0
-        if i >= warmup:
-            out.append(d)
-    return out
-
-
 def row(method: str, size: int, runs: list[float], **extra: int) -> Row:
     med = statistics.median(runs)
     return Row(method, size, size * extra.get("receivers", 1) / med / 1e9, med, runs, extra.get("receivers"))
@@ -148,69 +135,93 @@ def raw_tcp_receive(port: int, dst: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------ gloo
 
 
-def gloo_main(rank: int, port: int, size: int, warmup: int, repeat: int, out: Connection) -> None:
+def gloo_main(rank: int, port: int, size: int, cmd: Connection) -> None:
+    """One rank of a 2-process gloo group; broadcasts once per "go" from the parent."""
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     t = pattern(size).clone() if rank == 0 else torch.zeros(size, dtype=torch.uint8)
-    times = []
-    for i in range(warmup + repeat):
+    while cmd.recv() == "go":
         if rank == 1:
             t.zero_()
         dist.barrier()
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()          # CLOCK_MONOTONIC: comparable across processes of one host
         dist.broadcast(t, src=0)
-        dt = time.perf_counter() - t0
-        if i >= warmup:
-            times.append(dt)
-    if rank == 1:
-        out.send((times, digest(t.numpy())))
-    dist.barrier()
+        cmd.send((t0, time.perf_counter(), digest(t.numpy()) if rank == 1 else 0))
     dist.destroy_process_group()
 
 
-def bench_gloo(size: int, warmup: int, repeat: int, want: int) -> list[float]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    recv, send = CTX.Pipe(duplex=False)
-    procs = [CTX.Process(target=gloo_main, args=(r, port, size, warmup, repeat, send)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    times, got = recv.recv()
-    for p in procs:
-        p.join(60)
-    assert got == want, "gloo broadcast delivered wrong bytes"
-    return times
+class GlooPair:
+    def __init__(self, size: int):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.pipes, self.procs = [], []
+        for rank in (0, 1):
+            a, b = CTX.Pipe()
+            self.pipes.append(a)
+            self.procs.append(CTX.Process(target=gloo_main, args=(rank, port, size, b), daemon=True))
+            self.procs[-1].start()
+
+    def once(self) -> tuple[float, int]:
+        for p in self.pipes:
+            p.send("go")
+        (start0, _, _), (start1, end1, got) = (p.recv() for p in self.pipes)
+        # From the first rank leaving the barrier (the sender may start before the receiver's clock
+        # would) to the receiver holding every byte.
+        return end1 - min(start0, start1), got
+
+    def close(self) -> None:
+        for p in self.pipes:
+            p.send("stop")
+        for proc in self.procs:
+            proc.join(30)
 
 
 # ------------------------------------------------------------------------------------------ one size
 
 
 def bench_size(size: int, methods: tuple[str, ...], warmup: int, repeat: int, log: Callable[[str], None]) -> list[Row]:
-    rows: list[Row] = []
+    """Runs the methods round-robin (one transfer each per round), so that load from other processes
+    on a shared machine hits every method alike; reports each method's median over the rounds."""
     conn, child = CTX.Pipe()
     holder = CTX.Process(target=holder_main, args=(child, size), daemon=True)
     holder.start()
     addrs, raw_port, want = conn.recv()
+    runners: dict[str, Callable[[], float]] = {}
+    checks: dict[str, Callable[[], None]] = {}
+    gloo: GlooPair | None = None
     try:
-        if "memcpy" in methods:
+        if "memcpy" in methods or "raw_tcp" in methods:
             src = pattern(size).numpy().copy()
             dst = np.empty_like(src)
-            dst.fill(1)
-            rows.append(row("memcpy", size, timed_runs(lambda: np.copyto(dst, src), warmup, repeat)))
-            assert digest(dst) == digest(src)
-            del src, dst
-            log("  memcpy done")
-        if "raw_tcp" in methods:
-            dst = np.empty(size, np.uint8)
-            dst.fill(1)                  # preallocated and touched: the plain baseline at its best
-            rows.append(row("raw_tcp", size, timed_runs(lambda: raw_tcp_receive(raw_port, dst), warmup, repeat)))
-            assert digest(dst) == want, "raw tcp delivered wrong bytes"
-            del dst
-            log("  raw_tcp done")
+            dst.fill(1)                  # preallocated and touched: the plain baselines at their best
+
+            def memcpy() -> float:
+                t0 = time.perf_counter()
+                np.copyto(dst, src)
+                dt = time.perf_counter() - t0
+                assert digest(dst) == want
+                return dt
+
+            def raw() -> float:
+                dst.fill(0)
+                dt = raw_tcp_receive(raw_port, dst)
+                assert digest(dst) == want, "raw tcp delivered wrong bytes"
+                return dt
+
+            if "memcpy" in methods:
+                runners["memcpy"] = memcpy
+            if "raw_tcp" in methods:
+                runners["raw_tcp"] = raw
         if "gloo_broadcast" in methods:
-            rows.append(row("gloo_broadcast", size, bench_gloo(size, warmup, repeat, want)))
-            log("  gloo done")
+            gloo = GlooPair(size)
+
+            def gloo_once(pair: GlooPair = gloo) -> float:
+                dt, got = pair.once()
+                assert got == want, "gloo broadcast delivered wrong bytes"
+                return dt
+
+            runners["gloo_broadcast"] = gloo_once
         ours = {"ours_tcp": "tcp", "ours_ucx": "ucx", "ours_same_host": "shm", "ours_same_host_cold": "shm"}
         for method, transport in ours.items():
             if method not in methods:
@@ -219,8 +230,8 @@ def bench_size(size: int, methods: tuple[str, ...], warmup: int, repeat: int, lo
                 log(f"  {method}: skipped ({transport} not available: {ucx_status()[1]})")
                 continue
 
-            def one(cold: bool = method.endswith("_cold"), address: str = addrs[transport]) -> float:
-                if cold:
+            def one(method: str = method, address: str = addrs[transport]) -> float:
+                if method.endswith("_cold"):
                     MAPPINGS.trim()
                 t0 = time.perf_counter()
                 ws = pull(address, 1, deadline_s=DEADLINE_S)
@@ -228,14 +239,23 @@ def bench_size(size: int, methods: tuple[str, ...], warmup: int, repeat: int, lo
                 assert ws.nbytes == size and digest(ws.buffer()) == want, f"{method}: wrong bytes"
                 return dt          # ws dies here: its buffer returns to the pool for the next pull
 
-            rows.append(row(method, size, timed_runs(one, warmup, repeat)))
-            log(f"  {method} done")
+            runners[method] = one
+        runs: dict[str, list[float]] = {m: [] for m in runners}
+        for i in range(warmup + repeat):
+            for method, fn in runners.items():
+                gc.collect()
+                dt = fn()
+                if i >= warmup:
+                    runs[method].append(dt)
+            log(f"  round {i + 1}/{warmup + repeat}{' (warm-up)' if i < warmup else ''}")
+        return [row(m, size, runs[m]) for m in runners]
     finally:
+        if gloo is not None:
+            gloo.close()
         conn.send("stop")
         holder.join(30)
         if holder.is_alive():
             holder.kill()
-    return rows
 
 
 # ------------------------------------------------------------------------------------------ fan-out
@@ -290,12 +310,17 @@ def bench_fanout(size: int, n: int, warmup: int, repeat: int, log: Callable[[str
         procs.append(p)
         receivers.append((a, ""))
     receivers = [(a, a.recv()) for a, _ in receivers]
-    rows = []
+    plans = {"fanout_star": star_plan(n), "fanout_relay": relay_plan(n)}
+    runs: dict[str, list[float]] = {name: [] for name in plans}
     try:
-        for name, plan in (("fanout_star", star_plan(n)), ("fanout_relay", relay_plan(n))):
-            runs = timed_runs(lambda plan=plan: run_plan(plan, addrs["tcp"], receivers, want), warmup, repeat)
-            rows.append(row(name, size, runs, receivers=n))
-            log(f"  {name} done")
+        for i in range(warmup + repeat):          # alternate, so machine load hits both alike
+            for name, plan in plans.items():
+                gc.collect()
+                dt = run_plan(plan, addrs["tcp"], receivers, want)
+                if i >= warmup:
+                    runs[name].append(dt)
+            log(f"  round {i + 1}/{warmup + repeat}{' (warm-up)' if i < warmup else ''}")
+        return [row(name, size, runs[name], receivers=n) for name in plans]
     finally:
         for a, _ in receivers:
             a.send(None)
@@ -303,7 +328,6 @@ def bench_fanout(size: int, n: int, warmup: int, repeat: int, log: Callable[[str
             p.join(30)
         conn.send("stop")
         holder.join(30)
-    return rows
 
 
 # ------------------------------------------------------------------------------------------ report
