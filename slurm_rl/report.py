@@ -119,11 +119,11 @@ def ettr_breakdown(conn: sqlite3.Connection, meta: dict[str, Any], now: float | 
 def _fault_rows(conn: sqlite3.Connection, t0: float) -> list[dict[str, Any]]:
     out = []
     for r in conn.execute("SELECT * FROM faults ORDER BY id"):
-        def rel(k: str) -> float | None:
+        def rel(k: str, r: sqlite3.Row = r) -> float | None:
             v = r[k]
             return None if v is None else round(float(v) - t0, 3)
 
-        def span(a: str, b: str) -> float | None:
+        def span(a: str, b: str, r: sqlite3.Row = r) -> float | None:
             return None if r[a] is None or r[b] is None else round(max(0.0, float(r[b]) - float(r[a])), 3)
 
         role, _, idx = str(r["slot"]).partition("/")
@@ -140,21 +140,81 @@ def _fault_rows(conn: sqlite3.Connection, t0: float) -> list[dict[str, Any]]:
     return out
 
 
+def _rollback_capable(f: sqlite3.Row) -> bool:
+    """Could this fault have rolled trainer steps back? A trainer loss, or any fault under full restart."""
+    return str(f["slot"]).startswith("trainer") or "full restart" in str(f["action"] or "")
+
+
+def fault_badput(conn: sqlite3.Connection, meta: dict[str, Any],
+                 now: float | None = None) -> dict[int, dict[str, float]]:
+    """Replay and idle time of `ettr_breakdown`, attributed to the faults that caused them.
+
+    Idle: each kept step's starved time (computed exactly as in `ettr_breakdown`) is shared among
+    the faults whose windows overlap its wait for data, in proportion to the overlap, so the
+    per-fault idle times add up to the run's idle badput. Replay: a rolled-back step belongs to the
+    first fault that could roll steps back (a trainer fault, or any fault under full restart) at or
+    after the step ended; the steps of a rollback were done but not yet committed when it hit.
+    Returns {fault id: {"replay_s", "idle_s"}}; faults without any are present with zeros.
+    """
+    faults = conn.execute("SELECT * FROM faults ORDER BY id").fetchall()
+    out: dict[int, dict[str, float]] = {int(f["id"]): {"replay_s": 0.0, "idle_s": 0.0} for f in faults}
+    steps = _steps(conn)
+    if not faults or not steps:
+        return out
+    kept = [s for s in steps if s["state"] in ("done", "committed")]
+    end = float(meta.get("ended") or now or time.time())
+    if meta.get("run_state") == "finished" and kept:
+        end = max(float(s["t_end"]) for s in kept)          # as ettr_breakdown
+    windows = {int(f["id"]): (float(f["t_fault"]), float(f["t_recovered"]) if f["t_recovered"] is not None else end)
+               for f in faults if f["t_fault"] is not None}
+    all_windows = list(windows.values())
+    waits = [float(s["wait_s"] or 0.0) for s in kept]
+    med = statistics.median(waits) if waits else 0.0
+    prev = None
+    for s in kept:
+        t_end = float(s["t_end"])
+        t_start = float(s["t_start"] or t_end)
+        if prev is not None and prev["step"] == s["step"] - 1 and prev["trainer"] == s["trainer"]:
+            t_start = min(t_start, float(prev["t_end"]))
+        dur = max(0.0, t_end - t_start)
+        wait = float(s["wait_s"] or 0.0)
+        w0 = float(s["t_start"] or t_end)
+        starved = min(_overlap(w0, w0 + wait, all_windows), max(0.0, wait - med), dur)
+        prev = s
+        if starved <= 0:
+            continue
+        shares = {fid: _overlap(w0, w0 + wait, [w]) for fid, w in windows.items()}
+        total = sum(shares.values())
+        for fid, o in shares.items():
+            if o > 0:
+                out[fid]["idle_s"] += starved * o / total
+    capable = [f for f in faults if f["t_fault"] is not None and _rollback_capable(f)]
+    for s in (s for s in steps if s["state"] == "rolled_back"):
+        t_end = float(s["t_end"])
+        dur = max(0.0, t_end - float(s["t_start"] or t_end))
+        later = [f for f in capable if float(f["t_fault"]) >= t_end - 1.0]   # 1 s: clocks of two processes
+        cause = later[0] if later else (capable[-1] if capable else None)
+        if cause is not None:
+            out[int(cause["id"])]["replay_s"] += dur
+    return out
+
+
 def mttr_table(faults: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean time to recovery per (role, fault kind), split into its parts."""
+    """Mean time to recovery per (role, fault kind), split into its parts (detect, schedule, load,
+    weight sync), with the mean replay and idle time a fault of that kind cost (`fault_badput`)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for f in faults:
         if f["recover_s"] is not None:
             groups[(f["role"], f["kind"])].append(f)
     rows = []
     for (role, kind), fs in sorted(groups.items()):
-        def mean(k: str) -> float | None:
-            vals = [f[k] for f in fs if f[k] is not None]
+        def mean(k: str, fs: list[dict[str, Any]] = fs) -> float | None:
+            vals = [f[k] for f in fs if f.get(k) is not None]
             return round(sum(vals) / len(vals), 3) if vals else None
 
         rows.append({"role": role, "kind": kind, "count": len(fs), "mttr_s": mean("recover_s"),
                      "detect_s": mean("detect_s"), "schedule_s": mean("schedule_s"), "load_s": mean("load_s"),
-                     "sync_s": mean("sync_s")})
+                     "sync_s": mean("sync_s"), "replay_s": mean("replay_s"), "idle_s": mean("idle_s")})
     return rows
 
 
@@ -172,6 +232,11 @@ def report_dict(run: RunDir, *, now: float | None = None) -> dict[str, Any]:
         br = ettr_breakdown(conn, meta, now)
         t0 = float(meta.get("started") or 0.0)
         faults = _fault_rows(conn, t0)
+        attributed = fault_badput(conn, meta, now)
+        for f in faults:
+            extra = attributed.get(int(f["id"]), {"replay_s": 0.0, "idle_s": 0.0})
+            f["replay_s"] = round(extra["replay_s"], 3)
+            f["idle_s"] = round(extra["idle_s"], 3)
         acked = acked_group_ids(run)
         stored = group_ids_in_store(conn)
         lost_groups = len(acked - stored)
@@ -223,20 +288,43 @@ def _group_size(run: RunDir) -> int:
         return 1
 
 
+# events that change a role's state: the newest one per slot dates the current state
+_STATE_EVENTS = ("submitted", "connected", "ready", "suspect", "cleared", "dead", "promoted", "trainer_restored",
+                 "move_started", "moved", "goodbye", "full_restart")
+
+
+def _role_rows(conn: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
+    jobs = {r["job_id"]: r for r in conn.execute("SELECT job_id, state, submitted, started FROM jobs")}
+    q = ",".join("?" * len(_STATE_EVENTS))
+    since = {r[0]: float(r[1]) for r in conn.execute(
+        f"SELECT slot, MAX(t) FROM events WHERE slot IS NOT NULL AND kind IN ({q}) GROUP BY slot", _STATE_EVENTS)}
+    roles = []
+    for r in conn.execute("SELECT * FROM roles ORDER BY CASE kind WHEN 'trainer' THEN 0 WHEN 'rollout' THEN 1 "
+                          "ELSE 2 END, idx"):
+        job = jobs.get(r["job_id"]) if r["job_id"] else None
+        t_state = since.get(r["slot"])
+        if r["state"] == "PENDING" and job is not None and job["submitted"] is not None:
+            t_state = float(job["submitted"])       # queue wait counts from the submission itself
+        roles.append({"slot": r["slot"], "role": r["kind"], "index": r["idx"], "state": r["state"],
+                      "incarnation": r["incarnation"], "phase": r["phase"], "progress": r["progress"],
+                      "detail": r["detail"] or "", "job_id": r["job_id"], "job_state": job["state"] if job else None,
+                      "job_running_s": None if job is None or job["started"] is None or job["state"] != "RUNNING"
+                      else round(max(0.0, now - float(job["started"])), 2),
+                      "node": r["node"], "version": r["version"],
+                      "heartbeat_age_s": None if r["last_hb"] is None else round(now - float(r["last_hb"]), 2),
+                      "state_age_s": None if t_state is None else round(max(0.0, now - t_state), 2),
+                      "restarts": r["restarts"]})
+    return roles
+
+
 def status_dict(run: RunDir, *, live: bool, n_events: int = 10) -> dict[str, Any]:
-    """What `slurm-rl status` shows (schema in docs/cli.md)."""
+    """What `slurm-rl status` shows (schema: docs/schemas/status.json). Also the controller's answer
+    to a status request, so it must stay cheap and must not raise on a half-written store."""
     conn = open_store(run)
     try:
         meta = _meta(conn)
         now = time.time()
-        roles = []
-        for r in conn.execute("SELECT * FROM roles ORDER BY CASE kind WHEN 'trainer' THEN 0 WHEN 'rollout' THEN 1 "
-                              "ELSE 2 END, idx"):
-            roles.append({"slot": r["slot"], "role": r["kind"], "index": r["idx"], "state": r["state"],
-                          "incarnation": r["incarnation"], "phase": r["phase"], "progress": r["progress"],
-                          "detail": r["detail"] or "", "job_id": r["job_id"], "node": r["node"], "version": r["version"],
-                          "heartbeat_age_s": None if r["last_hb"] is None else round(now - float(r["last_hb"]), 2),
-                          "restarts": r["restarts"]})
+        roles = _role_rows(conn, now)
         steps = conn.execute("SELECT step, reward, metrics FROM steps WHERE state IN ('done','committed') "
                              "ORDER BY step DESC LIMIT 10").fetchall()
         rewards = [float(s["reward"]) for s in steps if s["reward"] is not None]
@@ -245,12 +333,14 @@ def status_dict(run: RunDir, *, live: bool, n_events: int = 10) -> dict[str, Any
         counts = read_counts(conn)
         br = ettr_breakdown(conn, meta, now)
         events = [{"id": e.id, "t": e.t, "kind": e.kind, "slot": e.slot, "node": e.node, "msg": e.msg}
-                  for e in read_events(conn, limit=n_events)]
+                  for e in read_events(conn, limit=n_events)] if n_events > 0 else []
+        run_meta = run.read_meta()
         return {
             "schema": REPORT_SCHEMA,
-            "run": run.name, "path": str(run.path), "live": live,
-            "backend": run.read_meta().get("backend"), "recovery": run.read_meta().get("recovery"),
-            "state": meta.get("run_state", "unknown"),
+            "run": run.name, "path": str(run.path), "live": live, "source": "store",
+            "backend": run_meta.get("backend"), "recovery": run_meta.get("recovery"),
+            "state": meta.get("run_state", "unknown"), "end_reason": meta.get("end_reason"),
+            "t": round(now, 3), "started": meta.get("started"),
             "controller_heartbeat_age_s": None if meta.get("heartbeat") is None else round(now - meta["heartbeat"], 2),
             "step": int(meta.get("trainer_version", 0)), "committed": int(meta.get("committed", 0)),
             "steps_total": _total_steps(run), "weight_version": int(meta.get("trainer_version", 0)),
@@ -266,6 +356,26 @@ def status_dict(run: RunDir, *, live: bool, n_events: int = 10) -> dict[str, Any
         conn.close()
 
 
+def read_status(run: RunDir, *, n_events: int = 10) -> dict[str, Any]:
+    """The freshest status there is: the live controller's own answer when it is reachable (from any
+    host, through the control plane), else the run directory's state store."""
+    from slurm_rl import launcher
+    from slurm_rl import protocol as P
+    from slurm_rl.errors import SlurmRLError
+
+    if launcher.controller_alive(run):
+        try:
+            reply = launcher.ask(run, P.StatusRequest(events=n_events), timeout_s=2.0)
+            if reply.ok and reply.payload:
+                st = json.loads(reply.payload)
+                st.update(live=True, source="controller")
+                return st
+        except (SlurmRLError, ValueError):
+            pass            # busy, gone since, or an answer we cannot read: the store still is the truth
+        return status_dict(run, live=True, n_events=n_events)
+    return status_dict(run, live=False, n_events=n_events)
+
+
 def _total_steps(run: RunDir) -> int | None:
     try:
         import yaml
@@ -275,12 +385,19 @@ def _total_steps(run: RunDir) -> int | None:
         return None
 
 
+# one colour per recovery part, the same in every plot
+_PART_COLOURS = {"detect": "#d62728", "schedule": "#9467bd", "load": "#8c564b", "sync": "#1f77b4",
+                 "replay": "#ff7f0e", "idle": "#7f7f7f"}
+
+
 def write_plots(run: RunDir, out_dir: Path) -> list[Path]:
-    """reward.png (reward per step) and goodput.png (steps kept over wall time, fault markers)."""
+    """reward.png (reward per step), goodput.png (steps kept over wall time, fault windows shaded)
+    and, when the run had faults, recovery.png (each fault's recovery split into its parts)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     out_dir.mkdir(parents=True, exist_ok=True)
     conn = open_store(run)
@@ -289,51 +406,113 @@ def write_plots(run: RunDir, out_dir: Path) -> list[Path]:
         t0 = float(meta.get("started") or 0.0)
         steps = _steps(conn)
         faults = _fault_rows(conn, t0)
+        attributed = fault_badput(conn, meta)
+        br = ettr_breakdown(conn, meta)
     finally:
         conn.close()
     kept = [s for s in steps if s["state"] in ("done", "committed") and s["reward"] is not None]
     paths = []
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot([s["step"] for s in kept], [s["reward"] for s in kept], lw=1.2, label="mean reward")
-    if len(kept) >= 10:
-        import numpy as np
 
+    # --- reward per step, with the step each fault hit at
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = [s["step"] for s in kept]
+    ax.plot(xs, [s["reward"] for s in kept], lw=1.0, alpha=0.6, label="mean reward")
+    if len(kept) >= 10:
         r = np.array([s["reward"] for s in kept], dtype=float)
-        sm = np.convolve(r, np.ones(10) / 10, mode="valid")
-        ax.plot([s["step"] for s in kept][9:], sm, lw=2.2, label="10-step mean")
+        ax.plot(xs[9:], np.convolve(r, np.ones(10) / 10, mode="valid"), lw=2.2, label="10-step mean")
+    ends = np.array([float(s["t_end"]) - t0 for s in kept])
+    for i, f in enumerate(faults):
+        if f["t_fault"] is None or not len(ends):
+            continue
+        at = xs[min(int(np.searchsorted(ends, f["t_fault"])), len(xs) - 1)]
+        ax.axvline(at, color="tab:red", lw=0.8, alpha=0.6, ls=":", label="fault" if i == 0 else None)
     ax.set_xlabel("trainer step")
     ax.set_ylabel("reward (0-1)")
     ax.set_title(f"{run.name}: reward per step")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=9)
     fig.tight_layout()
     p = out_dir / "reward.png"
-    fig.savefig(p, dpi=110)
+    fig.savefig(p, dpi=120)
     plt.close(fig)
     paths.append(p)
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    # --- goodput: steps kept over wall time; start-up and every fault window (fault -> recovered) shaded
+    fig, ax = plt.subplots(figsize=(8, 4))
     ts = [float(s["t_end"]) - t0 for s in kept]
-    ax.step(ts, range(1, len(ts) + 1), where="post", lw=1.5, label="steps kept (goodput)")
+    if steps and br["startup_s"] > 0:
+        ax.axvspan(0, br["startup_s"], color="grey", alpha=0.12, lw=0, label="start-up (not counted)")
+    ax.step(ts, range(1, len(ts) + 1), where="post", lw=1.6, color="tab:blue", label="steps kept (goodput)")
     rolled = [s for s in steps if s["state"] == "rolled_back"]
     if rolled:
-        ax.scatter([float(s["t_end"]) - t0 for s in rolled], [s["step"] for s in rolled], marker="x", color="grey",
-                   label="steps rolled back")
+        ax.scatter([float(s["t_end"]) - t0 for s in rolled], [s["step"] for s in rolled], marker="x", s=14,
+                   color="tab:orange", label="steps computed, then rolled back (replay)")
+    top = max(len(ts), max((s["step"] for s in steps), default=1))
+    end_rel = (float(meta.get("ended") or time.time()) - t0) if t0 else None
     for i, f in enumerate(faults):
-        if f["t_fault"] is not None:
-            ax.axvline(f["t_fault"], color="tab:red", lw=0.8, alpha=0.8, label="fault" if i == 0 else None)
+        if f["t_fault"] is None:
+            continue
+        t_end = f["t_recovered"] if f["t_recovered"] is not None else end_rel
+        if t_end is not None:
+            ax.axvspan(f["t_fault"], t_end, color="tab:red", alpha=0.12, lw=0,
+                       label="fault -> recovered" if i == 0 else None)
+        ax.axvline(f["t_fault"], color="tab:red", lw=1.0)
         if f["t_recovered"] is not None:
-            ax.axvline(f["t_recovered"], color="tab:green", lw=0.8, ls="--", alpha=0.8,
-                       label="recovered" if i == 0 else None)
+            ax.axvline(f["t_recovered"], color="tab:green", lw=1.0, ls="--")
+        ax.annotate(f"{f['slot']} {f['kind']}", (f["t_fault"], top), xytext=(2, -2), textcoords="offset points",
+                    rotation=90, va="top", ha="left", fontsize=7, color="tab:red")
     ax.set_xlabel("wall time since launch (s)")
     ax.set_ylabel("trainer steps kept")
-    ax.set_title(f"{run.name}: goodput over time")
+    ax.set_title(f"{run.name}: goodput over time (ETTR {br['ettr']:.1%}, {len(faults)} fault"
+                 f"{'' if len(faults) == 1 else 's'})")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     p = out_dir / "goodput.png"
-    fig.savefig(p, dpi=110)
+    fig.savefig(p, dpi=120)
     plt.close(fig)
     paths.append(p)
+
+    # --- recovery: per fault, the time to recover split into its parts (upper bar, as long as the
+    # MTTR) and the badput it caused (lower bar): replay of rolled-back steps, trainer idle
+    if faults:
+        fig, ax = plt.subplots(figsize=(8, max(2.6, 0.6 * len(faults) + 1.5)))
+        labels: list[str] = []
+        seen: set[str] = set()
+
+        def seg(y: float, v: float | None, left: float, name: str, colour: str) -> float:
+            if not v:
+                return left
+            ax.barh(y, v, left=left, height=0.36, color=colour, edgecolor="white", lw=0.5,
+                    label=None if name in seen else name)
+            seen.add(name)
+            return left + v
+
+        for y, f in enumerate(faults):
+            extra = attributed.get(int(f["id"]), {})
+            left = 0.0
+            for name in ("detect", "schedule", "load", "sync"):
+                left = seg(y - 0.19, f[f"{name}_s"], left, name, _PART_COLOURS[name])
+            if f["recover_s"] is not None:
+                seg(y - 0.19, max(0.0, f["recover_s"] - left), left, "other (decide, ready)", "#dddddd")
+            else:
+                ax.text(left, y - 0.19, "  not recovered", va="center", fontsize=8, color="tab:red")
+            left = seg(y + 0.19, extra.get("replay_s"), 0.0, "replay", _PART_COLOURS["replay"])
+            seg(y + 0.19, extra.get("idle_s"), left, "idle", _PART_COLOURS["idle"])
+            labels.append(f"#{f['id']} {f['slot']} {f['kind']}")
+        ax.set_yticks(range(len(faults)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("seconds")
+        ax.set_title(f"{run.name}: time to recover (upper bar) and badput caused (lower bar) per fault",
+                     fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+        fig.tight_layout()
+        p = out_dir / "recovery.png"
+        fig.savefig(p, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(p)
     return paths
