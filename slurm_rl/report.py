@@ -450,6 +450,8 @@ def write_plots(run: RunDir, out_dir: Path) -> list[Path]:
                    color="tab:orange", label="steps computed, then rolled back (replay)")
     top = max(len(ts), max((s["step"] for s in steps), default=1))
     end_rel = (float(meta.get("ended") or time.time()) - t0) if t0 else None
+    if meta.get("run_state") == "finished" and kept and t0:
+        end_rel = max(float(s["t_end"]) for s in kept) - t0     # as ettr_breakdown: teardown is not the run
     for i, f in enumerate(faults):
         if f["t_fault"] is None:
             continue
@@ -486,8 +488,7 @@ def write_plots(run: RunDir, out_dir: Path) -> list[Path]:
         def seg(y: float, v: float | None, left: float, name: str, colour: str) -> float:
             if not v:
                 return left
-            ax.barh(y, v, left=left, height=0.36, color=colour, edgecolor="white", lw=0.5,
-                    label=None if name in seen else name)
+            ax.barh(y, v, left=left, height=0.36, color=colour, edgecolor="white", lw=0.5)
             seen.add(name)
             return left + v
 
@@ -506,10 +507,16 @@ def write_plots(run: RunDir, out_dir: Path) -> list[Path]:
         ax.set_yticks(range(len(faults)), labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("seconds")
+        # the legend in the order of a recovery, whatever order the bars met the parts in
+        from matplotlib.patches import Patch
+
+        order = ["detect", "schedule", "load", "sync", "other (decide, ready)", "replay", "idle"]
+        colours = {**_PART_COLOURS, "other (decide, ready)": "#dddddd"}
+        handles = [Patch(color=colours[n], label=n) for n in order if n in seen]
         ax.set_title(f"{run.name}: time to recover (upper bar) and badput caused (lower bar) per fault",
                      fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
         fig.tight_layout()
         p = out_dir / "recovery.png"
         fig.savefig(p, dpi=120, bbox_inches="tight")

@@ -28,6 +28,7 @@ from tests import runs
 from tests.test_cli import schema_check
 
 pytestmark = pytest.mark.slow
+STEPS = 200
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,9 +38,12 @@ def invoke(*args: str) -> object:
 
 @pytest.fixture(scope="module")
 def faulted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunDir]:
-    """A run of 60 steps in which rollout/1 was crashed (through the CLI) and replaced by the spare."""
+    """A finished run in which rollout/1 was crashed (through the CLI) and replaced by the spare.
+
+    200 steps: a promoted rollout counts as recovered once it generates again, which can wait for
+    the trainer to drain the buffer; the run must outlast that on a fast machine."""
     tmp = tmp_path_factory.mktemp("faulted")
-    run = runs.launch(tmp, "algorithm.steps=60", name="faulted")
+    run = runs.launch(tmp, f"algorithm.steps={STEPS}", name="faulted")
     try:
         runs.wait_ready(run)
         live = invoke("status", str(run.path), "--json")
@@ -64,7 +68,7 @@ def test_status_of_the_finished_run(faulted: RunDir) -> None:
     assert res.exit_code == 0
     st = json.loads(res.output)
     schema_check("status", st)
-    assert st["state"] == "finished" and not st["live"] and st["source"] == "store" and st["step"] == 60
+    assert st["state"] == "finished" and not st["live"] and st["source"] == "store" and st["step"] == STEPS
     assert {r["slot"] for r in st["roles"]} == {"trainer/0", "rollout/0", "rollout/1", "spare/0"}
     assert all(r["state"] == "STOPPED" for r in st["roles"])
     assert next(r for r in st["roles"] if r["slot"] == "rollout/1")["restarts"] >= 1
@@ -113,7 +117,7 @@ def test_ls_and_the_commands_that_need_a_live_run(faulted: RunDir) -> None:
     assert res.exit_code == 0
     rows = json.loads(res.output)
     schema_check("ls", rows)
-    assert [(r["run"], r["state"], r["steps"], r["faults"]) for r in rows] == [("faulted", "finished", 60, 1)]
+    assert [(r["run"], r["state"], r["steps"], r["faults"]) for r in rows] == [("faulted", "finished", STEPS, 1)]
     assert invoke("inject", str(faulted.path), "rollout/0", "--fault", "crash").exit_code == 2
     assert invoke("resume", str(faulted.path)).exit_code == 2
     res = invoke("stop", str(faulted.path))

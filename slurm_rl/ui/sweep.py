@@ -96,9 +96,10 @@ class SummaryView:
         if self.runner.interrupted:
             title += " (interrupted)"
         cols = [Col("run", lambda r: r.point.name, 0, max_width=32), Col("state", _phase_text, 0)]
-        cols += [Col(METRICS[m].label, (lambda r, m=m: METRICS[m].show(r.metric(m))), 1 + i, right=True)
+        # the first three metrics, then the swept settings, then the other metrics
+        cols += [Col(METRICS[m].label, (lambda r, m=m: METRICS[m].show(r.metric(m))), 1 + i + (i >= 3), right=True)
                  for i, m in enumerate(spec.metrics)]
-        cols += _key_cols(spec, 1 + len(spec.metrics))
+        cols += _key_cols(spec, 4)
         keep, dropped = fit(cols, self.runner.runs, options.max_width)
         # settings right after the name, as in the live table
         order = [c for c in cols if c in keep and c.priority == 0] + [c for c in cols[2 + len(spec.metrics):]
