@@ -188,6 +188,11 @@ def fault_badput(conn: sqlite3.Connection, meta: dict[str, Any],
         for fid, o in shares.items():
             if o > 0:
                 out[fid]["idle_s"] += starved * o / total
+    if any(f["replay_s"] is not None for f in faults):
+        # the controller recorded each rollback's cost on the faults that caused it
+        for f in faults:
+            out[int(f["id"])]["replay_s"] = float(f["replay_s"] or 0.0)
+        return out
     capable = [f for f in faults if f["t_fault"] is not None and _rollback_capable(f)]
     for s in (s for s in steps if s["state"] == "rolled_back"):
         t_end = float(s["t_end"])
@@ -312,6 +317,8 @@ def _role_rows(conn: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
                       else round(max(0.0, now - float(job["started"])), 2),
                       "node": r["node"], "version": r["version"],
                       "heartbeat_age_s": None if r["last_hb"] is None else round(now - float(r["last_hb"]), 2),
+                      "phase_age_s": None if "phase_since" not in r.keys() or r["phase_since"] is None
+                      else round(now - float(r["phase_since"]), 2),
                       "state_age_s": None if t_state is None else round(max(0.0, now - t_state), 2),
                       "restarts": r["restarts"]})
     return roles

@@ -51,7 +51,7 @@ CREATE INDEX IF NOT EXISTS steps_step ON steps(step, state);
 CREATE TABLE IF NOT EXISTS roles(
   slot TEXT PRIMARY KEY, kind TEXT NOT NULL, idx INTEGER NOT NULL, state TEXT NOT NULL,
   incarnation INTEGER NOT NULL, job_id TEXT, node TEXT, phase TEXT, progress INTEGER, version INTEGER,
-  last_hb REAL, restarts INTEGER NOT NULL DEFAULT 0, detail TEXT, updated REAL);
+  last_hb REAL, restarts INTEGER NOT NULL DEFAULT 0, detail TEXT, updated REAL, phase_since REAL);
 CREATE TABLE IF NOT EXISTS jobs(
   job_id TEXT PRIMARY KEY, slot TEXT NOT NULL, incarnation INTEGER NOT NULL, backend TEXT NOT NULL,
   state TEXT NOT NULL, nodes TEXT, submitted REAL, started REAL, ended REAL, exit_code INTEGER,
@@ -294,13 +294,16 @@ class Store:
             c.execute("UPDATE groups SET state='consumed' WHERE state='trained' AND step < ?", (version,))
             return n
 
-    def rollback_after(self, step: int, *, regenerate: bool, now: float) -> tuple[int, int]:
+    def rollback_after(self, step: int, *, regenerate: bool, now: float) -> tuple[int, int, float]:
         """Undo steps after `step`. Their groups go back to the queue, or (regenerate=True, a full
         restart from a checkpoint) are dropped and their problems queued again as new items.
 
-        Also returns groups delivered to a trainer that died mid-step. Returns (steps, groups).
+        Also returns groups delivered to a trainer that died mid-step.
+        Returns (steps undone, groups affected, seconds those steps had taken: the replay cost).
         """
         with self.tx() as c:
+            replay = c.execute("SELECT COALESCE(SUM(t_end - COALESCE(t_start, t_end)), 0) FROM steps "
+                               "WHERE step>? AND state IN ('done','committed')", (step,)).fetchone()[0]
             steps = c.execute("UPDATE steps SET state='rolled_back' WHERE step>? AND state IN ('done','committed')",
                               (step,)).rowcount
             rows = c.execute("SELECT id, problem_idx FROM groups WHERE state IN ('delivered','trained') OR "
@@ -311,7 +314,7 @@ class Store:
                               [(r[1], now) for r in rows])
             else:
                 c.executemany("UPDATE groups SET state='queued', step=NULL WHERE id=?", [(r[0],) for r in rows])
-            return steps, len(rows)
+            return steps, len(rows), float(replay)
 
     def drop_queued_newer_than(self, version: int) -> int:
         with self.tx() as c:
@@ -337,8 +340,8 @@ class Store:
     def upsert_roles(self, rows: Sequence[tuple[Any, ...]]) -> None:
         with self.tx() as c:
             c.executemany("INSERT OR REPLACE INTO roles(slot, kind, idx, state, incarnation, job_id, node, phase,"
-                          " progress, version, last_hb, restarts, detail, updated) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                          rows)
+                          " progress, version, last_hb, restarts, detail, updated, phase_since)"
+                          " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def roles(self) -> list[sqlite3.Row]:
         return self.conn.execute("SELECT * FROM roles ORDER BY kind, idx").fetchall()

@@ -144,8 +144,8 @@ def test_trainer_loss_requeues_uncommitted_groups(store):
     leases = store.lease("rollout/0#1", 2, NOW, 60)
     submit(store, "rollout/0#1", [group(x, version=2) for x in leases], trainer_version=2)
     store.fetch_batch("trainer/0#1", 2, 2, 2)                          # delivered, trainer dies mid-step
-    steps, groups = store.rollback_after(1, regenerate=False, now=NOW)
-    assert steps == 1 and groups == 4                                  # step 2's two + the delivered two
+    steps, groups, replay = store.rollback_after(1, regenerate=False, now=NOW)
+    assert steps == 1 and groups == 4 and replay == pytest.approx(1.0)                                 # step 2's two + the delivered two
     c = store.counts()
     assert c.groups_queued == 4 and c.groups_consumed == 2
     assert [r["state"] for r in store.steps()] == ["committed", "rolled_back"]
@@ -156,8 +156,8 @@ def test_full_restart_drops_rolled_back_groups_and_requeues_their_problems(store
     for step in range(3):
         _train(store, step)
     store.commit_through(3)
-    steps, groups = store.rollback_after(1, regenerate=True, now=NOW)  # checkpoint at step 1
-    assert steps == 2 and groups == 4
+    steps, groups, replay = store.rollback_after(1, regenerate=True, now=NOW)  # checkpoint at step 1
+    assert steps == 2 and groups == 4 and replay == pytest.approx(2.0)
     c = store.counts()
     assert c.groups_dropped_rollback == 4 and c.groups_consumed == 2 and c.items_queued == 4
     assert identity_holds(store)

@@ -55,6 +55,7 @@ class Slot:
     host_id: str = ""
     connected: bool = False
     phase: Phase = Phase.LOADING
+    phase_since: float | None = None
     progress: int = 0
     detail: str = ""
     last_hb: float | None = None
@@ -91,6 +92,7 @@ class Slot:
     def reset_runtime(self) -> None:
         self.connected = False
         self.phase = Phase.LOADING
+        self.phase_since = None
         self.progress = 0
         self.detail = ""
         self.last_hb = None
@@ -398,6 +400,7 @@ class Controller:
         slot.last_hb = now
         slot.progress_at = now
         slot.phase = Phase.LOADING
+        slot.phase_since = now
         if msg.job_id and slot.job_id is None:
             slot.job_id = msg.job_id
         self.event("connected", f"{slot.name} connected from {msg.node} (job {msg.job_id}, pid {msg.pid})",
@@ -413,6 +416,8 @@ class Controller:
         phase = Phase(msg.phase)
         if phase != slot.phase or msg.progress != slot.progress:
             slot.progress_at = now
+        if phase != slot.phase or slot.phase_since is None:
+            slot.phase_since = now
         prev_phase = slot.phase
         slot.phase = phase
         slot.progress = msg.progress
@@ -647,7 +652,9 @@ class Controller:
             if n:
                 self.event("leases_requeued", f"{n} prompt leases of {s.name} went back to the queue", slot=s.name)
         elif s.kind is RoleKind.TRAINER:
-            self._trainer_lost(now)
+            replay = self._trainer_lost(now)
+            for fid in fids:
+                self.store.update_fault(fid, replay_s=replay / len(fids))
         s.fault_ids = s.fault_ids + fids     # a replacement dying before it recovered: both stay open
         s.version = -1
         s.connected = False
@@ -667,7 +674,7 @@ class Controller:
         best = max(held + [ck[0] if ck else 0, 0])
         return min(best, self.committed)
 
-    def _trainer_lost(self, now: float) -> None:
+    def _trainer_lost(self, now: float) -> float:
         """Roll back to the newest restorable committed step; the lineage gets a new epoch from there."""
         point = self._restore_point()
         if point < self.committed:
@@ -676,7 +683,7 @@ class Controller:
                        data={"committed": self.committed, "restore_point": point})
             self.committed = point
             self.store.set_meta("committed", point)
-        steps, groups = self.store.rollback_after(self.committed, regenerate=False, now=now)
+        steps, groups, replay = self.store.rollback_after(self.committed, regenerate=False, now=now)
         lost = self.trainer_version - self.committed
         self.trainer_version = self.committed
         self.wepoch += 1
@@ -688,6 +695,7 @@ class Controller:
         for s in self.slots.values():
             if s.version > self.committed and s.kind is not RoleKind.TRAINER:
                 s.version = -1
+        return replay
 
     def _promote(self, standby: Slot, target: Slot, now: float, reason: str, *, resume_step: int,
                  planned: bool = False) -> None:
@@ -713,6 +721,7 @@ class Controller:
         target.last_hb = standby.last_hb if standby.last_hb is not None else now
         target.progress_at = now
         target.phase = standby_phase
+        target.phase_since = now
         target.fault_ids = fault_ids
         cmd = P.Command(op="become", kind=target.kind.value, index=target.index, incarnation=target.incarnation,
                         resume_step=resume_step, reason=reason)
@@ -789,7 +798,7 @@ class Controller:
         self.full_restarts += 1
         jobs = [s.job_id for s in self.slots.values() if s.job_id]
         self._cancel(jobs)
-        steps, groups = self.store.rollback_after(step, regenerate=True, now=now)
+        steps, groups, replay = self.store.rollback_after(step, regenerate=True, now=now)
         lost = max(0, self.trainer_version - step)
         self.trainer_version = step
         self.committed = step
@@ -807,7 +816,8 @@ class Controller:
         self.redirects.clear()
         self.full_restart_faults = [f for f in open_faults if f is not None]
         for fid in self.full_restart_faults:
-            self.store.update_fault(fid, t_decide=now, action="full restart", replay_s=None)
+            self.store.update_fault(fid, t_decide=now, action="full restart",
+                                    replay_s=replay / max(1, len(self.full_restart_faults)))
         for s in list(self.slots.values()):
             if s.extra:
                 s.state = RoleState.STOPPED
@@ -1045,7 +1055,8 @@ class Controller:
         self._dirty = False
         window = self.cfg.recovery.budget_window_s
         rows = [(s.name, s.kind.value, s.index, s.state.value, s.incarnation, s.job_id, s.node, s.phase.value,
-                 s.progress, s.version, s.last_hb, len(s.restarts), s.detail, now) for s in self.slots.values()]
+                 s.progress, s.version, s.last_hb, len(s.restarts), s.detail, now, s.phase_since)
+                for s in self.slots.values()]
         self.store.upsert_roles(rows)
         self.store.set_metas(node_failures=self.node_failures, heartbeat=now,
                              scheduler_calls=self.backend.call_counts, restarts_window=window)

@@ -113,6 +113,8 @@ def activity(role: dict[str, Any]) -> str | None:
         run_s = f" {fmt_age(running)}" if running is not None else ""
         return f"job {job} running{run_s}, waiting for it to connect"
     if state == "STARTING" or (state == "READY" and phase == "restoring"):
+        if role.get("phase_age_s") is not None:
+            took = f" {fmt_age(role['phase_age_s'])}"        # measured by the controller
         if phase == "loading":
             return f"loading model{took}" + (f": {detail}" if detail else "")
         if phase == "restoring":
