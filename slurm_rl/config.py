@@ -218,6 +218,10 @@ class RecoveryConfig(_Section):
     phase_timeouts: dict[Phase, float] = Field(
         default_factory=_default_phase_timeouts,
         description="per phase: silence (or no progress) for this long confirms a SUSPECT role DEAD")
+    hang_after_s: float = Field(
+        default=10.0, gt=0, description="heartbeat silence that confirms a hang (heartbeats come from their own "
+        "thread every heartbeat_interval_s); the phase timeout applies instead when it is shorter, and always "
+        "while loading or restoring, where native code may hold the interpreter for long")
     probe_timeout_s: float = Field(default=1.0, gt=0)
     restart_budget: int = Field(default=5, ge=0, description="restarts of one role slot within budget_window_s")
     budget_window_s: float = Field(default=600.0, gt=0)
@@ -237,6 +241,9 @@ class RecoveryConfig(_Section):
 
     @model_validator(mode="after")
     def _order(self) -> "RecoveryConfig":
+        if self.hang_after_s <= self.suspect_after_s:
+            raise ValueError(f"recovery.hang_after_s ({self.hang_after_s}) must be longer than "
+                             f"recovery.suspect_after_s ({self.suspect_after_s})")
         if self.suspect_after_s < self.heartbeat_interval_s * 2:
             raise ValueError(
                 f"recovery.suspect_after_s ({self.suspect_after_s}) must be at least twice "

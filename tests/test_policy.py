@@ -15,7 +15,7 @@ TIMEOUTS = {p: 30.0 for p in Phase} | {Phase.LOADING: 180.0, Phase.CHECKPOINTING
 
 
 def th(**kw) -> pol.Thresholds:
-    base = dict(suspect_after_s=1.0, phase_timeouts=TIMEOUTS, restart_budget=3, exclude_node_after=2,
+    base = dict(suspect_after_s=1.0, hang_after_s=10.0, phase_timeouts=TIMEOUTS, restart_budget=3, exclude_node_after=2,
                 max_full_restarts=2, standby="spare-then-rollout", full_restart_policy=False, spare_replicas=1)
     base.update(kw)
     return pol.Thresholds(**base)
@@ -67,14 +67,26 @@ def test_silence_makes_suspect_then_probe_refused_confirms_dead():
     assert "heartbeat lost" in dead[0].signals
 
 
-def test_suspect_alive_probe_waits_for_phase_timeout():
-    """SIGSTOP: the kernel still accepts connections, so only the phase timeout confirms."""
+def test_suspect_alive_probe_waits_for_the_hang_timeout():
+    """SIGSTOP: the kernel still accepts connections, so only time (hang_after_s) confirms."""
     r1 = slot(RoleKind.ROLLOUT, 1, state=RoleState.SUSPECT, suspect_since=NOW - 2, last_hb=NOW - 3,
               probe=ProbeResult.OK, probe_at=NOW - 1.5, suspect_reason="no heartbeat")
     assert pol.decide(NOW, view(cluster(**{"rollout/1": r1}))) == []
-    later = NOW - 3 + 30.5
+    later = NOW - 3 + 10.5
     acts = [a for a in pol.decide(later, view(cluster(**{"rollout/1": r1}))) if getattr(a, "slot", "") == "rollout/1"]
-    assert kinds(acts)[0] == "Dead" and "phase timeout" in acts[0].signals
+    assert kinds(acts)[0] == "Dead" and "hang timeout" in acts[0].signals
+
+
+def test_a_shorter_phase_timeout_wins_and_loading_gets_its_own():
+    r1 = slot(RoleKind.ROLLOUT, 1, state=RoleState.SUSPECT, suspect_since=NOW - 2, last_hb=NOW - 5.5,
+              probe=ProbeResult.OK, probe_at=NOW - 1.5)
+    short = dict(TIMEOUTS) | {Phase.GENERATING: 5.0}
+    acts = pol.decide(NOW, view(cluster(**{"rollout/1": r1}), thresholds=th(phase_timeouts=short)))
+    assert any(isinstance(a, pol.Dead) and a.slot == "rollout/1" for a in acts)
+    loading = slot(RoleKind.ROLLOUT, 1, state=RoleState.SUSPECT, phase=Phase.LOADING, suspect_since=NOW - 30,
+                   last_hb=NOW - 60, probe=ProbeResult.OK, probe_at=NOW - 29)
+    acts = pol.decide(NOW, view(cluster(**{"rollout/1": loading})))
+    assert not any(isinstance(a, pol.Dead) and a.slot == "rollout/1" for a in acts)   # 60 s < 180 s loading
 
 
 def test_heartbeats_resume_clears_suspect():

@@ -164,7 +164,8 @@ class Controller:
         self.prober = Prober(cfg.recovery.probe_timeout_s)
         self.server: ControlServer | None = None
         self.thresholds = pol.Thresholds(
-            suspect_after_s=cfg.recovery.suspect_after_s, phase_timeouts=dict(cfg.recovery.phase_timeouts),
+            suspect_after_s=cfg.recovery.suspect_after_s, hang_after_s=cfg.recovery.hang_after_s,
+            phase_timeouts=dict(cfg.recovery.phase_timeouts),
             restart_budget=cfg.recovery.restart_budget, exclude_node_after=cfg.recovery.exclude_node_after,
             max_full_restarts=cfg.recovery.max_full_restarts, standby=cfg.recovery.standby,
             full_restart_policy=cfg.recovery.policy is RecoveryPolicy.FULL_RESTART,

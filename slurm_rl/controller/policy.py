@@ -9,7 +9,8 @@ Detection (role-aware):
   * one signal makes a role SUSPECT: heartbeat silence longer than `suspect_after_s`;
   * a second signal confirms it DEAD: the liveness probe of its endpoint is refused or times out
     (process or node gone), its job reached a terminal Slurm state, its node is DOWN, or the
-    silence outlasts the timeout of the phase it last reported;
+    silence outlasts `hang_after_s` (the phase timeout when shorter, and always while loading or
+    restoring): a SIGSTOPped process still accepts connections, so only time tells a hang;
   * a terminal job state or a DOWN node is conclusive on its own (the process is gone);
   * heartbeats without progress for longer than the phase timeout (a wedged main loop) are DEAD
     too, except in waiting phases (idle, waiting_for_data): waiting is never a fault;
@@ -84,6 +85,7 @@ class SlotView:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Thresholds:
     suspect_after_s: float
+    hang_after_s: float
     phase_timeouts: Mapping[Phase, float]
     restart_budget: int
     exclude_node_after: int
@@ -198,6 +200,11 @@ class StopRun(Action):
 # ------------------------------------------------------------------------------- detection
 
 
+# phases in which native code (model load, checkpoint restore) may hold the interpreter long enough
+# to delay the heartbeat thread: only their phase timeout confirms a hang there
+_LONG_SILENCE_OK = frozenset({Phase.LOADING, Phase.RESTORING})
+
+
 def _timeout(view: View, phase: Phase) -> float:
     return float(view.thresholds.phase_timeouts.get(phase, 60.0))
 
@@ -221,9 +228,10 @@ def assess(now: float, s: SlotView, view: View) -> Action | None:
         return None            # queued or starting: queue wait is not a fault
     silence = now - s.last_hb
     limit = _timeout(view, s.phase)
-    if silence > limit:
-        return Dead(f"no heartbeat for {silence:.1f}s in phase {s.phase.value} (timeout {limit:g}s)", slot,
-                    ("heartbeat lost", "phase timeout"))
+    silence_limit = limit if s.phase in _LONG_SILENCE_OK else min(limit, view.thresholds.hang_after_s)
+    if silence > silence_limit:
+        return Dead(f"no heartbeat for {silence:.1f}s in phase {s.phase.value} (hang timeout {silence_limit:g}s)",
+                    slot, ("heartbeat lost", "hang timeout"))
     if s.state is RoleState.SUSPECT:
         assert s.suspect_since is not None
         if s.probe is not None and s.probe_at is not None and s.probe_at >= s.suspect_since \

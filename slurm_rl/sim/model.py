@@ -262,7 +262,7 @@ class _Run:
     def _thresholds(self) -> pol.Thresholds:
         r = self.cfg.rules
         return pol.Thresholds(
-            suspect_after_s=1.0, phase_timeouts={}, restart_budget=r.restart_budget,
+            suspect_after_s=1.0, hang_after_s=10.0, phase_timeouts={}, restart_budget=r.restart_budget,
             exclude_node_after=r.exclude_node_after,
             max_full_restarts=r.max_full_restarts if r.max_full_restarts is not None else 1 << 62,
             standby=self._standby().value, full_restart_policy=self.policy is RecoveryPolicy.FULL_RESTART,
