@@ -1,0 +1,701 @@
+"""Soak: one long run under a seeded schedule of many faults of every kind, then its invariants.
+
+    python bench/soak.py                         # 60 faults on the local backend (~15 min on 2 cores)
+    python bench/soak.py --faults 12 --seed 3    # a short one (what tests/test_soak.py runs)
+    python bench/soak.py --backend slurm         # on the local Slurm lab (scripts/slurm-lab, root)
+
+The driver launches a run (hf engine, small model) and injects faults through the run's control
+plane (what `slurm-rl inject` does), one episode at a time, each drawn from a seeded generator:
+
+  single     one fault: crash, hang, exit:N, node-down or drain, into the trainer, a rollout or a spare
+  pair       the trainer and a rollout at the same instant (two requests, a few ms apart)
+  recovery   a fault, then a second one into the replacement while it is still starting/loading
+
+Fault kinds come from a shuffled deck, so every kind is hit about equally often. Between
+episodes it waits until every fault is recovered (or gives up after --settle-timeout and says
+so), then a random 0.2-4 s so faults land in every phase. A drained node is resumed once its role
+has moved (what an operator does); a local node-down heals after `local.node_down_s`.
+
+Meanwhile a sampler records, every 0.25 s, the committed step and the trainer's step (from the
+state store) and the controller's RSS, and every 5 s how long the controller takes to answer a
+status request. After the last episode the run is stopped with `slurm-rl stop`, and checked:
+
+  I1 no trajectory lost         report: trajectories.lost == 0, groups.lost == 0, the accounting identity
+  I2 each group consumed once   every kept step consumed exactly its n_groups groups, no group twice;
+                                every prompt item done at most once, every done item has its one group
+  I3 steps never go back        committed never decreases; the trainer's step never drops below a
+                                committed step seen before; kept steps are 1..N, each exactly once
+  I4 nothing left after stop    no process of the run, every job record terminal (Slurm: squeue empty)
+  I5 controller memory flat     median RSS of the last quarter vs the first (after start-up)
+  I6 every fault recovered      every fault row has t_recovered; no full restart; the run was not failed
+  I7 store intact               PRAGMA integrity_check == ok
+
+It prints the fault count by kind, each invariant with PASS/FAIL and its figures, and the
+recovery time distribution (min/median/p90/max per role and kind, from `slurm-rl report --json`).
+Exit code 0 when every invariant passed, 1 otherwise. `--out FILE` writes everything as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from slurm_rl import protocol as P
+from slurm_rl.controlplane import ControlClient
+from slurm_rl.errors import SlurmRLError
+from slurm_rl.rundir import RunDir
+
+KINDS = ("crash", "hang", "exit", "node-down", "drain")
+EXIT_CODES = (0, 1, 2, 3, 42, 127, 137, 255)
+TERMINAL_JOB = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+                "BOOT_FAIL", "DEADLINE"}
+
+# Small and fast roles (tests/runs.FAST), long enough never to finish, recovery budgets out of the way
+# (the soak is about recovering every time, not escalating), tight phase timeouts so a hang costs seconds.
+BASE_SETS = (
+    "rollout.engine=hf", "model.hidden=64", "model.heads=2", "model.kv_heads=1", "algorithm.prompts_per_step=8",
+    "rollout.prompts_per_batch=4", "algorithm.steps=10000000", "rollout.replicas=2", "spare.replicas=1",
+    "recovery.restart_budget=100000", "recovery.exclude_node_after=100000", "recovery.max_full_restarts=100000",
+    "trainer.checkpoint_every=10",
+)
+PHASE_TIMEOUT_S = 8.0
+TIMEOUT_SETS = tuple(f"recovery.phase_timeouts.{p}={PHASE_TIMEOUT_S:g}" for p in (
+    "generating", "idle", "waiting_for_data", "syncing_weights", "stepping", "publishing", "checkpointing")) + (
+    "recovery.phase_timeouts.loading=60", "recovery.phase_timeouts.restoring=60")
+LOCAL_SETS = ("local.nodes=6", "local.node_down_s=4")
+SLURM_SETS = ("controller.host=127.0.0.1", "slurm.cpus_per_task=2")
+
+
+@dataclass
+class Injection:
+    episode: int
+    episode_kind: str
+    t: float
+    slot: str
+    fault: str                       # crash | hang | exit | node-down | drain
+    exit_code: int | None = None
+    ok: bool = True
+    error: str = ""
+    node: str | None = None
+    target_state: str = ""           # the slot's state and phase when hit
+    target_phase: str = ""
+    second: bool = False             # the second fault of a pair / recovery episode
+
+
+@dataclass
+class Sample:
+    t: float
+    committed: int
+    step: int
+    rss: int
+
+
+@dataclass
+class Soak:
+    run: RunDir
+    backend: str
+    rng: random.Random
+    n_faults: int
+    settle_timeout: float
+    overlap: bool = False            # next episode as soon as faults are closed, not when every slot is back
+    avoid_known_bugs: bool = False   # steer clear of BUG-11 and BUG-13 (see --avoid-known-bugs)
+    forced: list[str] = field(default_factory=list)    # episode kinds to play first
+    injections: list[Injection] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    status_ms: list[tuple[float, float]] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
+    drained: dict[str, float] = field(default_factory=dict)       # node -> when drained (awaiting resume)
+    downed: dict[str, float] = field(default_factory=dict)        # Slurm: crashed lab node -> when
+    controller_pid: int | None = None
+    _deck: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    # ------------------------------------------------------------------ run plumbing
+    def client(self) -> ControlClient:
+        return ControlClient(self.run, "soak")
+
+    def status(self, c: ControlClient) -> dict[str, Any]:
+        reply = c.request(P.StatusRequest(events=0), timeout_s=10.0, attempts=3)
+        return json.loads(reply.payload)
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        conn = sqlite3.connect(f"file:{self.run.db}?mode=ro", uri=True, timeout=10)
+        conn.row_factory = sqlite3.Row
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
+    def open_faults(self) -> int:
+        return int(self.query("SELECT COUNT(*) FROM faults WHERE t_recovered IS NULL")[0][0])
+
+    def draw_kind(self, exclude: tuple[str, ...] = ()) -> str:
+        for _ in range(len(KINDS) * 2):
+            if not self._deck:
+                self._deck = list(KINDS)
+                self.rng.shuffle(self._deck)
+            k = self._deck.pop()
+            if k not in exclude:
+                return k
+            self._deck.insert(0, k)          # keep it for a later draw
+        return "crash"
+
+    # ------------------------------------------------------------------ sampling
+    def sampler(self) -> None:
+        c = self.client()
+        proc = psutil.Process(self.controller_pid) if self.controller_pid else None
+        last_status = 0.0
+        conn = sqlite3.connect(f"file:{self.run.db}?mode=ro", uri=True, timeout=10)
+        try:
+            while not self._stop.wait(0.25):
+                try:
+                    meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('committed', "
+                                             "'trainer_version')").fetchall())
+                    rss = proc.memory_info().rss if proc else 0
+                except (sqlite3.Error, psutil.Error):
+                    continue
+                self.samples.append(Sample(time.time(), int(json.loads(meta.get("committed", "0"))),
+                                           int(json.loads(meta.get("trainer_version", "0"))), rss))
+                if time.time() - last_status > 5.0:
+                    last_status = time.time()
+                    t0 = time.perf_counter()
+                    try:
+                        c.request(P.StatusRequest(events=10), timeout_s=10.0, attempts=1)
+                        self.status_ms.append((time.time(), 1000 * (time.perf_counter() - t0)))
+                    except SlurmRLError:
+                        pass
+        finally:
+            conn.close()
+            c.close()
+
+    # ------------------------------------------------------------------ injecting
+    def inject(self, c: ControlClient, ep: int, ep_kind: str, slot: str, fault: str, st: dict[str, Any],
+               *, second: bool = False) -> Injection:
+        role = next((r for r in st["roles"] if r["slot"] == slot), {})
+        code = self.rng.choice(EXIT_CODES) if fault == "exit" else None
+        inj = Injection(ep, ep_kind, time.time(), slot, fault, code, target_state=role.get("state", ""),
+                        target_phase=role.get("phase") or "", second=second)
+        try:
+            reply = c.request(P.InjectRequest(slot=slot, fault=fault, exit_code=code if code is not None else 1),
+                              timeout_s=10.0, attempts=2)
+        except SlurmRLError as e:
+            reply = P.Reply(ok=False, error=str(e))
+        inj.ok = reply.ok
+        if reply.ok:
+            inj.node = json.loads(reply.payload or b"{}").get("node")
+            if fault == "drain" and inj.node:
+                self.drained[inj.node] = time.time()
+            if fault == "node-down" and inj.node and self.backend == "slurm":
+                self.downed[inj.node] = time.time()
+        else:
+            inj.error = reply.error
+        self.injections.append(inj)
+        print(f"  [{time.strftime('%H:%M:%S')}] ep {ep:3d} {ep_kind:8s} {fault}{'' if code is None else ':' + str(code)}"
+              f" -> {slot} ({inj.target_state}/{inj.target_phase})" + ("" if inj.ok else f"  REFUSED: {inj.error}"),
+              flush=True)
+        return inj
+
+    def ready_slots(self, st: dict[str, Any], role: str | None = None) -> list[str]:
+        return [r["slot"] for r in st["roles"] if r["state"] == "READY" and r["job_id"]
+                and (role is None or r["role"] == role)]
+
+    def pick(self, st: dict[str, Any], fault: str) -> str | None:
+        roles = ["trainer", "rollout"] if fault == "drain" else ["trainer", "rollout", "rollout", "spare"]
+        role = self.rng.choice(roles)
+        cands = self.ready_slots(st, role) or [s for s in self.ready_slots(st) if fault != "drain"
+                                               or not s.startswith("spare")]
+        return self.rng.choice(sorted(cands)) if cands else None
+
+    def episode(self, c: ControlClient, ep: int) -> None:
+        st = self.status(c)
+        kind = self.rng.choices(["single", "pair", "recovery"], weights=[6, 2, 2])[0]
+        if self.forced:
+            kind = self.forced.pop(0)
+        if kind == "pair":
+            rollouts = self.ready_slots(st, "rollout")
+            if "trainer/0" in self.ready_slots(st) and rollouts:
+                k1 = self.draw_kind()
+                # two drains at once need two ready spares; the second gets an extra one (BUG-13)
+                k2 = self.draw_kind(exclude=("drain",) if self.avoid_known_bugs and k1 == "drain" else ())
+                r = self.rng.choice(sorted(rollouts))
+                self.inject(c, ep, kind, "trainer/0", k1, st)
+                self.inject(c, ep, kind, r, k2, st, second=True)
+                return
+            kind = "single"
+        if kind == "recovery":
+            first = self.draw_kind(exclude=("drain",))
+            slot = self.pick(st, first)
+            if slot is None or slot.startswith("spare"):
+                slot = "trainer/0" if self.rng.random() < 0.5 else (self.ready_slots(st, "rollout") or [None])[0]
+            if slot is not None:
+                self.inject(c, ep, kind, slot, first, st)
+                target = self.wait_for_replacement(c, slot)
+                if target is not None:
+                    st = self.status(c)
+                    unconnected = any(r["slot"] == target and r["state"] == "PENDING" for r in st["roles"])
+                    # a hang before the process first connects is never detected (BUG-11)
+                    avoid = ("drain", "hang") if self.avoid_known_bugs and unconnected else ("drain",)
+                    self.inject(c, ep, kind, target, self.draw_kind(exclude=avoid), st, second=True)
+                return
+            kind = "single"
+        fault = self.draw_kind()
+        slot = self.pick(st, fault)
+        if slot is not None:
+            self.inject(c, ep, kind, slot, fault, st)
+
+    def wait_for_replacement(self, c: ControlClient, hit: str, timeout: float = 60.0) -> str | None:
+        """The slot now starting in place of what was hit: the hit slot itself (a promoted standby
+        restoring, or a new job loading), else a backfill (a spare loading). None if none shows up."""
+        deadline = time.time() + timeout
+        seen_dead = False
+        while time.time() < deadline:
+            st = self.status(c)
+            by = {r["slot"]: r for r in st["roles"]}
+            me = by.get(hit, {})
+            seen_dead = seen_dead or me.get("state") in ("DEAD", "PENDING", "STARTING")
+            starting = [r["slot"] for r in st["roles"] if r["job_id"] and (
+                r["state"] == "STARTING" or (r["state"] == "PENDING" and r["job_state"] in ("RUNNING", "PENDING")))]
+            if seen_dead and starting:
+                # rather a process still loading (or not even connected) than a warm standby just promoted
+                cold = [s for s in starting if by[s]["state"] == "PENDING" or by[s]["phase"] in ("loading", "restoring")]
+                return self.rng.choice(sorted(cold or starting))
+            time.sleep(0.1)
+        return None
+
+    # ------------------------------------------------------------------ between episodes
+    def heal(self) -> None:
+        """Operator work: resume drained nodes once their roles have moved; restart crashed lab nodes."""
+        if not self.drained and not self.downed:
+            return
+        roles_on = Counter(r["node"] for r in self.query("SELECT node, state FROM roles")
+                           if r["state"] in ("READY", "STARTING", "PENDING", "SUSPECT", "MOVING"))
+        open_drains = {r["node"] for r in self.query("SELECT node FROM faults WHERE kind='drain' AND "
+                                                     "t_recovered IS NULL")}
+        for node, t in list(self.drained.items()):
+            if node not in open_drains or time.time() - t > 90:
+                self._resume(node)
+                del self.drained[node]
+        for node, t in list(self.downed.items()):
+            if time.time() - t > 5 and not roles_on.get(node):
+                lab = os.environ.get("SLURM_RL_LAB")
+                if lab:
+                    subprocess.run([f"{lab}/nodectl.sh", "start", node], capture_output=True, timeout=60, check=False)
+                self._resume(node)
+                del self.downed[node]
+
+    def _resume(self, node: str) -> None:
+        if self.backend == "local":
+            from slurm_rl.backends.local import LocalBackend
+            from slurm_rl.config import LocalConfig
+
+            LocalBackend(self.run.path, LocalConfig()).resume_node(node)    # what `scontrol ... resume` does
+        else:
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True,
+                           timeout=30, check=False)
+
+    def settle(self, c: ControlClient, what: str) -> float:
+        t0 = time.time()
+        deadline = t0 + self.settle_timeout
+        while time.time() < deadline:
+            self.heal()
+            try:
+                st = self.status(c)
+            except SlurmRLError:
+                time.sleep(0.5)
+                continue
+            ready = {r["slot"] for r in st["roles"] if r["state"] == "READY"}
+            wanted = {r["slot"] for r in st["roles"] if r["state"] != "STOPPED"}
+            back = "trainer/0" in ready if self.overlap else wanted <= ready
+            if self.open_faults() == 0 and back and st["state"] == "running" and not self.drained:
+                return time.time() - t0
+            time.sleep(0.25)
+        open_rows = self.query("SELECT id, slot, kind FROM faults WHERE t_recovered IS NULL")
+        self.stuck.append(f"{what}: open after {self.settle_timeout:.0f}s: "
+                          + ", ".join(f"#{r['id']} {r['slot']} {r['kind']}" for r in open_rows))
+        print(f"  !! {self.stuck[-1]}", flush=True)
+        return time.time() - t0
+
+    def drive(self) -> None:
+        c = self.client()
+        try:
+            ep = 0
+            while sum(1 for i in self.injections if i.ok) < self.n_faults:
+                ep += 1
+                self.settle(c, f"before episode {ep}")
+                time.sleep(self.rng.choice([0.2, 0.5, 1.0, 2.0, 4.0]) * self.rng.random() + 0.1)
+                self.episode(c, ep)
+                if ep > self.n_faults * 3:
+                    print("  !! too many refused injections; giving up", flush=True)
+                    break
+            self.settle(c, "after the last episode")
+            time.sleep(5.0)                       # some plain training at the end
+        finally:
+            c.close()
+
+
+# ====================================================================== launch, stop, audit
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "slurm_rl.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=str(REPO), check=False)
+
+
+def launch(runs_dir: Path, name: str, backend: str, seed: int, extra: list[str]) -> RunDir:
+    sets = list(BASE_SETS + TIMEOUT_SETS + (LOCAL_SETS if backend == "local" else SLURM_SETS)) + [f"seed={seed}"] + extra
+    args = ["launch", "configs/demo.yaml", "--backend", backend, "--name", name, "--detach",
+            "--set", f"runs_dir={runs_dir}"]
+    for s in sets:
+        args += ["--set", s]
+    res = cli(*args)
+    if res.returncode != 0:
+        raise SystemExit(f"launch failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return RunDir(runs_dir / name)
+
+
+def wait_ready(run: RunDir, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            conn = sqlite3.connect(f"file:{run.db}?mode=ro", uri=True, timeout=10)
+            try:
+                states = [r[0] for r in conn.execute("SELECT state FROM roles")]
+                row = conn.execute("SELECT value FROM meta WHERE key='committed'").fetchone()
+            finally:
+                conn.close()
+            if states and all(s == "READY" for s in states) and row and int(json.loads(row[0])) >= 1:
+                return
+        except sqlite3.Error:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the run did not get ready within {timeout:.0f}s; see {run.logs}")
+
+
+def run_processes(run: RunDir) -> list[str]:
+    out = []
+    needle = str(run.path)
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if needle in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(f"{p.info['pid']}: {cmd[:120]}")
+        except psutil.Error:
+            continue
+    return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def audit(soak: Soak, rep: dict[str, Any], leftovers: list[str], t_ready: float) -> dict[str, dict[str, Any]]:
+    q = soak.query
+    res: dict[str, dict[str, Any]] = {}
+
+    # I1 ------------------------------------------------------------------------------
+    t = rep["trajectories"]
+    res["I1 no trajectory lost"] = {
+        "ok": t["lost"] == 0 and rep["groups"]["lost"] == 0 and bool(t["accounted"]),
+        "detail": f"{rep['groups']['acknowledged']} groups acknowledged to rollouts, all {rep['groups']['stored']} "
+                  f"in the store, lost {rep['groups']['lost']}; samples generated {t['generated']} = consumed "
+                  f"{t['consumed']} + stale {t['dropped_stale']} + rolled back {t['dropped_rollback']} + "
+                  f"queued {t['queued']} ({'holds' if t['accounted'] else 'BROKEN'})"}
+
+    # I2 ------------------------------------------------------------------------------
+    kept = q("SELECT step, n_groups FROM steps WHERE state IN ('done', 'committed') ORDER BY step")
+    used = {r[0]: r[1] for r in q("SELECT step, COUNT(*) FROM groups WHERE state IN ('consumed', 'trained') "
+                                         "GROUP BY step")}
+    wrong = [(k["step"], k["n_groups"], used.get(k["step"] - 1, 0)) for k in kept
+             if used.get(k["step"] - 1, 0) != k["n_groups"]]
+    kept_steps = {k["step"] for k in kept}
+    orphans = sum(n for s, n in used.items() if s + 1 not in kept_steps)
+    twice = q("SELECT item_id, COUNT(*) c FROM groups GROUP BY item_id HAVING c > 1")
+    done_without = q("SELECT COUNT(*) FROM items i WHERE state='done' AND NOT EXISTS "
+                     "(SELECT 1 FROM groups g WHERE g.item_id = i.id)")[0][0]
+    group_not_done = q("SELECT COUNT(*) FROM groups g JOIN items i ON i.id = g.item_id WHERE i.state != 'done'")[0][0]
+    n_used = sum(used.values())
+    res["I2 each group consumed once, each prompt done once"] = {
+        "ok": not wrong and not orphans and not twice and not done_without and not group_not_done,
+        "detail": f"{n_used} groups consumed by {len(kept)} kept steps, each step exactly its batch "
+                  f"({len(wrong)} mismatches{': ' + str(wrong[:5]) if wrong else ''}), {orphans} consumed by no "
+                  f"kept step; prompt items done twice: {len(twice)}; done items without a group: {done_without}; "
+                  f"groups whose item is not done: {group_not_done}"}
+
+    # I3 ------------------------------------------------------------------------------
+    # The promise: a committed step (held by a second holder or checkpointed) is never undone while
+    # one holder of it survives. When every holder is lost together with the trainer, the controller
+    # falls back to the newest version still held and says so (event commit_lost): such a drop is
+    # outside the guarantee's condition, allowed and listed; any other drop fails the invariant.
+    steps = [k["step"] for k in kept]
+    contiguous = steps == list(range(1, len(steps) + 1))
+    lost_events = [(r["t"], json.loads(r["data"] or "{}")) for r in q("SELECT t, data FROM events WHERE "
+                                                                       "kind='commit_lost' ORDER BY id")]
+
+    def explained(t: float, to: int) -> bool:
+        return any(abs(et - t) < 5.0 and int(d.get("restore_point", -1)) == to for et, d in lost_events)
+
+    drops, unexplained = [], []
+    for a, b in zip(soak.samples, soak.samples[1:]):
+        if b.committed < a.committed:
+            drops.append((round(b.t - t_ready, 1), a.committed, b.committed))
+            if not explained(b.t, b.committed):
+                unexplained.append(drops[-1])
+    below = []
+    seen_max = 0
+    for s in soak.samples:
+        if s.committed < seen_max and explained(s.t, s.committed):
+            seen_max = s.committed                      # rolled back knowingly (commit_lost)
+        if s.step < seen_max:
+            below.append((round(s.t - t_ready, 1), s.step, seen_max))
+        seen_max = max(seen_max, s.committed)
+    rolled = q("SELECT COUNT(*) FROM steps WHERE state='rolled_back'")[0][0]
+    res["I3 steps never go back past a committed step"] = {
+        "ok": contiguous and not unexplained and not below,
+        "detail": f"{len(soak.samples)} samples of the committed step: {len(unexplained)} unexplained decreases"
+                  f"{': ' + str(unexplained[:3]) if unexplained else ''}; trainer step below a committed one "
+                  f"{len(below)} times{': ' + str(below[:3]) if below else ''}; kept steps 1..{steps[-1] if steps else 0}"
+                  f" {'contiguous, each once' if contiguous else 'NOT contiguous'}; {rolled} uncommitted step "
+                  f"computations undone (allowed); every holder of the committed step lost with the trainer "
+                  f"(commit_lost, outside the guarantee): {len(lost_events)}"
+                  + (f" {[(d.get('committed'), d.get('restore_point')) for _, d in lost_events][:5]}" if lost_events else ""),
+        "commit_lost": len(lost_events)}
+
+    # I4 ------------------------------------------------------------------------------
+    jobs = q("SELECT job_id, slot, state FROM jobs")
+    stale = [f"{j['job_id']} ({j['slot']}) {j['state']}" for j in jobs if j["state"] not in TERMINAL_JOB]
+    alive_jobs: list[str] = []
+    if soak.backend == "slurm":
+        out = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout
+        alive_jobs = [x for x in out.splitlines() if f"slurm-rl/{soak.run.name}/" in x]
+    else:
+        for f in (soak.run.path / "jobs").glob("*.json"):
+            try:
+                rec = json.loads(f.read_text())
+                p = psutil.Process(rec["pid"])
+                if abs(p.create_time() - rec["create_time"]) < 1.0 and p.status() != psutil.STATUS_ZOMBIE:
+                    alive_jobs.append(f"{rec['job_id']} pid {rec['pid']}")
+            except (OSError, ValueError, KeyError, psutil.Error):
+                continue
+    res["I4 no job or process left after stop"] = {
+        "ok": not leftovers and not alive_jobs,
+        "detail": f"{len(jobs)} jobs submitted; still alive after stop: {len(alive_jobs)} {alive_jobs[:3]} "
+                  f"({'squeue' if soak.backend == 'slurm' else 'local job records'}); processes of the run: "
+                  f"{len(leftovers)} {leftovers[:3]}; (store job rows never marked ended: {len(stale)}, BUG-12)",
+        "stale_job_rows": stale}
+
+    # I5 ------------------------------------------------------------------------------
+    live = [s for s in soak.samples if s.t >= t_ready and s.rss]
+    n = len(live)
+    early = statistics.median(s.rss for s in live[: max(1, n // 4)]) if live else 0
+    late = statistics.median(s.rss for s in live[-max(1, n // 4):]) if live else 0
+    growth = (late - early) / early if early else 0.0
+    mib = 1 << 20
+    slope = 0.0
+    if n > 10:
+        xs = [s.t - live[0].t for s in live]
+        ys = [s.rss / mib for s in live]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        den = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den * 3600 if den else 0.0
+    lat_early = [ms for t, ms in soak.status_ms[: max(1, len(soak.status_ms) // 4)]]
+    lat_late = [ms for t, ms in soak.status_ms[-max(1, len(soak.status_ms) // 4):]]
+    res["I5 controller memory flat"] = {
+        "ok": bool(live) and late <= early * 1.15 + 8 * mib,
+        "detail": f"RSS median first quarter {early / mib:.1f} MiB, last quarter {late / mib:.1f} MiB "
+                  f"({100 * growth:+.1f}%; limit +15% + 8 MiB), fitted trend {slope:+.1f} MiB/h over "
+                  f"{(live[-1].t - live[0].t) / 60 if live else 0:.1f} min; status request "
+                  f"{statistics.median(lat_early) if lat_early else float('nan'):.0f} ms early, "
+                  f"{statistics.median(lat_late) if lat_late else float('nan'):.0f} ms late (median)",
+        "rss_early_mib": early / mib, "rss_late_mib": late / mib, "trend_mib_per_h": slope}
+
+    # I6 ------------------------------------------------------------------------------
+    unrecovered = [f"#{f['id']} {f['slot']} {f['kind']}" for f in rep["faults"] if f["t_recovered"] is None]
+    full = rep["restarts"]["full"]
+    failed = rep["state"] == "failed"
+    res["I6 every fault recovered, role by role"] = {
+        "ok": not unrecovered and full == 0 and not failed and not soak.stuck,
+        "detail": f"{len(rep['faults'])} fault records, {len(unrecovered)} never recovered "
+                  f"{unrecovered[:5]}; episodes that did not settle: {len(soak.stuck)}; full restarts {full}; "
+                  f"final state {rep['state']} ({rep.get('end_reason')})"}
+
+    # I7 ------------------------------------------------------------------------------
+    conn = sqlite3.connect(f"file:{soak.run.db}?mode=ro", uri=True)
+    try:
+        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+    res["I7 store intact"] = {"ok": integrity == "ok", "detail": f"PRAGMA integrity_check: {integrity}"}
+    return res
+
+
+def distribution(rep: dict[str, Any]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for f in rep["faults"]:
+        groups[(f["role"], f["kind"])].append(f)
+    rows = []
+    for (role, kind), fs in sorted(groups.items()):
+        rec = [f["recover_s"] for f in fs if f["recover_s"] is not None]
+        det = [f["detect_s"] for f in fs if f["detect_s"] is not None]
+        rows.append({"role": role, "kind": kind, "n": len(fs), "recovered": len(rec),
+                     "min": min(rec, default=None), "median": statistics.median(rec) if rec else None,
+                     "p90": pct(rec, 0.9) if rec else None, "max": max(rec, default=None),
+                     "detect_median": statistics.median(det) if det else None,
+                     "detect_max": max(det, default=None)})
+    return rows
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:6.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--faults", type=int, default=60, help="injections to make (default 60)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backend", choices=["local", "slurm"], default="local")
+    ap.add_argument("--runs-dir", help="where the run goes (default: a new temporary directory)")
+    ap.add_argument("--name", default="soak")
+    ap.add_argument("--settle-timeout", type=float, default=180.0,
+                    help="seconds to wait for every fault to be recovered before the next episode")
+    ap.add_argument("--overlap", action="store_true",
+                    help="start the next episode once faults are closed, without waiting for every slot (backfills "
+                         "included) to be back: more stress, and a trainer fault may then hit while the new trainer "
+                         "is the only holder of the committed step (outside the guarantee, see docs/failure-model.md)")
+    ap.add_argument("--avoid-known-bugs", action="store_true",
+                    help="do not hang a replacement before it first connects (BUG-11: never detected) nor drain two "
+                         "nodes at once (BUG-13: a move through an extra spare never completes); for CI until fixed")
+    ap.add_argument("--episodes", default="", metavar="KIND,KIND",
+                    help="episode kinds to play first (single, pair, recovery), then random ones")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra config override (repeatable)")
+    ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--keep", action="store_true", help="keep the run directory (default: kept only on failure)")
+    args = ap.parse_args(argv)
+
+    if args.backend == "slurm" and not os.environ.get("SLURM_RL_LAB"):
+        lab = Path(os.environ.get("TMPDIR") or "/tmp") / "slurm-rl-lab"
+        if (lab / "nodectl.sh").exists():
+            os.environ["SLURM_RL_LAB"] = str(lab)
+    runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="slurm-rl-soak-"))
+    t_start = time.time()
+    print(f"soak: {args.faults} faults, seed {args.seed}, backend {args.backend}, runs dir {runs_dir}", flush=True)
+    run = launch(runs_dir, args.name, args.backend, args.seed, args.sets)
+    soak = Soak(run=run, backend=args.backend, rng=random.Random(args.seed), n_faults=args.faults,
+                settle_timeout=args.settle_timeout, overlap=args.overlap, avoid_known_bugs=args.avoid_known_bugs,
+                forced=[e.strip() for e in args.episodes.split(",") if e.strip()])
+    ok = False
+    try:
+        addr = run.read_controller()
+        soak.controller_pid = addr.pid if addr else None
+        sampler = threading.Thread(target=soak.sampler, name="sampler", daemon=True)
+        sampler.start()
+        wait_ready(run)
+        t_ready = time.time()
+        print(f"ready after {t_ready - t_start:.0f}s; injecting", flush=True)
+        soak.drive()
+        t_end = time.time()
+        stop = cli("stop", str(run.path), "--timeout", "120")
+        soak._stop.set()
+        sampler.join(timeout=10)
+        time.sleep(1.0)
+        leftovers = run_processes(run)
+        rep_proc = cli("report", str(run.path), "--json")
+        rep = json.loads(rep_proc.stdout)
+        results = audit(soak, rep, leftovers, t_ready)
+        if stop.returncode != 0:
+            results["I4 no job or process left after stop"]["ok"] = False
+            results["I4 no job or process left after stop"]["detail"] += f"; `slurm-rl stop` exited {stop.returncode}"
+        ok = all(r["ok"] for r in results.values())
+        dist = distribution(rep)
+        print_summary(soak, rep, results, dist, t_ready, t_end)
+        if args.out:
+            Path(args.out).write_text(json.dumps({
+                "args": vars(args), "run": str(run.path), "ok": ok, "wall_s": round(t_end - t_ready, 1),
+                "injections": [asdict(i) for i in soak.injections], "stuck": soak.stuck,
+                "invariants": results, "recovery": dist, "faults": rep["faults"],
+                "report": {k: rep[k] for k in ("steps", "steps_computed", "ettr", "badput", "trajectories",
+                                               "groups", "restarts", "state", "end_reason")},
+                "samples": [asdict(s) for s in soak.samples[:: max(1, len(soak.samples) // 2000)]],
+                "status_ms": soak.status_ms,
+            }, indent=1))
+            print(f"results written to {args.out}")
+    finally:
+        soak._stop.set()
+        if run_processes(run):
+            cli("stop", str(run.path), "--timeout", "60")
+            for p in psutil.process_iter(["cmdline"]):
+                try:
+                    if str(run.path) in " ".join(p.info["cmdline"] or []):
+                        p.kill()
+                except psutil.Error:
+                    pass
+        if ok and not args.keep and not args.runs_dir:
+            shutil.rmtree(runs_dir, ignore_errors=True)
+        elif not ok:
+            print(f"run kept for inspection: {run.path}")
+    return 0 if ok else 1
+
+
+def print_summary(soak: Soak, rep: dict[str, Any], results: dict[str, dict[str, Any]], dist: list[dict[str, Any]],
+                  t_ready: float, t_end: float) -> None:
+    ok_inj = [i for i in soak.injections if i.ok]
+    by_kind = Counter(i.fault for i in ok_inj)
+    print()
+    print(f"== soak of {soak.run.name}: {(t_end - t_ready) / 60:.1f} min under faults, {rep['steps']} committed steps, "
+          f"ETTR {rep['ettr']:.1%}")
+    print(f"== faults injected: {len(ok_inj)} ({len(soak.injections) - len(ok_inj)} refused: target gone meanwhile)")
+    print("   by kind:   " + ", ".join(f"{k} {by_kind.get(k, 0)}" for k in KINDS))
+    by_role = Counter(i.slot.split("/")[0] for i in ok_inj)
+    print("   by role:   " + ", ".join(f"{k} {v}" for k, v in sorted(by_role.items())))
+    eps = Counter(i.episode_kind for i in ok_inj if not i.second)
+    pairs = sum(1 for i in ok_inj if i.second and i.episode_kind == "pair")
+    during = [i for i in ok_inj if i.second and i.episode_kind == "recovery"]
+    print(f"   episodes:  single {eps.get('single', 0)}, trainer+rollout at once {pairs}, fault into a "
+          f"replacement while it starts {len(during)} "
+          f"({', '.join(sorted(Counter(f'{i.target_state}/{i.target_phase}' for i in during)))})")
+    rows = Counter(f["kind"] for f in rep["faults"])
+    print(f"   fault records in the store: {len(rep['faults'])} "
+          f"({', '.join(f'{k} {v}' for k, v in sorted(rows.items()))}; node-down counts every role on the node, "
+          f"detected:* are deaths nobody injected)")
+    print("== invariants")
+    for name, r in results.items():
+        print(f"   [{'PASS' if r['ok'] else 'FAIL'}] {name}: {r['detail']}")
+    print("== recovery time, fault -> recovered (s), from `slurm-rl report --json`")
+    print(f"   {'role':8s} {'kind':16s} {'n':>3s} {'min':>6s} {'median':>6s} {'p90':>6s} {'max':>6s}   "
+          f"{'detect med':>10s} {'max':>6s}")
+    for d in dist:
+        print(f"   {d['role']:8s} {d['kind']:16s} {d['n']:3d} {_f(d['min'])} {_f(d['median'])} {_f(d['p90'])} "
+              f"{_f(d['max'])}   {_f(d['detect_median']):>10s} {_f(d['detect_max'])}"
+              + ("" if d["recovered"] == d["n"] else f"   ({d['n'] - d['recovered']} not recovered)"))
+    allrec = [f["recover_s"] for f in rep["faults"] if f["recover_s"] is not None]
+    if allrec:
+        print(f"   {'all':8s} {'':16s} {len(allrec):3d} {_f(min(allrec))} {_f(statistics.median(allrec))} "
+              f"{_f(pct(allrec, 0.9))} {_f(max(allrec))}")
+    print("== result: " + ("every invariant held" if all(r["ok"] for r in results.values())
+                          else "FAILED: " + ", ".join(k for k, r in results.items() if not r["ok"])))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
