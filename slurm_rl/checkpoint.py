@@ -56,6 +56,63 @@ def _hash_file(path: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
+_FILES = ("weights.safetensors", "optimizer.pt")
+
+
+def list_steps(root: Path) -> list[int]:
+    """Steps of the checkpoint directories under root (finished ones: no .tmp)."""
+    out = []
+    for p in root.glob("step-*"):
+        if p.is_dir() and not p.name.endswith(".tmp"):
+            try:
+                out.append(int(p.name.split("-", 1)[1]))
+            except ValueError:
+                continue
+    return sorted(out)
+
+
+def verify(root: Path, step: int) -> str:
+    """'' if checkpoint `step` is complete and intact, else what is wrong with it. Never raises."""
+    d = root / _NAME.format(step)
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"meta.json unreadable ({e.__class__.__name__})"
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(files, dict) or any(not isinstance(files.get(n), dict) for n in _FILES):
+        return "meta.json does not describe the checkpoint's files"
+    for name in _FILES:
+        want = files[name]
+        try:
+            size, digest = _hash_file(d / name)
+        except OSError as e:
+            return f"{name} unreadable ({e.__class__.__name__})"
+        if size != want.get("size"):
+            return f"{name} has {size} bytes, expected {want.get('size')} (truncated?)"
+        if digest != want.get("xxh3"):
+            return f"{name} checksum mismatch (corrupted)"
+    return ""
+
+
+def newest_valid(root: Path, at_most: int | None = None,
+                 cache: dict[int, str] | None = None) -> tuple[Restored | None, list[str]]:
+    """Newest intact checkpoint with step <= at_most, and messages about the ones skipped.
+
+    `cache` (step -> problem) saves re-hashing: a finished checkpoint directory never changes.
+    """
+    skipped: list[str] = []
+    for step in reversed(list_steps(root)):
+        if at_most is not None and step > at_most:
+            continue
+        problem = cache.get(step) if cache is not None and step in cache else verify(root, step)
+        if cache is not None:
+            cache[step] = problem
+        if not problem:
+            return Restored(step, root / _NAME.format(step), tuple(skipped)), skipped
+        skipped.append(f"step {step}: {problem}")
+    return None, skipped
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -106,7 +163,10 @@ class Checkpointer:
             if item is None:
                 return
             step, weights, optimizer, meta = item
-            res = self._write(step, weights, optimizer, meta)
+            try:
+                res = self._write(step, weights, optimizer, meta)
+            except BaseException as e:  # the writer must outlive any one failed save
+                res = SaveResult(step, None, f"{e.__class__.__name__}: {e}")
             with self._lock:
                 self._pending -= 1
             self.done.put(res)
@@ -133,7 +193,8 @@ class Checkpointer:
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _fsync_dir(self.root)
-        except OSError as e:
+        except Exception as e:
+            # a full disk surfaces as OSError, safetensors' SafetensorError or torch's RuntimeError
             shutil.rmtree(tmp, ignore_errors=True)
             log.error("checkpoint at step %d failed: %s", step, e)
             return SaveResult(step, None, f"{e.__class__.__name__}: {e}", time.time() - t0)
@@ -151,44 +212,15 @@ class Checkpointer:
 
     # ---------------------------------------------------------------- restore
     def steps(self) -> list[int]:
-        out = []
-        for p in self.root.glob("step-*"):
-            if p.is_dir() and not p.name.endswith(".tmp"):
-                try:
-                    out.append(int(p.name.split("-", 1)[1]))
-                except ValueError:
-                    continue
-        return sorted(out)
+        return list_steps(self.root)
 
     def verify(self, step: int) -> str:
         """'' if the checkpoint is complete and intact, else what is wrong with it."""
-        d = self.root / _NAME.format(step)
-        try:
-            meta = json.loads((d / "meta.json").read_text())
-        except (OSError, ValueError) as e:
-            return f"meta.json unreadable ({e.__class__.__name__})"
-        for name, want in meta.get("files", {}).items():
-            try:
-                size, digest = _hash_file(d / name)
-            except OSError as e:
-                return f"{name} unreadable ({e.__class__.__name__})"
-            if size != want.get("size"):
-                return f"{name} has {size} bytes, expected {want.get('size')} (truncated?)"
-            if digest != want.get("xxh3"):
-                return f"{name} checksum mismatch (corrupted)"
-        return ""
+        return verify(self.root, step)
 
     def newest_valid(self, at_most: int | None = None) -> tuple[Restored | None, list[str]]:
         """Newest intact checkpoint with step <= at_most, and messages about the ones skipped."""
-        skipped: list[str] = []
-        for step in reversed(self.steps()):
-            if at_most is not None and step > at_most:
-                continue
-            problem = self.verify(step)
-            if not problem:
-                return Restored(step, self.root / _NAME.format(step), tuple(skipped)), skipped
-            skipped.append(f"step {step}: {problem}")
-        return None, skipped
+        return newest_valid(self.root, at_most)
 
     def load_weights(self, step: int) -> dict[str, torch.Tensor]:
         return load_file(str(self.root / _NAME.format(step) / "weights.safetensors"))

@@ -61,6 +61,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except SlurmRLError as e:
             raise UserError(e) from None
+        except PermissionError as e:
+            # run directories are owner-only: another user's run is not readable, by design
+            raise UserError(EnvironmentProblem(
+                f"permission denied: {e.filename or e}", hint="run directories are readable by their owner only; "
+                "run this as the user who launched the run")) from None
         except sqlite3.Error as e:
             # a store we cannot read (another user's run, a damaged file, a full disk under the writer)
             raise UserError(EnvironmentProblem(f"cannot read the run's state store: {e}",
@@ -441,7 +446,7 @@ def events(run_dir: str, follow: bool, as_json: bool, kinds: tuple[str, ...], sl
 # ----------------------------------------------------------------------------- inject / stop / resume
 def _check_target(target: str) -> tuple[str, int]:
     kind, _, idx = target.partition("/")
-    if kind not in ROLE_KINDS or not idx.isdigit():
+    if kind not in ROLE_KINDS or not (idx.isascii() and idx.isdigit()):
         raise BadInput(f"{target!r} is not ROLE/INDEX", hint="e.g. rollout/1 or trainer/0 (see `slurm-rl status`)")
     return kind, int(idx)
 
@@ -449,8 +454,8 @@ def _check_target(target: str) -> tuple[str, int]:
 def _parse_fault(fault: str) -> tuple[str, int]:
     if fault.startswith("exit"):
         _, _, n = fault.partition(":")
-        if not n.lstrip("-").isdigit():
-            raise BadInput(f"--fault {fault!r}: write exit:N with an integer N, e.g. exit:3")
+        if not (n.isascii() and n.isdigit()) or not 0 <= int(n) <= 255:
+            raise BadInput(f"--fault {fault!r}: write exit:N with an exit code N from 0 to 255, e.g. exit:3")
         return "exit", int(n)
     if fault not in FAULTS:
         import difflib

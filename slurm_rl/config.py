@@ -23,7 +23,8 @@ from slurm_rl.states import FaultKind, Phase, RoleKind
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, use_enum_values=False)
+    # no inf/nan anywhere: a duration of .inf hangs event waits, .nan compares false with everything
+    model_config = ConfigDict(extra="forbid", validate_default=True, use_enum_values=False, allow_inf_nan=False)
 
 
 class RecoveryPolicy(str, enum.Enum):
@@ -229,6 +230,14 @@ class RecoveryConfig(_Section):
     max_full_restarts: int = Field(default=3, ge=0)
     lease_timeout_s: float = Field(default=300.0, gt=0)
     standby: Literal["spare-then-rollout", "spare-only", "none"] = "spare-then-rollout"
+
+    @field_validator("phase_timeouts")
+    @classmethod
+    def _positive(cls, v: dict[Phase, float]) -> dict[Phase, float]:
+        for phase, t in v.items():
+            if not 0 < t < float("inf"):
+                raise ValueError(f"recovery.phase_timeouts.{phase.value} must be a positive number of seconds (got {t})")
+        return v
 
     @field_validator("phase_timeouts", mode="before")
     @classmethod
@@ -456,6 +465,15 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), **top: Any) -> RunConfig:
     """Read, merge overrides and validate. Raises ConfigError (exit 2) with file:line: key: problem."""
+    try:
+        return _load_config(path, overrides, **top)
+    except RecursionError:
+        # YAML aliases that refer to themselves, or absurd nesting, recurse in the parser or validator
+        raise ConfigError(f"{path or '--set'}: the config nests too deeply (a YAML anchor that refers to "
+                          "itself?)") from None
+
+
+def _load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), **top: Any) -> RunConfig:
     source = str(path) if path is not None else "<defaults>"
     text = ""
     data: dict[str, Any] = {}

@@ -214,12 +214,13 @@ def encode(obj: msgspec.Struct) -> bytes:
 def decode_request(data: bytes) -> Envelope:
     try:
         return _req_dec.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, ValueError, OverflowError) as e:
+        # invalid UTF-8 inside a string is a UnicodeDecodeError, not a DecodeError
         raise ProtocolError(f"malformed request: {e}") from None
 
 
 def decode_reply(data: bytes) -> ReplyEnvelope:
     try:
         return _rep_dec.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, ValueError, OverflowError) as e:
         raise ProtocolError(f"malformed reply: {e}") from None

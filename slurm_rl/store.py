@@ -395,6 +395,10 @@ class Store:
         with self.tx() as c:
             c.execute("INSERT OR REPLACE INTO checkpoints(step, path, t, valid) VALUES(?,?,?,1)", (step, path, t))
 
+    def invalidate_checkpoint(self, step: int) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE checkpoints SET valid=0 WHERE step=?", (step,))
+
     def newest_checkpoint(self) -> tuple[int, str] | None:
         row = self.conn.execute("SELECT step, path FROM checkpoints WHERE valid=1 ORDER BY step DESC LIMIT 1"
                                 ).fetchone()

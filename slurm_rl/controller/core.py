@@ -66,6 +66,7 @@ class Slot:
     probe_at: float | None = None
     probe_pending: bool = False
     job: JobStatus | None = None
+    job_running_since: float | None = None
     version: int = -1                 # held weight version (valid lineage), -1 none
     sync_addrs: dict[str, str] = field(default_factory=dict)
     restarts: list[float] = field(default_factory=list)
@@ -97,6 +98,7 @@ class Slot:
         self.detail = ""
         self.last_hb = None
         self.progress_at = None
+        self.job_running_since = None
         self.suspect_since = None
         self.suspect_reason = ""
         self.probe = None
@@ -177,6 +179,8 @@ class Controller:
         self.final_state = "stopped"
         self._dying: set[str] = set()
         self.job_endings: dict[str, JobState] = {}
+        self.ckpt_checked: dict[int, str] = {}        # checkpoint step -> problem ('' intact)
+        self.ckpt_reported: set[int] = set()
         self.job_slots: dict[str, str] = {}           # job id -> slot it was started for
         self.poll_interval = cfg.controller.poll_interval_s or (0.2 if backend.name == "local" else 2.0)
 
@@ -550,6 +554,7 @@ class Controller:
                 connected=s.connected, phase=s.phase, last_hb=s.last_hb, progress_at=s.progress_at,
                 suspect_since=s.suspect_since, suspect_reason=s.suspect_reason, probe=s.probe, probe_at=s.probe_at,
                 probe_pending=s.probe_pending, job_state=s.job.state if s.job else None,
+                job_running_since=s.job_running_since,
                 job_exit=_exit_text(s.job), node_health=self.node_health.get(s.node or "", node_health),
                 version=s.version, restarts_in_window=sum(1 for t in s.restarts if now - t < window),
                 moving=s.moving, reserved_for=s.reserved_for, stop_requested=s.stop_requested, goodbye=s.goodbye,
@@ -671,9 +676,26 @@ class Controller:
         held = [s.version for s in self.slots.values()
                 if s.kind is not RoleKind.TRAINER and s.connected and s.state.alive and s.name not in self._dying
                 and s.version >= 0]
-        ck = self.store.newest_checkpoint()
-        best = max(held + [ck[0] if ck else 0, 0])
+        best = max(held + [0])
+        if best < self.committed:
+            best = max(best, self._newest_checkpoint(self.committed))
         return min(best, self.committed)
+
+    def _newest_checkpoint(self, at_most: int | None = None) -> int:
+        """Step of the newest intact checkpoint (verified against its hashes); 0 if none.
+
+        Damaged ones are skipped with an event and marked invalid in the store, once each.
+        """
+        from slurm_rl import checkpoint as ckpt
+
+        found, skipped = ckpt.newest_valid(self.run.checkpoints, at_most, cache=self.ckpt_checked)
+        for msg in skipped:
+            step = int(msg.split()[1].rstrip(":"))
+            if step not in self.ckpt_reported:
+                self.ckpt_reported.add(step)
+                self.store.invalidate_checkpoint(step)
+                self.event("checkpoint_fallback", f"checkpoint {msg}; using an older one")
+        return found.step if found is not None else 0
 
     def _trainer_lost(self, now: float) -> float:
         """Roll back to the newest restorable committed step; the lineage gets a new epoch from there."""
@@ -731,7 +753,9 @@ class Controller:
         self.redirects[old_ident] = cmd
         if target.job_id:
             self.store.update_job(target.job_id, slot=target.name, incarnation=target.incarnation)
-        # the standby's slot is now empty until backfilled
+        # the standby's slot is now empty until backfilled; its old identity is stale from now on, so
+        # the process is redirected (told its new role) rather than answered as the standby
+        standby.incarnation += 1
         standby.state = RoleState.STOPPED
         standby.job_id = None
         standby.job = None
@@ -794,8 +818,7 @@ class Controller:
         self._exec.submit(work)
 
     def _full_restart(self, reason: str, now: float) -> None:
-        ck = self.store.newest_checkpoint()
-        step = ck[0] if ck else 0
+        step = self._newest_checkpoint()
         self.full_restarts += 1
         jobs = [s.job_id for s in self.slots.values() if s.job_id]
         self._cancel(jobs)
@@ -909,6 +932,8 @@ class Controller:
                 continue
             changed = s.job is None or s.job.state != js.state
             s.job = js
+            if js.state is JobState.RUNNING and s.job_running_since is None:
+                s.job_running_since = time.time()
             if js.nodes and not s.node:
                 s.node = js.nodes[0]
             if changed:

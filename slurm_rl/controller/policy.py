@@ -63,6 +63,7 @@ class SlotView:
     probe_at: float | None = None
     probe_pending: bool = False
     job_state: JobState | None = None
+    job_running_since: float | None = None
     job_exit: str = ""                    # "exit 3" / "signal 9" for messages
     node_health: NodeHealth = NodeHealth.OK
     version: int = -1                     # weight version held (valid lineage only; -1 none)
@@ -225,7 +226,14 @@ def assess(now: float, s: SlotView, view: View) -> Action | None:
     if s.node_health is NodeHealth.DOWN:
         return Dead(f"node {s.node} is DOWN", slot, ("node down",))
     if not s.connected or s.last_hb is None:
-        return None            # queued or starting: queue wait is not a fault
+        # queue wait is not a fault; but a job that runs and never says hello is stuck starting
+        # (a hung import, a dead GPU, a hung file system): judged by the loading timeout
+        if s.job_state is JobState.RUNNING and s.job_running_since is not None:
+            limit = _timeout(view, Phase.LOADING)
+            if now - s.job_running_since > limit:
+                return Dead(f"job {s.job_id} has run {now - s.job_running_since:.0f}s without connecting "
+                            f"(loading timeout {limit:g}s)", slot, ("job running", "never connected"))
+        return None
     silence = now - s.last_hb
     limit = _timeout(view, s.phase)
     silence_limit = limit if s.phase in _LONG_SILENCE_OK else min(limit, view.thresholds.hang_after_s)

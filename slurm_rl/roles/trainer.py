@@ -48,6 +48,11 @@ def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Comma
     trainer.version = version
     rt.hold(WeightSet.from_state_dict(trainer.state_dict_for_sync(copy=False), version), wepoch)
     last_ckpt = version
+    if version > 0 and version not in ckpt.steps():
+        # the standby that became this trainer was a holder of the committed step; until another
+        # holder pulls it, a checkpoint is what keeps that step if this trainer dies too
+        assert rt.held is not None
+        ckpt.save_async(version, rt.held.tensors(), copy.deepcopy(trainer.optimizer_state()), {"wepoch": wepoch})
     try:
         while version < alg.steps:
             _report_checkpoints(rt, ckpt)

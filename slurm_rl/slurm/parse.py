@@ -61,14 +61,14 @@ def expand_nodelist(text: str) -> tuple[str, ...]:
     for group in _GROUP_SPLIT.split(text):
         if not group:
             continue
-        out.extend(_expand_group(group, text))
+        out.extend(_expand_group(group, text, budget=_MAX_EXPANDED - len(out)))
         if len(out) > _MAX_EXPANDED:
             raise SlurmOutputError(f"node list {text!r} expands to more than {_MAX_EXPANDED} names")
     # keep order, drop duplicates ("n1,n[1-2]")
     return tuple(dict.fromkeys(out))
 
 
-def _expand_group(group: str, whole: str) -> list[str]:
+def _expand_group(group: str, whole: str, budget: int = _MAX_EXPANDED) -> list[str]:
     names = [""]
     pos = 0
     while pos < len(group):
@@ -77,6 +77,9 @@ def _expand_group(group: str, whole: str) -> list[str]:
             if end < 0:
                 raise SlurmOutputError(f"node list {whole!r}: '[' without ']'")
             suffixes = _expand_ranges(group[pos + 1:end], whole)
+            # check the product before building it: r[1-99999]-n[1-99999] is 10^10 names
+            if len(names) * len(suffixes) > budget:
+                raise SlurmOutputError(f"node list {whole!r} expands to more than {_MAX_EXPANDED} names")
             names = [n + s for n in names for s in suffixes]
             if len(names) > _MAX_EXPANDED:
                 raise SlurmOutputError(f"node list {whole!r} expands to more than {_MAX_EXPANDED} names")
@@ -105,7 +108,7 @@ def _expand_ranges(spec: str, whole: str) -> list[str]:
             continue
         if int(hi) < int(lo):
             raise SlurmOutputError(f"node list {whole!r}: range {part!r} goes backwards")
-        if int(hi) - int(lo) > _MAX_EXPANDED:
+        if int(hi) - int(lo) + len(out) > _MAX_EXPANDED:
             raise SlurmOutputError(f"node list {whole!r} expands to more than {_MAX_EXPANDED} names")
         width = len(lo)   # "01-04" keeps two digits; "1-10" has width 1 and pads nothing
         out.extend(f"{i:0{width}d}" for i in range(int(lo), int(hi) + 1))
@@ -139,7 +142,7 @@ def parse_exit_code(text: str) -> ExitInfo:
 def parse_wait_status(text: str) -> ExitInfo:
     """squeue `exit_code`: the raw wait(2) status - 768 is `exit 3`, 9 is SIGKILL."""
     text = text.strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         if text not in ("", "N/A"):
             log.warning("unreadable squeue exit status %r, ignored", text)
         return ExitInfo()
