@@ -117,7 +117,6 @@ class Soak:
     n_faults: int
     settle_timeout: float
     overlap: bool = False            # next episode as soon as faults are closed, not when every slot is back
-    avoid_known_bugs: bool = False   # steer clear of BUG-11 and BUG-13 (see --avoid-known-bugs)
     forced: list[str] = field(default_factory=list)    # episode kinds to play first
     injections: list[Injection] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
@@ -234,8 +233,7 @@ class Soak:
             rollouts = self.ready_slots(st, "rollout")
             if "trainer/0" in self.ready_slots(st) and rollouts:
                 k1 = self.draw_kind()
-                # two drains at once need two ready spares; the second gets an extra one (BUG-13)
-                k2 = self.draw_kind(exclude=("drain",) if self.avoid_known_bugs and k1 == "drain" else ())
+                k2 = self.draw_kind()        # two drains at once: the second moves through an extra spare
                 r = self.rng.choice(sorted(rollouts))
                 self.inject(c, ep, kind, "trainer/0", k1, st)
                 self.inject(c, ep, kind, r, k2, st, second=True)
@@ -251,10 +249,7 @@ class Soak:
                 target = self.wait_for_replacement(c, slot)
                 if target is not None:
                     st = self.status(c)
-                    unconnected = any(r["slot"] == target and r["state"] == "PENDING" for r in st["roles"])
-                    # a hang before the process first connects is never detected (BUG-11)
-                    avoid = ("drain", "hang") if self.avoid_known_bugs and unconnected else ("drain",)
-                    self.inject(c, ep, kind, target, self.draw_kind(exclude=avoid), st, second=True)
+                    self.inject(c, ep, kind, target, self.draw_kind(exclude=("drain",)), st, second=True)
                 return
             kind = "single"
         fault = self.draw_kind()
@@ -266,6 +261,7 @@ class Soak:
         """The slot now starting in place of what was hit: the hit slot itself (a promoted standby
         restoring, or a new job loading), else a backfill (a spare loading). None if none shows up."""
         deadline = time.time() + timeout
+        want_cold = self.rng.random() < 0.6          # most often a process still loading, else whatever starts
         seen_dead = False
         while time.time() < deadline:
             st = self.status(c)
@@ -277,7 +273,8 @@ class Soak:
             if seen_dead and starting:
                 # rather a process still loading (or not even connected) than a warm standby just promoted
                 cold = [s for s in starting if by[s]["state"] == "PENDING" or by[s]["phase"] in ("loading", "restoring")]
-                return self.rng.choice(sorted(cold or starting))
+                if cold or not want_cold or time.time() > deadline - timeout / 2:
+                    return self.rng.choice(sorted(cold or starting))
             time.sleep(0.1)
         return None
 
@@ -583,9 +580,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="start the next episode once faults are closed, without waiting for every slot (backfills "
                          "included) to be back: more stress, and a trainer fault may then hit while the new trainer "
                          "is the only holder of the committed step (outside the guarantee, see docs/failure-model.md)")
-    ap.add_argument("--avoid-known-bugs", action="store_true",
-                    help="do not hang a replacement before it first connects (BUG-11: never detected) nor drain two "
-                         "nodes at once (BUG-13: a move through an extra spare never completes); for CI until fixed")
     ap.add_argument("--episodes", default="", metavar="KIND,KIND",
                     help="episode kinds to play first (single, pair, recovery), then random ones")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -603,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak: {args.faults} faults, seed {args.seed}, backend {args.backend}, runs dir {runs_dir}", flush=True)
     run = launch(runs_dir, args.name, args.backend, args.seed, args.sets)
     soak = Soak(run=run, backend=args.backend, rng=random.Random(args.seed), n_faults=args.faults,
-                settle_timeout=args.settle_timeout, overlap=args.overlap, avoid_known_bugs=args.avoid_known_bugs,
+                settle_timeout=args.settle_timeout, overlap=args.overlap,
                 forced=[e.strip() for e in args.episodes.split(",") if e.strip()])
     ok = False
     try:

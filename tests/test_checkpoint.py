@@ -137,8 +137,6 @@ def test_half_written_and_foreign_entries_are_ignored(tmp_path):
 
 
 # meta.json that is valid JSON of the wrong shape: what a bit flip in a key or a bracket makes of it
-@pytest.mark.xfail(strict=True, reason="BUG-3 (see docs/failure-model.md): Checkpointer.verify raises "
-                   "AttributeError/TypeError on a meta.json of the wrong shape, and passes one that lists no files")
 @pytest.mark.parametrize("meta", ["[]", "null", "7", '{"files": []}', '{"files": {"weights.safetensors": 5}}',
                                   '{"step": 30, "fiLes": {}}', '{"step": 30, "files": {}}'])
 def test_meta_of_the_wrong_shape_is_a_damaged_checkpoint(ck, meta):
@@ -181,8 +179,6 @@ def small_disk(tmp_path):
     _umount(path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-1 (see docs/failure-model.md): ENOSPC surfaces from safetensors as "
-                   "SafetensorError and from torch.save as RuntimeError; Checkpointer._write catches OSError only")
 def test_a_full_disk_fails_the_save_not_the_caller(small_disk):
     c = Checkpointer(small_disk, keep=5)
     try:
@@ -195,8 +191,6 @@ def test_a_full_disk_fails_the_save_not_the_caller(small_disk):
         c.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-1: the async writer thread dies on the first full-disk error, so no "
-                   "result is ever posted, `pending` never drops and no later checkpoint is written")
 def test_async_saves_report_a_full_disk_and_go_on_when_space_returns(small_disk):
     c = Checkpointer(small_disk, keep=1)
     try:
@@ -265,9 +259,6 @@ def test_trainer_restores_past_a_corrupted_newest_checkpoint(tmp_path):
 
 
 @pytest_slow
-@pytest.mark.xfail(strict=True, reason="BUG-2 (see docs/failure-model.md): the controller restores from the newest "
-                   "checkpoint row in the store without knowing it is corrupt; the trainer cannot restore that "
-                   "version, dies, and every restart repeats it until the run is stopped as failed")
 def test_full_restart_past_a_corrupted_newest_checkpoint(tmp_path):
     """Full-restart policy: weights AND optimizer must come from checkpoints. The newest one is
     corrupted, so the run must restart from the one before it and train on."""
@@ -293,8 +284,6 @@ def test_full_restart_past_a_corrupted_newest_checkpoint(tmp_path):
 
 
 @pytest_slow
-@pytest.mark.xfail(strict=True, reason="BUG-1: with the checkpoint disk full no `checkpoint_failed` event is ever "
-                   "recorded and no checkpoint is written after space returns (the writer thread died)")
 def test_full_checkpoint_disk_in_a_live_run(tmp_path):
     """A tiny tmpfs over the run's checkpoints dir: saves fail with an event, training goes on;
     once the disk is back, checkpoints are written again."""

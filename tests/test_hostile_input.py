@@ -7,7 +7,7 @@ Properties (hypothesis):
   * any argument list gives an exit code in {0, 1, 2, 3} and never a traceback;
   * any squeue/sacct/sinfo/sbatch text gives records or a SlurmOutputError (a BackendError),
     never IndexError/ValueError, and a node list never expands past its cap.
-Tests marked xfail(strict=True) are bugs found here; each names its entry in the report.
+Bugs found here (BUG-n in docs/failure-model.md) are fixed; their tests stay as regressions.
 """
 
 from __future__ import annotations
@@ -140,8 +140,6 @@ def test_any_set_overrides_are_a_config_or_a_config_error(sets):
     _check_config(lambda: load_config("configs/demo.yaml", sets))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-4: a YAML anchor that refers to itself, or nesting deeper than Python's "
-                   "recursion limit, escapes load_config as RecursionError (a traceback from `slurm-rl launch`)")
 @pytest.mark.parametrize("text", ["rollout: &x {exclude: *x}\n", "rollout:\n  exclude: &x [*x]\n",
                                   "rollout: {exclude: " + "[" * 3000 + "]" * 3000 + "}\n",
                                   "rollout: " + "{a: " * 2000 + "1" + "}" * 2000 + "\n"])
@@ -152,9 +150,6 @@ def test_self_referencing_or_very_deep_yaml_is_a_config_error(tmp_path, text):
         load_config(path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-6: non-positive and non-finite durations pass validation; "
-                   "phase_timeouts has no bound at all (idle: -1 declares every idle role dead at once, "
-                   "heartbeat_interval_s: .inf makes Event.wait raise OverflowError in every role)")
 @pytest.mark.parametrize("sets", [["recovery.phase_timeouts.idle=-1"], ["recovery.phase_timeouts.stepping=0"],
                                   ["recovery.phase_timeouts.generating=.nan"],
                                   ["recovery.heartbeat_interval_s=.inf", "recovery.suspect_after_s=.inf"],
@@ -256,8 +251,6 @@ def test_stop_of_a_run_without_controller_marks_it_stopped(tmp_path):
     assert res.exit_code == 2 and "ended" in res.output
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-7: str.isdigit() accepts '²'/'¹' and int() then raises ValueError: "
-                   "_check_target and _parse_fault in cli.py (also parse_wait_status, see below)")
 @pytest.mark.parametrize("args", [["inject", "{live}", "rollout/1", "--fault", "exit:²"],
                                   ["events", "{live}", "--slot", "rollout/¹"],
                                   ["inject", "{live}", "rollout/²", "--fault", "crash"]])
@@ -267,8 +260,6 @@ def test_unicode_digits_are_bad_input(cli_world, args):
     assert res.exit_code == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-8: `slurm-rl inject ... --fault exit:N` with N outside int64 is an "
-                   "OverflowError from msgspec (traceback); N must be checked (0..255 is what a process can exit with)")
 def test_an_exit_code_out_of_range_is_bad_input(cli_world):
     res = _check_cli(["inject", str(cli_world[1].path), "rollout/0", "--fault", "exit:99999999999999999999"])
     assert res.exit_code == 2
@@ -357,9 +348,6 @@ def test_another_user_changes_nothing_and_gets_no_traceback(shared_root, args):
     res = as_stranger([a.replace("{run}", str(run.path)).replace("{root}", str(root))
                        .replace("{private}", str(private.path)) for a in args])
     assert (store_snapshot(run), store_snapshot(private)) == before       # nothing was changed
-    if res["exception"] is not None and "PermissionError" in res["exception"]:
-        pytest.xfail("BUG-5: a run directory another user cannot read is a PermissionError traceback "
-                     f"(exit 1), not an error message: {res['exception']}")
     assert res["exception"] is None, res
     assert res["code"] in (0, 2, 3), res
     assert "Traceback" not in res["output"]
@@ -437,8 +425,6 @@ def test_small_parsers_never_raise_anything_else(text):
         fn(text)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-7: parse_wait_status checks str.isdigit() ('²' is a digit to it) and "
-                   "then int() raises ValueError, out of parse_squeue too")
 @pytest.mark.parametrize("fn,text", [(sp.parse_wait_status, "²"), (sp.parse_squeue, "1|1|FAILED|²|None|n1|x")])
 def test_superscript_digits_in_slurm_output(fn, text):
     _records_or_backend_error(fn, text)
@@ -456,9 +442,6 @@ except SlurmOutputError as e:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-9: the node-list cap is checked per bracket and per range, not on the "
-                   "product/sum, so `r[1-99999]-n[1-99999]` or `n[1-99999,1-99999,...]` builds billions of names "
-                   "(MemoryError/minutes in the controller's poller) instead of a SlurmOutputError")
 @pytest.mark.parametrize("text", ["r[1-99999]-n[1-99999]", "n[" + ",".join(["1-99999"] * 2000) + "]"])
 def test_node_list_blowups_are_refused(text):
     res = subprocess.run([sys.executable, "-c", _EXPAND, text], capture_output=True, text=True, timeout=60, check=False)

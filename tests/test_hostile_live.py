@@ -339,9 +339,6 @@ def test_a_burst_of_status_requests_does_not_starve_heartbeats(live):
 
 
 # ----------------------------------------------------------------------------- keep this one last
-@pytest.mark.xfail(strict=True, reason="BUG-10: msgspec raises UnicodeDecodeError (not DecodeError) for invalid "
-                   "UTF-8 in a string; decode_request lets it through ControlServer.recv and the controller loop, "
-                   "and one such message from any holder of the run's keys kills the controller")
 def test_invalid_utf8_in_a_message_does_not_kill_the_controller(live):
     b = Baseline(live)
     valid = P.encode(P.Envelope(req_id=7, body=P.Heartbeat(ident=P.Ident("rollout", 9, 1), phase="idle",

@@ -1,8 +1,7 @@
 """Recovery bugs the soak found, each pinned by a deterministic scenario on a real local run.
 
-Every test here is a strict xfail until its fix lands (then it passes, the xfail turns into a
-failure, and the marker goes). The diagnosis and the proposed patch of each BUG-n are in
-docs/failure-model.md ("Known gaps").
+Each test was a strict xfail until its fix landed; they stay as regressions. The diagnosis and
+the fix of each BUG-n are in docs/failure-model.md.
 """
 
 from __future__ import annotations
@@ -50,10 +49,6 @@ def stop(run):
     return rep
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-13: a role moved off a draining node through an EXTRA spare (none was "
-                   "ready: spare.replicas=0, or every spare busy) never hands over: the extra spare's slot keeps its "
-                   "incarnation, so the controller answers its old identity instead of redirecting it, the process "
-                   "never learns it was promoted, and the moved role is declared dead after its phase timeout")
 def test_drain_without_a_ready_spare_moves_the_role(run_factory):
     run = run_factory("spare.replicas=0")
     node = runs.role(run, "rollout/0")["node"]
@@ -67,10 +62,6 @@ def test_drain_without_a_ready_spare_moves_the_role(run_factory):
     assert rep["restarts"]["rollout"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-14: a standby promoted to trainer is then the ONLY holder of the "
-                   "committed step (the holder it was is gone from the pool, its backfill still loading); losing "
-                   "the new trainer before anyone else holds that step, with no checkpoint of it, rolls back past "
-                   "the committed step (commit_lost) - here to step 0")
 def test_a_new_trainer_that_alone_holds_the_committed_step_can_be_lost_without_undoing_it(run_factory):
     run = run_factory("spare.replicas=0", "rollout.replicas=1", "trainer.checkpoint_every=100000")
     runs.wait_for(lambda: runs.committed(run) >= 10, 60, "10 committed steps", run)
@@ -88,9 +79,6 @@ def test_a_new_trainer_that_alone_holds_the_committed_step_can_be_lost_without_u
     stop(run)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-11: a role job that hangs after it started but before its first hello "
-                   "(stuck importing, initialising a GPU, on a hung file system) is never detected: "
-                   "policy.assess returns no verdict for a slot that has not connected, whatever its job state")
 def test_a_replacement_that_hangs_before_it_connects_is_found(run_factory):
     run = run_factory("spare.replicas=0", "recovery.phase_timeouts.loading=15")
     runs.inject(run, "rollout/0", "crash")

@@ -22,10 +22,8 @@ pytestmark = pytest.mark.slow
 
 def test_short_soak_holds_every_invariant(tmp_path):
     out = tmp_path / "soak.json"
-    # --avoid-known-bugs: no hang into a replacement that has not connected yet (BUG-11) and no two
-    # drains at once (BUG-13); both are pinned by tests/test_hostile_recovery.py. Drop it once fixed.
     res = subprocess.run([sys.executable, "bench/soak.py", "--faults", "10", "--seed", "5", "--episodes",
-                          "pair,recovery", "--avoid-known-bugs", "--runs-dir", str(tmp_path), "--out", str(out)],
+                          "pair,recovery", "--runs-dir", str(tmp_path), "--out", str(out)],
                          capture_output=True, text=True, timeout=900, cwd=REPO, check=False)
     print(res.stdout[-6000:])
     data = json.loads(out.read_text()) if out.exists() else {}

@@ -133,8 +133,15 @@ class MappingCache:
             os.close(fd)
         m = _Mapping(key, mm, np.frombuffer(mm, dtype=np.uint8), users=1)
         with self._lock:
-            old = self._maps.pop(key, None)
-            self._maps[key] = m
+            cur = self._maps.get(key)
+            if cur is not None and cur.array.nbytes >= need:
+                # Another puller mapped the same buffer meanwhile: share its mapping, drop ours.
+                cur.users += 1
+                m, old = cur, m
+            else:
+                self._maps[key] = m
+                # A mapping still in use by another pull is only forgotten here; the GC unmaps it.
+                old = cur if cur is not None and cur.users == 0 else None
         if old is not None:
             self._close(old)
         return m
