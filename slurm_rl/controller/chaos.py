@@ -2,7 +2,10 @@
 
 The schedule is a pure function of the seed: fault i happens after an exponential number of
 steps (mean `mean_interval_steps`), on a role kind and fault kind drawn from the configured
-lists. Two runs with the same seed and config see the same schedule, whatever the recovery
+lists. The exponential gap is continuous: fault i lands in trainer step `at_step + 1`, a fraction
+`at_fraction` of the way through it (the controller waits that fraction of the recent step time
+after step `at_step` is done), so faults hit every moment of a step alike, as real ones do, and not
+always right after a step was published (the one moment its weights exist only on the trainer). Two runs with the same seed and config see the same schedule, whatever the recovery
 policy, so role-based and full-restart runs are compared on the same faults.
 """
 
@@ -21,6 +24,7 @@ class PlannedFault:
     role: RoleKind
     replica_pick: float       # in [0, 1): which live replica of that role (by sorted index)
     kind: FaultKind
+    at_fraction: float = 0.0  # in [0, 1): how far into the next step, in units of the step time
 
 
 def schedule(cfg: ChaosConfig, total_steps: int) -> list[PlannedFault]:
@@ -30,11 +34,12 @@ def schedule(cfg: ChaosConfig, total_steps: int) -> list[PlannedFault]:
     step = float(cfg.start_after_steps)
     while True:
         step += rng.expovariate(1.0 / cfg.mean_interval_steps)
-        at = int(round(step))
+        at = int(step)
         if at >= total_steps:
             break
         if cfg.max_faults is not None and len(out) >= cfg.max_faults:
             break
         out.append(PlannedFault(at_step=max(at, cfg.start_after_steps), role=rng.choice(cfg.roles),
-                                replica_pick=rng.random(), kind=rng.choice(cfg.kinds)))
+                                replica_pick=rng.random(), kind=rng.choice(cfg.kinds),
+                                at_fraction=step - at))
     return out

@@ -154,6 +154,8 @@ class Controller:
         self.chaos_plan = chaos_mod.schedule(cfg.chaos, cfg.algorithm.steps) if cfg.chaos.enabled else []
         self.chaos_next = int(self.store.get_meta("chaos_next", 0))
         self.chaos_rng = random.Random(cfg.chaos.seed + 1)
+        self.chaos_due: float | None = None            # when the next planned fault fires (mid-step)
+        self._pace: tuple[int, float, float | None] = (-1, 0.0, None)  # (version seen, when, mean step s)
         self._rr = 0
         self._dirty = True
         self._last_flush = 0.0
@@ -1012,7 +1014,17 @@ class Controller:
         if not self.chaos_plan or self.chaos_next >= len(self.chaos_plan) or self.restarting_until is not None:
             return
         f = self.chaos_plan[self.chaos_next]
+        seen, t_seen, mean = self._pace
+        if self.trainer_version != seen:
+            if self.trainer_version == seen + 1:
+                mean = now - t_seen if mean is None else 0.8 * mean + 0.2 * (now - t_seen)
+            self._pace = (self.trainer_version, now, mean)
         if self.trainer_version < f.at_step:
+            return
+        if self.chaos_due is None:
+            # a fraction of the way into the next step, as a fault arriving at a random time would
+            self.chaos_due = now + f.at_fraction * (mean or 0.0)
+        if now < self.chaos_due:
             return
         live = sorted((s for s in self.slots.values() if s.kind is f.role and s.state is RoleState.READY
                        and s.job_id), key=lambda s: s.index)
@@ -1020,6 +1032,7 @@ class Controller:
             return
         target = live[int(f.replica_pick * len(live))]
         self.chaos_next += 1
+        self.chaos_due = None
         self.store.set_meta("chaos_next", self.chaos_next)
         reply = self._inject(P.InjectRequest(slot=target.name, fault=f.kind.value), now)
         if not reply.ok:

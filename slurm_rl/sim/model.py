@@ -253,6 +253,7 @@ class _Run:
         self.t_end = 0.0
         # chaos plan (schedule mode)
         self.plan: list[chaos_mod.PlannedFault] = []
+        self.chaos_due: float | None = None
         self.plan_next = 0
         self.restarting_until = -_NEVER
         self.dying: set[str] = set()
@@ -597,13 +598,24 @@ class _Run:
             f = self.plan[self.plan_next]
             if self.version < f.at_step or self.env.now < self.restarting_until:
                 return
+            if self.chaos_due is None and f.at_fraction > 0:
+                # the controller's wait: that fraction of a step into the next one
+                self.chaos_due = self.env.now + f.at_fraction * self.work.nominal_step_s(self.topo.rollout_replicas)
+                self.env.process(self._chaos_later(self.chaos_due))
+            if self.chaos_due is not None and self.env.now < self.chaos_due:
+                return
             live = sorted((s for s in self.slots.values() if s.kind is f.role and s.state is RoleState.READY
                            and s.job is not None), key=lambda s: s.index)
             if not live:
                 return
             target = live[int(f.replica_pick * len(live))]
             self.plan_next += 1
+            self.chaos_due = None
             self._inject(target, f.kind, target.job.nodes[0] if target.job else None)
+
+    def _chaos_later(self, due: float):
+        yield self.env.timeout(max(0.0, due - self.env.now))
+        self._chaos_poll()
 
     def _inject(self, target: _Slot, kind: FaultKind, node: str | None) -> None:
         now = self.env.now
