@@ -176,3 +176,23 @@ def test_hung_trainer_is_the_only_casualty(run_factory):
     time.sleep(6)                                         # longer than every phase timeout
     assert {e["slot"] for e in runs.events(run, "dead")} == {"trainer/0"}
     stop_and_audit(run)
+
+
+def test_chaos_mode_injects_its_plan_mid_step_and_every_fault_is_recovered(run_factory):
+    from slurm_rl.config import ChaosConfig
+    from slurm_rl.controller import chaos
+
+    sets = ("chaos.enabled=true", "chaos.mean_interval_steps=6", "chaos.seed=2", "chaos.kinds=[crash]",
+            "chaos.roles=[rollout]", "chaos.start_after_steps=3")
+    run = run_factory(*sets)
+    plan = chaos.schedule(ChaosConfig(enabled=True, mean_interval_steps=6, seed=2, kinds=["crash"],
+                                      roles=["rollout"], start_after_steps=3), 100000)
+    runs.wait_for(lambda: len(runs.events(run, "fault_injected")) >= 3, 120, "three chaos faults", run)
+    runs.wait_for(lambda: len(runs.events(run, "recovered")) >= 3, 60, "three recoveries", run)
+    injected = runs.events(run, "fault_injected")[:3]
+    for e, f in zip(injected, plan, strict=False):
+        # step f.at_step was done before the fault, step f.at_step + 1 only after it (it came mid-step)
+        done_before = runs.q(run, "SELECT MAX(step) m FROM steps WHERE t_end <= ?", (e["t"],))[0]["m"]
+        assert done_before is not None and done_before >= f.at_step, (done_before, f)
+    rep = stop_and_audit(run)
+    assert len(rep["faults"]) >= 3 and all(x["t_recovered"] for x in rep["faults"][:3])

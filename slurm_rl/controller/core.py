@@ -14,9 +14,11 @@ import os
 import queue
 import random
 import socket
+import statistics
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,7 +157,8 @@ class Controller:
         self.chaos_next = int(self.store.get_meta("chaos_next", 0))
         self.chaos_rng = random.Random(cfg.chaos.seed + 1)
         self.chaos_due: float | None = None            # when the next planned fault fires (mid-step)
-        self._pace: tuple[int, float, float | None] = (-1, 0.0, None)  # (version seen, when, mean step s)
+        self._pace: tuple[int, float] = (-1, 0.0)       # (trainer version seen, when)
+        self._step_gaps: deque[float] = deque(maxlen=7)  # seconds between recent trainer versions
         self._rr = 0
         self._dirty = True
         self._last_flush = 0.0
@@ -1014,16 +1017,18 @@ class Controller:
         if not self.chaos_plan or self.chaos_next >= len(self.chaos_plan) or self.restarting_until is not None:
             return
         f = self.chaos_plan[self.chaos_next]
-        seen, t_seen, mean = self._pace
+        seen, t_seen = self._pace
         if self.trainer_version != seen:
-            if self.trainer_version == seen + 1:
-                mean = now - t_seen if mean is None else 0.8 * mean + 0.2 * (now - t_seen)
-            self._pace = (self.trainer_version, now, mean)
+            if seen >= 0 and self.trainer_version == seen + 1:
+                self._step_gaps.append(now - t_seen)
+            self._pace = (self.trainer_version, now)
         if self.trainer_version < f.at_step:
             return
         if self.chaos_due is None:
-            # a fraction of the way into the next step, as a fault arriving at a random time would
-            self.chaos_due = now + f.at_fraction * (mean or 0.0)
+            # a fraction of the way into the next step, as a fault arriving at a random time would;
+            # the median of recent step gaps ignores the one that a recovery stretched
+            step_s = statistics.median(self._step_gaps) if self._step_gaps else 0.0
+            self.chaos_due = now + f.at_fraction * step_s
         if now < self.chaos_due:
             return
         live = sorted((s for s in self.slots.values() if s.kind is f.role and s.state is RoleState.READY
