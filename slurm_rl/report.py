@@ -223,6 +223,37 @@ def mttr_table(faults: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def pace(conn: sqlite3.Connection, kept: list[sqlite3.Row]) -> dict[str, float | None]:
+    """How fast the run went when nothing was wrong (the simulator's calibration): the median kept
+    step and the trainer's median wait for data in it; a rollout's batch (groups handed in at once)
+    and the time it takes when the rollout generates back to back (the 20th percentile of the gaps
+    between one rollout's consecutive batches: longer gaps are pauses, a full buffer or stale weights)."""
+    durs = [float(s["t_end"]) - float(s["t_start"]) for s in kept if s["t_start"] is not None]
+    waits = [float(s["wait_s"] or 0.0) for s in kept]
+    by_role: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for slot, inc, created in conn.execute("SELECT slot, incarnation, created FROM groups ORDER BY created"):
+        by_role[(slot, inc)].append(float(created))
+    gaps: list[float] = []
+    sizes: list[int] = []
+    for ts in by_role.values():
+        batches: list[list[float]] = []
+        for t in ts:                             # one batch's groups are stored within milliseconds
+            if batches and t - batches[-1][-1] <= 0.05:
+                batches[-1].append(t)
+            else:
+                batches.append([t])
+        sizes += [len(b) for b in batches]
+        gaps += [b[0] - a[0] for a, b in zip(batches, batches[1:], strict=False)]
+
+    def r(v: float | None) -> float | None:
+        return round(v, 4) if v is not None else None
+
+    return {"step_s": r(statistics.median(durs)) if durs else None,
+            "wait_s": r(statistics.median(waits)) if waits else None,
+            "rollout_batch_groups": r(statistics.median(sizes)) if sizes else None,
+            "rollout_batch_s": r(statistics.quantiles(gaps, n=5)[0]) if len(gaps) >= 5 else None}
+
+
 def report_dict(run: RunDir, *, now: float | None = None) -> dict[str, Any]:
     """The run's report (schema in docs/cli.md). Works while the run is live and after it ended."""
     conn = open_store(run)
@@ -279,6 +310,7 @@ def report_dict(run: RunDir, *, now: float | None = None) -> dict[str, Any]:
             "restarts": {"trainer": restarts.get("trainer", 0), "rollout": restarts.get("rollout", 0),
                          "spare": restarts.get("spare", 0), "full": full_restarts},
             "scheduler_calls": meta.get("scheduler_calls", {}),
+            "pace": pace(conn, kept),
         }
     finally:
         conn.close()

@@ -110,6 +110,10 @@ class MeasuredRun:
     injected: int                  # rows the injector opened
     found: int                     # rows the controller opened itself (failures nobody injected)
     full_restarts: int
+    # the report's "pace" (None in reports written before it existed)
+    wait_s: float | None = None               # the trainer's median wait for data per step
+    batch_groups: float | None = None         # a rollout's batch, in groups
+    batch_s: float | None = None              # that batch's time, generating back to back
 
     @property
     def step_s(self) -> float | None:
@@ -119,6 +123,7 @@ class MeasuredRun:
     @classmethod
     def from_report(cls, r: Mapping[str, Any], policy: str) -> "MeasuredRun":
         bad = r.get("badput") or {}
+        pace = r.get("pace") if isinstance(r.get("pace"), Mapping) else {}
         faults = [f for f in (r.get("faults") or []) if isinstance(f, Mapping)]
         return cls(policy=str(r.get("recovery") or policy), state=str(r.get("state") or "unknown"),
                    steps=int(_num(r.get("steps")) or 0), wall_s=_num(r.get("wall_s")) or 0.0,
@@ -127,7 +132,9 @@ class MeasuredRun:
                    replay_s=_num(bad.get("replay_s")) or 0.0, idle_s=_num(bad.get("idle_s")) or 0.0,
                    faults=len(faults), injected=sum(1 for f in faults if f.get("injected")),
                    found=sum(1 for f in faults if not f.get("injected")),
-                   full_restarts=int(_num((r.get("restarts") or {}).get("full")) or 0))
+                   full_restarts=int(_num((r.get("restarts") or {}).get("full")) or 0),
+                   wait_s=_num(pace.get("wait_s")), batch_groups=_num(pace.get("rollout_batch_groups")),
+                   batch_s=_num(pace.get("rollout_batch_s")))
 
 
 @dataclasses.dataclass(kw_only=True, slots=True, frozen=True)
@@ -345,6 +352,12 @@ def local_config(measured: MeasuredTimes, bench: LocalBenchmark | None = None, *
     step_s = run.step_s or measured.step_s
     compute = compute_fraction * step_s
     rate = b.groups_per_step / (b.rollouts * step_s)
+    pace = measured.role_based            # the run whose rollouts kept going: its pace is the clean one
+    if pace.wait_s is not None and pace.batch_s and pace.batch_groups:
+        # Measured: the trainer computes the step less its median wait, and each rollout delivers
+        # what it did generating back to back (it may have headroom: then losing one starves nobody).
+        compute = max(0.05 * step_s, step_s - pace.wait_s)
+        rate = max(rate, pace.batch_groups / pace.batch_s)
     return SimConfig(
         topology=Topology(gpus_per_node=1, trainer_nodes=1, rollout_replicas=b.rollouts, rollout_nodes=1,
                           spare_replicas=b.spares, cluster_nodes=b.local_nodes, node_down_s=b.node_down_s),

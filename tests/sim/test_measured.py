@@ -15,6 +15,7 @@ from slurm_rl.states import FaultKind, RoleKind
 
 DATA = Path(__file__).parent / "data"
 PAIRS = sorted(p for p in DATA.iterdir() if (p / "role-based.json").exists())
+DEMO_PAIRS = [p for p in PAIRS if p.name.startswith("pair-")]     # the demo workload, local backend
 
 
 def _fault(role: str, kind: str, action: str, t: float, **spans: float | None) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def test_missing_everything_still_gives_usable_times() -> None:
         MeasuredTimes.from_reports({"hello": 1}, fr)
 
 
-@pytest.mark.parametrize("pair", PAIRS, ids=[p.name for p in PAIRS])
+@pytest.mark.parametrize("pair", DEMO_PAIRS, ids=[p.name for p in DEMO_PAIRS])
 def test_example_reports_give_sane_components(pair: Path) -> None:
     m = load_reports(pair / "role-based.json", pair / "full-restart.json")
     assert m.role_based.policy == "role-based" and m.full_restart.policy == "full-restart"
@@ -140,3 +141,17 @@ def test_local_sim_is_fast_and_finishes() -> None:
     for policy in RecoveryPolicy:
         r = simulate(cfg, policy, 0)
         assert r.finished and r.steps == cfg.work.total_steps and r.faults > 0
+
+
+def test_measured_pace_calibrates_the_work() -> None:
+    """The Slurm benchmark's trainer is compute-bound and its rollouts have headroom (the report's
+    "pace"): the model computes the measured step and generates at the measured batch rate."""
+    pair = DATA / "slurm-ettr"
+    m = load_reports(pair / "role-based.json", pair / "full-restart.json")
+    pace = m.role_based
+    assert pace.wait_s is not None and pace.batch_s and pace.batch_groups
+    cfg = local_config(m, LocalBenchmark.from_config_file(pair / "config.yaml"))
+    assert cfg.work.step_compute_s == pytest.approx(m.role_based.step_s - pace.wait_s)
+    assert cfg.work.rollout_groups_per_s == pytest.approx(pace.batch_groups / pace.batch_s)
+    # one rollout alone covers a step's groups: losing one does not starve the trainer
+    assert cfg.work.rollout_groups_per_s * cfg.work.step_compute_s > cfg.work.groups_per_step
