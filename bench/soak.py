@@ -497,10 +497,10 @@ def audit(soak: Soak, rep: dict[str, Any], leftovers: list[str], t_ready: float)
             except (OSError, ValueError, KeyError, psutil.Error):
                 continue
     res["I4 no job or process left after stop"] = {
-        "ok": not leftovers and not alive_jobs,
+        "ok": not leftovers and not alive_jobs and not stale,
         "detail": f"{len(jobs)} jobs submitted; still alive after stop: {len(alive_jobs)} {alive_jobs[:3]} "
                   f"({'squeue' if soak.backend == 'slurm' else 'local job records'}); processes of the run: "
-                  f"{len(leftovers)} {leftovers[:3]}; (store job rows never marked ended: {len(stale)}, BUG-12)",
+                  f"{len(leftovers)} {leftovers[:3]}; store job rows not marked ended: {len(stale)} {stale[:3]}",
         "stale_job_rows": stale}
 
     # I5 ------------------------------------------------------------------------------

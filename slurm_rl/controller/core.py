@@ -1071,6 +1071,9 @@ class Controller:
             return
         reason, failed = self.stopping
         jobs = [s.job_id for s in self.slots.values() if s.job_id]
+        # and jobs no slot owns any more whose end was never seen (a replaced role's old job):
+        # cancelling a finished job is harmless, and the final poll records how each one ended
+        jobs += [r["job_id"] for r in self.store.jobs(active_only=True) if r["job_id"] not in jobs]
         if jobs:
             try:
                 self.backend.cancel(jobs)
