@@ -20,11 +20,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import xxhash
-from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and safetensors are imported where tensors are written or read, not at module level: the
+# controller only verifies checkpoints (hashes and meta), and importing torch would cost it ~200 MB.
 
 log = logging.getLogger("slurm_rl.checkpoint")
 
@@ -179,6 +183,9 @@ class Checkpointer:
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+            import torch
+            from safetensors.torch import save_file
+
             save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
             torch.save(optimizer, tmp / "optimizer.pt")
             files = {}
@@ -223,9 +230,13 @@ class Checkpointer:
         return newest_valid(self.root, at_most)
 
     def load_weights(self, step: int) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
         return load_file(str(self.root / _NAME.format(step) / "weights.safetensors"))
 
     def load_optimizer(self, step: int) -> dict[str, Any]:
+        import torch
+
         return torch.load(self.root / _NAME.format(step) / "optimizer.pt", weights_only=False)
 
     def meta(self, step: int) -> dict[str, Any]:

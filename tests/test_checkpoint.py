@@ -311,3 +311,19 @@ def test_full_checkpoint_disk_in_a_live_run(tmp_path):
             _umount(run.checkpoints)
         runs.cleanup(run)
     assert runs.run_processes(run) == []
+
+
+def test_the_controller_verifies_checkpoints_without_importing_torch(tmp_path):
+    """Importing torch costs a process ~200 MB; the controller only hashes files and reads meta.
+    (The soak found the controller jumping from 54 to 258 MiB at its first checkpoint fallback.)"""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import slurm_rl.controller.__main__, slurm_rl.controller.core\n"
+            "from slurm_rl import checkpoint\n"
+            f"checkpoint.newest_valid(__import__('pathlib').Path({str(tmp_path)!r}), None)\n"
+            "print('torch' in sys.modules)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"

@@ -8,7 +8,6 @@ import os
 import sys
 
 from slurm_rl.logs import setup_process_logging
-from slurm_rl.memory import fix_malloc_thresholds
 from slurm_rl.rundir import RunDir
 
 
@@ -30,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
     run = RunDir(args.run_dir)
-    fix_malloc_thresholds()              # a days-long process: keep its heap from fragmenting
     setup_process_logging(lambda: f"[controller pid={os.getpid()}]")
     from slurm_rl.controller.core import Controller
     from slurm_rl.roles.worker import load_run_config
