@@ -387,12 +387,15 @@ def wait_ready(run: RunDir, timeout: float = 240) -> None:
 
 def run_processes(run: RunDir) -> list[str]:
     out = []
-    needle = str(run.path)
+    root = str(run.path)
     for p in psutil.process_iter(["pid", "cmdline", "status"]):
         try:
-            cmd = " ".join(p.info["cmdline"] or [])
-            if needle in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
-                out.append(f"{p.info['pid']}: {cmd[:120]}")
+            args = p.info["cmdline"] or []
+            # an argument that is the run directory or inside it (not a substring: this driver's own
+            # `--out RUNS/soak.json` is not a process of the run RUNS/soak)
+            mine = any(a == root or a.startswith(root + "/") for a in args)
+            if mine and p.info["status"] != psutil.STATUS_ZOMBIE and p.info["pid"] != os.getpid():
+                out.append(f"{p.info['pid']}: {' '.join(args)[:120]}")
         except psutil.Error:
             continue
     return out

@@ -233,6 +233,7 @@ def _attach(run: Any, *, quiet: bool) -> int:
 
     err = _console(stderr=True)
     interactive = err.is_terminal and not quiet
+    addr = run.read_controller()
     _on_sigterm()
     try:
         if interactive:
@@ -265,6 +266,7 @@ def _attach(run: Any, *, quiet: bool) -> int:
         except (KeyboardInterrupt, SlurmRLError):
             pass
         return INTERRUPTED
+    launcher.wait_controller_exit(run, addr)
     rep = report_dict(run)
     _print_summary(rep)
     if rep["state"] not in launcher.TERMINAL_STATES:

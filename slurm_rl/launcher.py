@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from slurm_rl import protocol as P
 from slurm_rl.config import BackendKind, RunConfig
@@ -132,6 +133,19 @@ def tail(path: Path, n: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
     except OSError:
         return ""
+
+
+def wait_controller_exit(run: RunDir, addr: Any, timeout_s: float = 10.0) -> None:
+    """After the run ended: let the controller process (on this host) finish exiting, so that
+    nothing of the run is still running when `launch` returns."""
+    import psutil
+
+    if addr is None or addr.hostname != socket.gethostname():
+        return
+    try:
+        psutil.Process(addr.pid).wait(timeout=timeout_s)
+    except (psutil.NoSuchProcess, psutil.TimeoutExpired, psutil.AccessDenied, ChildProcessError):
+        pass
 
 
 def controller_alive(run: RunDir) -> bool:

@@ -121,15 +121,20 @@ def inject(run: RunDir, slot: str, fault: str) -> float:
 def run_processes(run: RunDir) -> list[psutil.Process]:
     """Every live process that belongs to this run (controller and role workers)."""
     out = []
-    needle = str(run.path)
     for p in psutil.process_iter(["cmdline", "status"]):
         try:
-            cmd = " ".join(p.info["cmdline"] or [])
-            if needle in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
+            if belongs_to(run, p.info["cmdline"]) and p.info["status"] != psutil.STATUS_ZOMBIE and p.pid != os.getpid():
                 out.append(p)
         except psutil.Error:
             continue
     return out
+
+
+def belongs_to(run: RunDir, cmdline: list[str] | None) -> bool:
+    """A process of the run has the run directory (or a path inside it) as an argument: a
+    substring test would also match `RUNS/soak.json` for the run `RUNS/soak`."""
+    root = str(run.path)
+    return any(a == root or a.startswith(root + "/") for a in (cmdline or []))
 
 
 def cleanup(run: RunDir) -> None:

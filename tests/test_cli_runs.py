@@ -134,7 +134,7 @@ def test_launch_attached_without_a_terminal_prints_progress_and_the_summary(tmp_
     assert "run att started" in res.stderr and "step 12/12" in res.stderr
     assert "att: finished" in res.stdout and "lost 0" in res.stdout
     assert "Writing model shards" not in res.output
-    assert runs.run_processes(RunDir(tmp_path / "att")) == []
+    assert runs.run_processes(RunDir(tmp_path / "att")) == []         # launch waited for the controller to exit
 
 
 def _sweep_file(tmp_path: Path, steps: int, grid: str = "rollout.replicas: [1, 2]") -> Path:

@@ -893,6 +893,9 @@ class Controller:
 
     def _update_poll_jobs(self) -> None:
         ids = [s.job_id for s in self.slots.values() if s.job_id]
+        # and every job we started whose end was not seen yet: a role declared dead by the fast
+        # signals (probe, heartbeat) is replaced before Slurm reports its job's exit code
+        ids += [j for j in self.job_slots if j not in self.job_endings and j not in ids]
         with self._poll_lock:
             self._poll_jobs = ids
 
@@ -947,6 +950,7 @@ class Controller:
                     fields["started"] = time.time()
                 if js.state.terminal:
                     fields.update(ended=time.time(), exit_code=js.exit_code, signal=js.signal)
+                    self.job_endings[s.job_id] = js.state
                 self.store.update_job(s.job_id, **fields)
                 self._dirty = True
         # jobs no slot owns any more (replaced after a death, cancelled): record how they ended,
@@ -956,6 +960,7 @@ class Controller:
             if jid in owned or not js.state.terminal or self.job_endings.get(jid) == js.state:
                 continue
             self.job_endings[jid] = js.state
+            self._update_poll_jobs()
             self.store.update_job(jid, state=js.state.value, exit_code=js.exit_code, signal=js.signal, ended=time.time())
             slot = self.job_slots.get(jid, "")
             self.event("job_ended", f"job {jid} ({slot or 'unknown role'}) ended {js.state.value}"
