@@ -5,7 +5,8 @@ steps (mean `mean_interval_steps`), on a role kind and fault kind drawn from the
 lists. The exponential gap is continuous: fault i lands in trainer step `at_step + 1`, a fraction
 `at_fraction` of the way through it (the controller waits that fraction of the recent step time
 after step `at_step` is done), so faults hit every moment of a step alike, as real ones do, and not
-always right after a step was published (the one moment its weights exist only on the trainer). Two runs with the same seed and config see the same schedule, whatever the recovery
+always right after a step was published (the one moment its weights exist only on the trainer).
+Two runs with the same seed and config see the same schedule, whatever the recovery
 policy, so role-based and full-restart runs are compared on the same faults.
 """
 
