@@ -21,6 +21,7 @@ import sqlite3
 import statistics
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,27 @@ def _overlap(a: float, b: float, windows: list[tuple[float, float]]) -> float:
     return total
 
 
+def _kept_steps(kept: list[sqlite3.Row], windows: list[tuple[float, float]]
+                ) -> Iterator[tuple[float, float, float, float]]:
+    """For each kept step: (duration, start of its wait for data, that wait, starved part of it).
+
+    The duration of back-to-back steps of one trainer is the interval between their commits
+    (reporting included); the starved part is the wait inside a fault window beyond the median wait."""
+    waits = [float(s["wait_s"] or 0.0) for s in kept]
+    med = statistics.median(waits) if waits else 0.0
+    prev = None
+    for s in kept:
+        t_end = float(s["t_end"])
+        t_start = float(s["t_start"] or t_end)
+        if prev is not None and prev["step"] == s["step"] - 1 and prev["trainer"] == s["trainer"]:
+            t_start = min(t_start, float(prev["t_end"]))
+        dur = max(0.0, t_end - t_start)
+        wait = float(s["wait_s"] or 0.0)
+        w0 = float(s["t_start"] or t_end)
+        yield dur, w0, wait, min(_overlap(w0, w0 + wait, windows), max(0.0, wait - med), dur)
+        prev = s
+
+
 def ettr_breakdown(conn: sqlite3.Connection, meta: dict[str, Any], now: float | None = None) -> dict[str, float]:
     """Productive time and badput of a run (definitions in the module docstring)."""
     steps = _steps(conn)
@@ -91,24 +113,10 @@ def ettr_breakdown(conn: sqlite3.Connection, meta: dict[str, Any], now: float | 
         # the run is over when the last step is committed; stop-time teardown is not training time
         end = max(float(s["t_end"]) for s in kept)
     wall = max(1e-9, end - t_train)
-    windows = _fault_windows(conn, end)
-    waits = [float(s["wait_s"] or 0.0) for s in kept]
-    med = statistics.median(waits) if waits else 0.0
     productive = idle = 0.0
-    prev = None
-    for s in kept:
-        t_end = float(s["t_end"])
-        t_start = float(s["t_start"] or t_end)
-        # back-to-back steps of one trainer: the interval between commits (includes reporting)
-        if prev is not None and prev["step"] == s["step"] - 1 and prev["trainer"] == s["trainer"]:
-            t_start = min(t_start, float(prev["t_end"]))
-        dur = max(0.0, t_end - t_start)
-        wait = float(s["wait_s"] or 0.0)
-        w0 = float(s["t_start"] or t_end)
-        starved = min(_overlap(w0, w0 + wait, windows), max(0.0, wait - med), dur)
+    for dur, _, _, starved in _kept_steps(kept, _fault_windows(conn, end)):
         productive += dur - starved
         idle += starved
-        prev = s
     replay = sum(max(0.0, float(s["t_end"]) - float(s["t_start"] or s["t_end"])) for s in rolled)
     recovery = max(0.0, wall - productive - idle - replay)
     return {"wall_s": wall, "startup_s": max(0.0, t_train - started) if started else 0.0,
@@ -167,20 +175,7 @@ def fault_badput(conn: sqlite3.Connection, meta: dict[str, Any],
         end = max(float(s["t_end"]) for s in kept)          # as ettr_breakdown
     windows = {int(f["id"]): (float(f["t_fault"]), float(f["t_recovered"]) if f["t_recovered"] is not None else end)
                for f in faults if f["t_fault"] is not None}
-    all_windows = list(windows.values())
-    waits = [float(s["wait_s"] or 0.0) for s in kept]
-    med = statistics.median(waits) if waits else 0.0
-    prev = None
-    for s in kept:
-        t_end = float(s["t_end"])
-        t_start = float(s["t_start"] or t_end)
-        if prev is not None and prev["step"] == s["step"] - 1 and prev["trainer"] == s["trainer"]:
-            t_start = min(t_start, float(prev["t_end"]))
-        dur = max(0.0, t_end - t_start)
-        wait = float(s["wait_s"] or 0.0)
-        w0 = float(s["t_start"] or t_end)
-        starved = min(_overlap(w0, w0 + wait, all_windows), max(0.0, wait - med), dur)
-        prev = s
+    for _, w0, wait, starved in _kept_steps(kept, list(windows.values())):
         if starved <= 0:
             continue
         shares = {fid: _overlap(w0, w0 + wait, [w]) for fid, w in windows.items()}
