@@ -167,3 +167,19 @@ def python_launch(tmp_path: Path, *sets: str, timeout: float = 300) -> subproces
         args += ["--set", s]
     env = dict(os.environ)
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def slot_events(run: RunDir, kind: str, slot: str) -> list[sqlite3.Row]:
+    """Events of one kind about one role slot (e.g. its "recovered" or "dead" events)."""
+    return [e for e in events(run, kind) if e["slot"] == slot]
+
+
+def stop_and_audit(run: RunDir) -> dict[str, Any]:
+    """`slurm-rl stop`, then the run's report with nothing lost and no prompt done twice."""
+    res = CliRunner().invoke(cli, ["stop", str(run.path)])
+    assert res.exit_code == 0, res.output
+    rep = wait_done(run)
+    assert_accounted(rep)
+    assert_no_prompt_done_twice(run)
+    return rep
+

@@ -9,9 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from click.testing import CliRunner
 
-from slurm_rl.cli import cli
 from tests import runs
 
 pytestmark = pytest.mark.slow
@@ -37,16 +35,7 @@ def run_factory(tmp_path):
 
 
 def dead(run, slot):
-    return [e for e in runs.events(run, "dead") if e["slot"] == slot]
-
-
-def stop(run):
-    res = CliRunner().invoke(cli, ["stop", str(run.path)])
-    assert res.exit_code == 0, res.output
-    rep = runs.wait_done(run)
-    runs.assert_accounted(rep)
-    runs.assert_no_prompt_done_twice(run)
-    return rep
+    return runs.slot_events(run, "dead", slot)
 
 
 def test_drain_without_a_ready_spare_moves_the_role(run_factory):
@@ -58,7 +47,7 @@ def test_drain_without_a_ready_spare_moves_the_role(run_factory):
     assert not dead(run, "rollout/0"), [e["msg"] for e in dead(run, "rollout/0")]
     r = runs.role(run, "rollout/0")
     assert r["state"] == "READY" and r["node"] != node
-    rep = stop(run)
+    rep = runs.stop_and_audit(run)
     assert rep["restarts"]["rollout"] == 0
 
 
@@ -76,7 +65,7 @@ def test_a_new_trainer_that_alone_holds_the_committed_step_can_be_lost_without_u
                   "the second trainer restore", run)
     assert not runs.events(run, "commit_lost"), [e["msg"] for e in runs.events(run, "commit_lost")]
     assert runs.committed(run) >= c
-    stop(run)
+    runs.stop_and_audit(run)
 
 
 def test_a_replacement_that_hangs_before_it_connects_is_found(run_factory):
@@ -87,4 +76,4 @@ def test_a_replacement_that_hangs_before_it_connects_is_found(run_factory):
     runs.inject(run, "rollout/0", "hang")                 # before it says hello
     runs.wait_for(lambda: len(dead(run, "rollout/0")) >= 2, 45, "the hung replacement declared dead", run)
     runs.wait_for(lambda: runs.role(run, "rollout/0")["state"] == "READY", 60, "rollout/0 back", run)
-    stop(run)
+    runs.stop_and_audit(run)

@@ -72,16 +72,7 @@ def _launch_slurm(tmp_path, name, *sets):
 
 
 def recovered(run, slot):
-    return [e for e in runs.events(run, "recovered") if e["slot"] == slot]
-
-
-def stop_and_audit(run):
-    res = CliRunner().invoke(cli, ["stop", str(run.path)])
-    assert res.exit_code == 0, res.output
-    rep = runs.wait_done(run)
-    runs.assert_accounted(rep)
-    runs.assert_no_prompt_done_twice(run)
-    return rep
+    return runs.slot_events(run, "recovered", slot)
 
 
 def test_demo_runs_on_slurm_one_job_per_role_on_distinct_nodes(slurm_run):
@@ -124,7 +115,7 @@ def test_rollout_node_crash_replaced_before_slurm_marks_the_node_down(slurm_run,
         assert during >= 1, "the trainer kept stepping while rollout/1 was replaced"
     sub = [json.loads(e["data"]) for e in runs.events(run, "submitted") if e["slot"] == "rollout/1"]
     assert node in sub[-1]["exclude"]                   # the replacement avoided the crashed node
-    stop_and_audit(run)
+    runs.stop_and_audit(run)
 
 
 def test_trainer_crash_restored_from_standby_on_slurm(slurm_run):
@@ -139,7 +130,7 @@ def test_trainer_crash_restored_from_standby_on_slurm(slurm_run):
     runs.wait_for(lambda: runs.committed(run) >= roll["committed"] + 5, 60, "training goes on", run)
     kept = [r["step"] for r in runs.q(run, "SELECT step FROM steps WHERE state != 'rolled_back' ORDER BY step")]
     assert kept == list(range(1, len(kept) + 1))
-    stop_and_audit(run)
+    runs.stop_and_audit(run)
 
 
 def test_hang_and_exit_code_on_slurm(slurm_run):
@@ -156,7 +147,7 @@ def test_hang_and_exit_code_on_slurm(slurm_run):
     # the fast signals may declare it dead first; Slurm's exit code joins the record when polled
     runs.wait_for(lambda: [e for e in runs.events(run) if e["slot"] == "rollout/1"
                            and e["kind"] in ("dead", "job_ended") and "exit 3" in e["msg"]], 10, "exit 3 recorded", run)
-    stop_and_audit(run)
+    runs.stop_and_audit(run)
 
 
 def test_drain_and_controller_restart_on_slurm(slurm_run, slurm_cluster):
@@ -180,7 +171,7 @@ def test_drain_and_controller_restart_on_slurm(slurm_run, slurm_cluster):
     before = runs.committed(run)
     runs.wait_for(lambda: runs.committed(run) >= before + 5, 60, "training goes on after resume", run)
     assert {r["slot"]: r["job_id"] for r in runs.q(run, "SELECT slot, job_id FROM roles")} == jobs
-    stop_and_audit(run)
+    runs.stop_and_audit(run)
 
 
 def test_slurm_preflight_errors(tmp_path, slurm_cluster):
