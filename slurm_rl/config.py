@@ -195,6 +195,9 @@ class RolloutConfig(SlurmResources):
 
 class SpareConfig(SlurmResources):
     replicas: int = Field(default=1, ge=0)
+    warm_trainer: bool = Field(
+        default=True, description="build the trainer (model and optimizer, on the CPU) while standing by, so a "
+        "promotion to trainer skips it; with a GPU trainer only the code is warmed (the engine owns the GPU)")
 
 
 def _default_phase_timeouts() -> dict[Phase, float]:

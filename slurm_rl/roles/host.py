@@ -30,6 +30,7 @@ class RoleHost:
         self.rt = rt
         self.engine = None
         self._tokenizer = None
+        self._staged_trainer = None     # built by a standby ahead of a promotion (stage_trainer)
 
     @property
     def tokenizer(self):
@@ -65,6 +66,37 @@ class RoleHost:
     def apply_weights(self, ws: WeightSet) -> None:
         if self.engine is not None:
             self.engine.load_weights(ws.tensors())
+
+    def stage_trainer(self) -> None:
+        """A standby's idle work: build the trainer now, so a promotion to trainer does not.
+
+        Building the first PolicyTrainer in a process costs seconds (the model code's imports and
+        initialisation) and a dead trainer's replacement is the one place where seconds count. On
+        a CPU trainer the built trainer is kept and reused; on a GPU trainer the engine owns the
+        GPU, so the model is built on the `meta` device only, which warms the same code without
+        memory, and the real build happens after the engine is freed.
+        """
+        if self._staged_trainer is not None or not self.rt.cfg.spare.warm_trainer:
+            return
+        from slurm_rl.roles.trainer import make_trainer
+
+        t0 = time.time()
+        if resolve_device(self.rt.cfg.trainer.device) == "cpu":
+            self._staged_trainer = make_trainer(self.rt)
+        else:
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            with torch.device("meta"):
+                AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.rt.run.model))
+            self._staged_trainer = False      # warmed, nothing kept
+        log.info("trainer staged in %.1fs (ready for a promotion)", time.time() - t0)
+
+    def take_trainer(self):
+        """(trainer, staged): the staged trainer (once), or a newly built one."""
+        from slurm_rl.roles.trainer import make_trainer
+
+        staged, self._staged_trainer = self._staged_trainer, False
+        return (staged, True) if staged else (make_trainer(self.rt), False)
 
     def close_engine(self) -> None:
         if self.engine is not None:

@@ -1,4 +1,5 @@
-"""Spare: a warm standby. Engine loaded, newest weights held (pulled eagerly), idle until promoted."""
+"""Spare: a warm standby. Engine loaded, trainer staged, newest weights held (pulled eagerly), idle
+until promoted to rollout (keeps the engine) or trainer (uses the staged trainer)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from slurm_rl.states import Phase
 
 def run_spare(rt: RoleRuntime, host: RoleHost) -> P.Command | None:
     host.ensure_engine()
+    rt.set_phase(Phase.LOADING, "staging the trainer")
+    host.stage_trainer()
     rt.set_phase(Phase.IDLE, "standby")
     while True:
         cmd = rt.next_command()

@@ -34,17 +34,15 @@ class _Stop(Exception):
 def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Command | None:
     cfg = rt.cfg
     alg = cfg.algorithm
+    t_promoted = time.time()
     host.close_engine()          # a promoted rollout/spare frees its engine for the trainer
     rt.set_phase(Phase.RESTORING if resume_step > 0 else Phase.LOADING, f"step {resume_step}")
-    trainer = PolicyTrainer(rt.run.model, lr=alg.lr, clip_eps=alg.clip_eps, kl_coef=alg.kl_coef,
-                            max_grad_norm=alg.max_grad_norm, device=resolve_device(cfg.trainer.device),
-                            dtype=cfg.model.dtype, seed=cfg.seed, temperature=alg.temperature,
-                            scale_adv_by_std=alg.normalize_std)
+    trainer, staged = host.take_trainer()
     ckpt = Checkpointer(rt.run.checkpoints, cfg.trainer.keep_checkpoints)
     wepoch = rt.newest.wepoch if rt.newest is not None else 0
     version = resume_step
     if version > 0:
-        _restore(rt, trainer, ckpt, version)
+        _restore(rt, trainer, ckpt, version, staged=staged, t_promoted=t_promoted)
     trainer.version = version
     rt.hold(WeightSet.from_state_dict(trainer.state_dict_for_sync(copy=False), version), wepoch)
     last_ckpt = version
@@ -102,6 +100,15 @@ def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Comma
         ckpt.close()
 
 
+def make_trainer(rt: RoleRuntime) -> PolicyTrainer:
+    """The policy trainer this run's config asks for (fresh weights from the run's model)."""
+    cfg, alg = rt.cfg, rt.cfg.algorithm
+    return PolicyTrainer(rt.run.model, lr=alg.lr, clip_eps=alg.clip_eps, kl_coef=alg.kl_coef,
+                         max_grad_norm=alg.max_grad_norm, device=resolve_device(cfg.trainer.device),
+                         dtype=cfg.model.dtype, seed=cfg.seed, temperature=alg.temperature,
+                         scale_adv_by_std=alg.normalize_std)
+
+
 def _check_stop(rt: RoleRuntime) -> None:
     cmd = rt.next_command()
     if cmd is not None and cmd.op == "stop":
@@ -147,7 +154,8 @@ def _to_group(g: P.GroupMsg) -> Group:
                reward=s.reward, version=g.version) for s in g.samples])
 
 
-def _restore(rt: RoleRuntime, trainer: PolicyTrainer, ckpt: Checkpointer, step: int) -> None:
+def _restore(rt: RoleRuntime, trainer: PolicyTrainer, ckpt: Checkpointer, step: int, *, staged: bool,
+             t_promoted: float) -> None:
     """Weights of version `step` and the newest usable optimizer state, with an event saying how."""
     best, skipped = ckpt.newest_valid(at_most=step)
     for problem in skipped:
@@ -169,6 +177,9 @@ def _restore(rt: RoleRuntime, trainer: PolicyTrainer, ckpt: Checkpointer, step: 
         opt = f"optimizer from checkpoint {best.step}" + (f" ({step - best.step} steps older)" if best.step < step else "")
     else:
         opt = "fresh optimizer (no checkpoint yet)"
+    took = time.time() - t_promoted
+    built = "trainer staged by the standby" if staged else "trainer built now"
     rt.call(P.RoleEvent(ident=rt.ident, kind="trainer_restore",
-                        msg=f"trainer restored at step {step}: weights from {source}, {opt}",
-                        data={"step": str(step), "weights": source, "optimizer_step": str(best.step if best else -1)}))
+                        msg=f"trainer restored at step {step} in {took:.1f}s: weights from {source}, {opt}, {built}",
+                        data={"step": str(step), "weights": source, "optimizer_step": str(best.step if best else -1),
+                              "staged": "yes" if staged else "no", "restore_s": f"{took:.3f}"}))
