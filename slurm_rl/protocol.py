@@ -83,6 +83,7 @@ class Hello(msgspec.Struct, tag="hello", frozen=True):
     pid: int
     host_id: str
     sync_addrs: dict[str, str]
+    live_addr: str = ""           # tcp://host:port the controller keeps one idle connection to (crash signal)
 
 
 class Heartbeat(msgspec.Struct, tag="hb", frozen=True):
@@ -93,6 +94,7 @@ class Heartbeat(msgspec.Struct, tag="hb", frozen=True):
     wepoch: int
     detail: str = ""
     sync_addrs: dict[str, str] = {}
+    live_addr: str = ""
 
 
 class LeaseRequest(msgspec.Struct, tag="lease", frozen=True):

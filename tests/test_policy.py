@@ -67,6 +67,20 @@ def test_silence_makes_suspect_then_probe_refused_confirms_dead():
     assert "heartbeat lost" in dead[0].signals
 
 
+def test_a_lost_liveness_link_makes_suspect_at_once_and_a_refused_probe_confirms():
+    """A crash ends the controller's idle connection: no need to wait for heartbeat silence."""
+    t = slot(RoleKind.TRAINER, last_hb=NOW - 0.1, link_lost_at=NOW - 0.05)
+    acts = pol.decide(NOW, view(cluster(**{"trainer/0": t})))
+    assert kinds(acts) == ["Suspect"] and "liveness connection" in acts[0].reason
+    t = dataclasses.replace(t, state=RoleState.SUSPECT, suspect_since=NOW, suspect_reason=acts[0].reason,
+                            probe=ProbeResult.REFUSED, probe_at=NOW + 0.01)
+    dead = [a for a in pol.decide(NOW + 0.02, view(cluster(**{"trainer/0": t}))) if isinstance(a, pol.Dead)]
+    assert dead and dead[0].slot == "trainer/0" and "probe refused" in dead[0].signals
+    # the link ended but the process answers and keeps beating (a network blip): cleared
+    t = dataclasses.replace(t, probe=ProbeResult.OK, last_hb=NOW + 0.3)
+    assert kinds(pol.decide(NOW + 0.4, view(cluster(**{"trainer/0": t})))) == ["Clear"]
+
+
 def test_suspect_alive_probe_waits_for_the_hang_timeout():
     """SIGSTOP: the kernel still accepts connections, so only time (hang_after_s) confirms."""
     r1 = slot(RoleKind.ROLLOUT, 1, state=RoleState.SUSPECT, suspect_since=NOW - 2, last_hb=NOW - 3,

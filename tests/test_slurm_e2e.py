@@ -122,11 +122,17 @@ def test_trainer_crash_restored_from_standby_on_slurm(slurm_run):
     run = slurm_run(LONG, "slurm.cpus_per_task=2")
     runs.wait_for(lambda: runs.committed(run) >= 12, 90, "12 committed steps", run)
     before = runs.committed(run)
-    runs.inject(run, "trainer/0", "crash")
+    t = runs.inject(run, "trainer/0", "crash")
     runs.wait_for(lambda: recovered(run, "trainer/0"), 60, "trainer restored", run)
+    # the killed process ended the controller's liveness link: found before a heartbeat was missed
+    # (heartbeat silence needs suspect_after_s = 1 s, the squeue poll comes every 2 s)
+    dead = runs.slot_events(run, "dead", "trainer/0")[0]
+    assert dead["t"] - t < 0.9, dict(dead)
     roll = json.loads(runs.events(run, "trainer_rollback")[0]["data"])
     assert roll["committed"] >= before
     assert runs.events(run, "trainer_restored")                       # promoted, not resubmitted
+    restore = json.loads(runs.events(run, "trainer_restore")[-1]["data"])
+    assert restore["staged"] == "yes", restore                        # the spare had built its trainer
     runs.wait_for(lambda: runs.committed(run) >= roll["committed"] + 5, 60, "training goes on", run)
     kept = [r["step"] for r in runs.q(run, "SELECT step FROM steps WHERE state != 'rolled_back' ORDER BY step")]
     assert kept == list(range(1, len(kept) + 1))

@@ -31,6 +31,7 @@ from slurm_rl.config import RecoveryPolicy, RunConfig
 from slurm_rl.controller import chaos as chaos_mod
 from slurm_rl.controller import policy as pol
 from slurm_rl.controller.prober import ProbeDone, Prober
+from slurm_rl.liveness import LinkLost, LinkWatcher
 from slurm_rl.controlplane import ControlServer
 from slurm_rl.errors import SlurmRLError
 from slurm_rl.rundir import ControllerAddress, RunDir
@@ -71,6 +72,8 @@ class Slot:
     job_running_since: float | None = None
     version: int = -1                 # held weight version (valid lineage), -1 none
     sync_addrs: dict[str, str] = field(default_factory=dict)
+    live_addr: str = ""               # the role process's liveness port (slurm_rl.liveness)
+    link_lost_at: float | None = None  # when the controller's connection to it ended
     restarts: list[float] = field(default_factory=list)
     moving: bool = False
     reserved_for: str | None = None
@@ -109,6 +112,8 @@ class Slot:
         self.job = None
         self.version = -1
         self.sync_addrs = {}
+        self.live_addr = ""
+        self.link_lost_at = None
         self.moving = False
         self.stop_requested = False
         self.goodbye = False
@@ -169,6 +174,7 @@ class Controller:
         self._poll_jobs: list[str] = []
         self._poll_lock = threading.Lock()
         self.prober = Prober(cfg.recovery.probe_timeout_s)
+        self.links = LinkWatcher(cfg.recovery.probe_timeout_s)
         self.server: ControlServer | None = None
         self.thresholds = pol.Thresholds(
             suspect_after_s=cfg.recovery.suspect_after_s, hang_after_s=cfg.recovery.hang_after_s,
@@ -225,6 +231,7 @@ class Controller:
             self._poll_stop.set()
             self._flush(force=True)
             self.prober.close()
+            self.links.close()
             self._exec.shutdown(wait=True)
             self.run.clear_controller()
             self.server.close()
@@ -304,6 +311,7 @@ class Controller:
         now = time.time()
         self._drain_backend_results(now)
         self._drain_probes()
+        self._drain_links()
         if self.stopping is not None:
             self._tick_stopping(now)
             return
@@ -407,6 +415,7 @@ class Controller:
         slot.pid = msg.pid
         slot.host_id = msg.host_id
         slot.sync_addrs = dict(msg.sync_addrs)
+        self._watch(slot, msg.live_addr)
         slot.last_hb = now
         slot.progress_at = now
         slot.phase = Phase.LOADING
@@ -434,6 +443,8 @@ class Controller:
         slot.detail = msg.detail
         if msg.sync_addrs:
             slot.sync_addrs = dict(msg.sync_addrs)
+        if msg.live_addr != slot.live_addr:
+            self._watch(slot, msg.live_addr)       # e.g. after a controller resume
         self._held(slot, msg.version, msg.wepoch, None)
         if slot.state is RoleState.STARTING and phase in _ACTIVE_PHASES_READY:
             slot.state = RoleState.READY
@@ -558,6 +569,7 @@ class Controller:
                 kind=s.kind, index=s.index, state=s.state, incarnation=s.incarnation, job_id=s.job_id, node=s.node,
                 connected=s.connected, phase=s.phase, last_hb=s.last_hb, progress_at=s.progress_at,
                 suspect_since=s.suspect_since, suspect_reason=s.suspect_reason, probe=s.probe, probe_at=s.probe_at,
+                link_lost_at=s.link_lost_at,
                 probe_pending=s.probe_pending, job_state=s.job.state if s.job else None,
                 job_running_since=s.job_running_since,
                 job_exit=_exit_text(s.job), node_health=self.node_health.get(s.node or "", node_health),
@@ -584,6 +596,9 @@ class Controller:
             s = self.slots[a.slot]
             s.state = RoleState.READY if s.connected else RoleState.STARTING
             s.suspect_since = None
+            if s.link_lost_at is not None:         # alive after all: watch it again
+                s.link_lost_at = None
+                self.links.watch(s.live_addr)
             self.event("cleared", f"{s.name} is fine again: {a.reason}", slot=s.name)
         elif isinstance(a, pol.Dead):
             self._dead(self.slots[a.slot], a, now)
@@ -745,6 +760,7 @@ class Controller:
         target.pid = standby.pid
         target.host_id = standby.host_id
         target.sync_addrs = dict(standby.sync_addrs)
+        target.live_addr, target.link_lost_at = standby.live_addr, standby.link_lost_at
         target.version = standby.version
         target.last_hb = standby.last_hb if standby.last_hb is not None else now
         target.progress_at = now
@@ -966,6 +982,24 @@ class Controller:
             self.event("job_ended", f"job {jid} ({slot or 'unknown role'}) ended {js.state.value}"
                        + (f" ({_exit_text(js)})" if _exit_text(js) else ""), slot=slot or None, job_id=jid,
                        data={"state": js.state.value, "exit_code": js.exit_code, "signal": js.signal})
+
+    def _watch(self, slot: Slot, live_addr: str) -> None:
+        if slot.live_addr and slot.live_addr != live_addr:
+            self.links.unwatch(slot.live_addr)
+        slot.live_addr = live_addr
+        slot.link_lost_at = None
+        self.links.watch(live_addr)
+
+    def _drain_links(self) -> None:
+        while True:
+            try:
+                lost: LinkLost = self.links.lost.get_nowait()
+            except queue.Empty:
+                break
+            for s in self.slots.values():
+                if s.live_addr == lost.address and s.connected and s.state.alive:
+                    s.link_lost_at = lost.at
+                    log.info("%s: liveness connection %s", s.name, lost.why)
 
     def _drain_probes(self) -> None:
         while True:

@@ -6,7 +6,9 @@ commands, submits and cancels jobs, writes the store). That keeps every rule tes
 processes: see tests/test_policy.py.
 
 Detection (role-aware):
-  * one signal makes a role SUSPECT: heartbeat silence longer than `suspect_after_s`;
+  * one signal makes a role SUSPECT: heartbeat silence longer than `suspect_after_s`, or the end
+    of the controller's idle connection to the process (slurm_rl.liveness: its kernel closes it
+    the moment the process dies, so a crash is looked at in milliseconds, not after the silence);
   * a second signal confirms it DEAD: the liveness probe of its endpoint is refused or times out
     (process or node gone), its job reached a terminal Slurm state, its node is DOWN, or the
     silence outlasts `hang_after_s` (the phase timeout when shorter, and always while loading or
@@ -62,6 +64,7 @@ class SlotView:
     probe: ProbeResult | None = None      # newest probe result
     probe_at: float | None = None
     probe_pending: bool = False
+    link_lost_at: float | None = None     # the controller's idle connection to the process ended
     job_state: JobState | None = None
     job_running_since: float | None = None
     job_exit: str = ""                    # "exit 3" / "signal 9" for messages
@@ -253,6 +256,8 @@ def assess(now: float, s: SlotView, view: View) -> Action | None:
         return None
     if silence > view.thresholds.suspect_after_s:
         return Suspect(f"no heartbeat for {silence:.1f}s", slot)
+    if s.link_lost_at is not None:
+        return Suspect("its liveness connection closed", slot)
     if not s.phase.waiting and s.progress_at is not None and now - s.progress_at > limit:
         return Dead(f"no progress for {now - s.progress_at:.1f}s in phase {s.phase.value} (timeout {limit:g}s)",
                     slot, ("heartbeat without progress", "phase timeout"))

@@ -6,7 +6,8 @@ Commands from the controller (assign, become, stop, exit) arrive in any reply an
 for the work loop; `exit` (an injected fault) ends the process at once.
 
 Every role serves the weight version it holds on its own weight server, so any holder can feed
-a newcomer (relay). The same listening port is the controller's liveness probe target.
+a newcomer (relay). The same listening port is the controller's liveness probe target; a second
+port (slurm_rl.liveness) holds one idle connection from the controller, whose end is the crash signal.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from slurm_rl import protocol as P
 from slurm_rl.config import BackendKind, RunConfig
 from slurm_rl.controlplane import ControlClient
 from slurm_rl.errors import EnvironmentProblem, ProtocolError, SyncError
+from slurm_rl.liveness import LivenessListener
 from slurm_rl.rundir import RunDir
 from slurm_rl.states import Phase
 from slurm_rl.sync import WeightServer, WeightSet, choose_address, host_id, pull_any
@@ -66,6 +68,7 @@ class RoleRuntime:
             transports.append("ucx")
         self.server = WeightServer(host=bind_host(cfg), transports=tuple(transports), auth_key=run.sync_key())
         self.addrs = self.server.start()
+        self.liveness = LivenessListener(bind_host(cfg))
         self.client = ControlClient(run, name=f"{ident.slot}/main")
         self._hb_client = ControlClient(run, name=f"{ident.slot}/hb")
         self._stop = threading.Event()
@@ -88,7 +91,7 @@ class RoleRuntime:
         """Say hello and get this process's assignment (which role, which step to resume)."""
         deadline = time.time() + timeout_s
         hello = P.Hello(ident=self.ident, job_id=self.job_id, node=self.node, pid=os.getpid(),
-                        host_id=self.host_id, sync_addrs=self.addrs)
+                        host_id=self.host_id, sync_addrs=self.addrs, live_addr=self.liveness.address)
         while True:
             try:
                 reply = self.client.request(hello, timeout_s=5.0, attempts=1)
@@ -120,6 +123,7 @@ class RoleRuntime:
         except (EnvironmentProblem, ProtocolError):
             pass
         self._hb.join(timeout=2)
+        self.liveness.close()
         self.server.stop()
         self.client.close()
         self._hb_client.close()
@@ -172,7 +176,7 @@ class RoleRuntime:
         while not self._stop.wait(interval):
             hb = P.Heartbeat(ident=self.ident, phase=self.phase.value, progress=self.progress,
                              version=self.held_version, wepoch=self.held_wepoch, detail=self.detail[:200],
-                             sync_addrs=self.addrs)
+                             sync_addrs=self.addrs, live_addr=self.liveness.address)
             try:
                 reply = self._hb_client.request(hb, timeout_s=max(1.0, 2 * interval), attempts=1)
             except (EnvironmentProblem, ProtocolError):
