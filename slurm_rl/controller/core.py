@@ -31,9 +31,9 @@ from slurm_rl.config import RecoveryPolicy, RunConfig
 from slurm_rl.controller import chaos as chaos_mod
 from slurm_rl.controller import policy as pol
 from slurm_rl.controller.prober import ProbeDone, Prober
-from slurm_rl.liveness import LinkLost, LinkWatcher
 from slurm_rl.controlplane import ControlServer
 from slurm_rl.errors import SlurmRLError
+from slurm_rl.liveness import LinkLost, LinkWatcher
 from slurm_rl.rundir import ControllerAddress, RunDir
 from slurm_rl.states import FaultKind, JobState, NodeHealth, Phase, RoleKind, RoleState
 from slurm_rl.store import Store
