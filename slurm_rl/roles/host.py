@@ -7,6 +7,7 @@ becoming the trainer frees the engine and builds the trainer from the weights it
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import torch
@@ -31,6 +32,7 @@ class RoleHost:
         self.engine = None
         self._tokenizer = None
         self._staged_trainer = None     # built by a standby ahead of a promotion (stage_trainer)
+        self._closing: threading.Thread | None = None
 
     @property
     def tokenizer(self):
@@ -46,6 +48,7 @@ class RoleHost:
             return self.engine
         from slurm_rl.rl.engine import make_engine
 
+        self.wait_engine_closed()       # a new engine needs the old one's teardown finished
         cfg = self.rt.cfg
         self.rt.set_phase(Phase.LOADING, f"starting {cfg.rollout.engine.value} engine")
         t0 = time.time()
@@ -98,10 +101,28 @@ class RoleHost:
         staged, self._staged_trainer = self._staged_trainer, False
         return (staged, True) if staged else (make_trainer(self.rt), False)
 
-    def close_engine(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
+    def close_engine(self, *, background: bool = False) -> None:
+        """Shut the engine down; `background` does it on a thread (seconds of vLLM teardown) when
+        nothing waits for the memory it frees: a CPU trainer taking over this process."""
+        if self.engine is None:
+            return
+        engine, self.engine = self.engine, None
+        if not background:
+            engine.close()
+            return
+        t0 = time.time()
+
+        def close() -> None:
+            engine.close()
+            log.info("engine closed in the background in %.1fs", time.time() - t0)
+
+        self._closing = threading.Thread(target=close, name="engine-close", daemon=True)
+        self._closing.start()
+
+    def wait_engine_closed(self) -> None:
+        if self._closing is not None:
+            self._closing.join()
+            self._closing = None
 
     def run(self, assign: P.Command) -> int:
         """Play roles until told to stop; a `become` command switches role in place."""
@@ -121,5 +142,6 @@ class RoleHost:
                 cmd = run_rollout(self.rt, self)
             else:
                 cmd = run_spare(self.rt, self)
+        self.wait_engine_closed()
         self.close_engine()
         return 0

@@ -35,7 +35,9 @@ def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Comma
     cfg = rt.cfg
     alg = cfg.algorithm
     t_promoted = time.time()
-    host.close_engine()          # a promoted rollout/spare frees its engine for the trainer
+    # a promoted rollout/spare frees its engine for the trainer: before building it on a GPU (the
+    # trainer needs the memory), while training on a CPU (the teardown takes seconds)
+    host.close_engine(background=resolve_device(cfg.trainer.device) == "cpu")
     rt.set_phase(Phase.RESTORING if resume_step > 0 else Phase.LOADING, f"step {resume_step}")
     trainer, staged = host.take_trainer()
     ckpt = Checkpointer(rt.run.checkpoints, cfg.trainer.keep_checkpoints)
