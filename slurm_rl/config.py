@@ -226,6 +226,10 @@ class RecoveryConfig(_Section):
         default=10.0, gt=0, description="heartbeat silence that confirms a hang (heartbeats come from their own "
         "thread every heartbeat_interval_s); the phase timeout applies instead when it is shorter, and always "
         "while loading or restoring, where native code may hold the interpreter for long")
+    hang_idle_after_s: float = Field(
+        default=5.0, gt=0, description="heartbeat silence that confirms a hang when the role's batch-step agent "
+        "sees its process use no CPU meanwhile (deadlocked, or stuck in the kernel); a process it sees stopped "
+        "(state T) is dead at once, one using CPU gets hang_after_s (Slurm jobs only: local jobs have no agent)")
     probe_timeout_s: float = Field(default=1.0, gt=0)
     restart_budget: int = Field(default=5, ge=0, description="restarts of one role slot within budget_window_s")
     budget_window_s: float = Field(default=600.0, gt=0)
@@ -253,6 +257,9 @@ class RecoveryConfig(_Section):
 
     @model_validator(mode="after")
     def _order(self) -> "RecoveryConfig":
+        if self.hang_idle_after_s <= self.suspect_after_s:
+            raise ValueError(f"recovery.hang_idle_after_s ({self.hang_idle_after_s}) must be longer than "
+                             f"recovery.suspect_after_s ({self.suspect_after_s})")
         if self.hang_after_s <= self.suspect_after_s:
             raise ValueError(f"recovery.hang_after_s ({self.hang_after_s}) must be longer than "
                              f"recovery.suspect_after_s ({self.suspect_after_s})")

@@ -171,8 +171,16 @@ class StopRequest(msgspec.Struct, tag="stop", frozen=True):
     reason: str = "stopped by user"
 
 
+class Pulse(msgspec.Struct, tag="pulse", frozen=True):
+    """From a role job's batch-step agent (slurm_rl.roles.agent): the role process seen from outside."""
+    job_id: str
+    pid: int
+    state: str                    # /proc state letter: R, S, D, T (stopped), Z ...
+    cpu_s: float                  # CPU seconds the process has used
+
+
 Request = (Hello | Heartbeat | LeaseRequest | SubmitGroups | ReleaseLeases | FetchBatch | StepDone | VersionHeld
-           | CheckpointSaved | RoleEvent | Goodbye | StatusRequest | InjectRequest | StopRequest)
+           | CheckpointSaved | RoleEvent | Goodbye | StatusRequest | InjectRequest | StopRequest | Pulse)
 
 # ----------------------------------------------------------------------------- replies
 

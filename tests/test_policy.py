@@ -81,6 +81,37 @@ def test_a_lost_liveness_link_makes_suspect_at_once_and_a_refused_probe_confirms
     assert kinds(pol.decide(NOW + 0.4, view(cluster(**{"trainer/0": t})))) == ["Clear"]
 
 
+def test_a_silent_process_its_agent_sees_stopped_is_dead_at_once():
+    """The job's batch agent sees the process from outside its step: stopped (T) means it cannot run."""
+    t = slot(RoleKind.TRAINER, last_hb=NOW - 1.3, proc_state="T", proc_at=NOW - 0.1, cpu_moved_at=NOW - 1.4)
+    dead = [a for a in pol.decide(NOW, view(cluster(**{"trainer/0": t}))) if isinstance(a, pol.Dead)]
+    assert dead and dead[0].slot == "trainer/0" and "process stopped" in dead[0].signals
+    # not before it is even suspect, not on a stale view, not while restoring, not if Slurm suspended it
+    for over in (dict(last_hb=NOW - 0.5), dict(proc_at=NOW - 1.35), dict(proc_at=NOW - 2.0),
+                 dict(phase=Phase.RESTORING), dict(job_state=JobState.SUSPENDED)):
+        v = dataclasses.replace(t, **over)
+        acts = pol.decide(NOW, view(cluster(**{"trainer/0": v})))
+        assert not any(isinstance(a, pol.Dead) for a in acts), over
+
+
+def test_a_silent_process_using_no_cpu_is_hung_after_hang_idle_but_a_busy_one_waits():
+    idle = slot(RoleKind.ROLLOUT, 1, state=RoleState.SUSPECT, suspect_since=NOW - 4, last_hb=NOW - 5.2,
+                probe=ProbeResult.OK, probe_at=NOW - 3.9, proc_state="S", proc_at=NOW - 0.2, cpu_moved_at=NOW - 6)
+    dead = [a for a in pol.decide(NOW, view(cluster(**{"rollout/1": idle}))) if isinstance(a, pol.Dead)]
+    assert dead and "no CPU use" in dead[0].signals
+    early = dataclasses.replace(idle, last_hb=NOW - 4.0)            # 4 s < hang_idle_after_s (5 s)
+    assert not any(isinstance(a, pol.Dead) for a in pol.decide(NOW, view(cluster(**{"rollout/1": early}))))
+    # using CPU (a long native call holding the interpreter): only hang_after_s (10 s) confirms
+    busy = dataclasses.replace(idle, proc_state="R", cpu_moved_at=NOW - 0.3)
+    assert not any(isinstance(a, pol.Dead) for a in pol.decide(NOW, view(cluster(**{"rollout/1": busy}))))
+    sleeping_but_busy = dataclasses.replace(idle, cpu_moved_at=NOW - 0.3)   # CPU moved since the last beat
+    assert not any(isinstance(a, pol.Dead) for a in pol.decide(NOW, view(cluster(**{"rollout/1": sleeping_but_busy}))))
+    later = NOW - 5.2 + 10.5
+    busy_late = dataclasses.replace(busy, proc_at=later - 0.2, cpu_moved_at=later - 0.3)
+    dead = [a for a in pol.decide(later, view(cluster(**{"rollout/1": busy_late}))) if isinstance(a, pol.Dead)]
+    assert dead and "hang timeout" in dead[0].signals
+
+
 def test_suspect_alive_probe_waits_for_the_hang_timeout():
     """SIGSTOP: the kernel still accepts connections, so only time (hang_after_s) confirms."""
     r1 = slot(RoleKind.ROLLOUT, 1, state=RoleState.SUSPECT, suspect_since=NOW - 2, last_hb=NOW - 3,

@@ -74,6 +74,10 @@ class Slot:
     sync_addrs: dict[str, str] = field(default_factory=dict)
     live_addr: str = ""               # the role process's liveness port (slurm_rl.liveness)
     link_lost_at: float | None = None  # when the controller's connection to it ended
+    proc_state: str = ""              # the process as its job's batch agent last saw it (P.Pulse)
+    proc_at: float | None = None
+    proc_cpu: float | None = None     # CPU seconds at cpu_moved_at
+    cpu_moved_at: float | None = None
     restarts: list[float] = field(default_factory=list)
     moving: bool = False
     reserved_for: str | None = None
@@ -114,6 +118,8 @@ class Slot:
         self.sync_addrs = {}
         self.live_addr = ""
         self.link_lost_at = None
+        self.proc_state = ""
+        self.proc_at = self.proc_cpu = self.cpu_moved_at = None
         self.moving = False
         self.stop_requested = False
         self.goodbye = False
@@ -122,6 +128,11 @@ class Slot:
         self.node = None
         self.host_id = ""
 
+
+
+# CPU seconds a process must use between pulses to count as running (a deadlocked process's idle
+# threads use a few milliseconds)
+_CPU_MOVED_S = 0.05
 
 @dataclass
 class SubmitDone:
@@ -182,7 +193,7 @@ class Controller:
             restart_budget=cfg.recovery.restart_budget, exclude_node_after=cfg.recovery.exclude_node_after,
             max_full_restarts=cfg.recovery.max_full_restarts, standby=cfg.recovery.standby,
             full_restart_policy=cfg.recovery.policy is RecoveryPolicy.FULL_RESTART,
-            spare_replicas=cfg.spare.replicas)
+            spare_replicas=cfg.spare.replicas, hang_idle_after_s=cfg.recovery.hang_idle_after_s)
         self.buffer_limit = max(1, int(cfg.algorithm.buffer_steps * cfg.algorithm.prompts_per_step))
         self.node_health: dict[str, NodeHealth] = {}
         self.full_restart_faults: list[int] = []      # faults a full restart in progress answers
@@ -342,6 +353,9 @@ class Controller:
             return self._inject(msg, now)
         if isinstance(msg, P.StopRequest):
             self._begin_stop(msg.reason, failed=False, user=True)
+            return P.Reply()
+        if isinstance(msg, P.Pulse):
+            self._pulse(msg, now)
             return P.Reply()
         ident = msg.ident
         slot = self.slots.get(ident.slot)
@@ -569,7 +583,8 @@ class Controller:
                 kind=s.kind, index=s.index, state=s.state, incarnation=s.incarnation, job_id=s.job_id, node=s.node,
                 connected=s.connected, phase=s.phase, last_hb=s.last_hb, progress_at=s.progress_at,
                 suspect_since=s.suspect_since, suspect_reason=s.suspect_reason, probe=s.probe, probe_at=s.probe_at,
-                link_lost_at=s.link_lost_at,
+                link_lost_at=s.link_lost_at, proc_state=s.proc_state, proc_at=s.proc_at,
+                cpu_moved_at=s.cpu_moved_at,
                 probe_pending=s.probe_pending, job_state=s.job.state if s.job else None,
                 job_running_since=s.job_running_since,
                 job_exit=_exit_text(s.job), node_health=self.node_health.get(s.node or "", node_health),
@@ -761,6 +776,8 @@ class Controller:
         target.host_id = standby.host_id
         target.sync_addrs = dict(standby.sync_addrs)
         target.live_addr, target.link_lost_at = standby.live_addr, standby.link_lost_at
+        target.proc_state, target.proc_at = standby.proc_state, standby.proc_at
+        target.proc_cpu, target.cpu_moved_at = standby.proc_cpu, standby.cpu_moved_at
         target.version = standby.version
         target.last_hb = standby.last_hb if standby.last_hb is not None else now
         target.progress_at = now
@@ -982,6 +999,15 @@ class Controller:
             self.event("job_ended", f"job {jid} ({slot or 'unknown role'}) ended {js.state.value}"
                        + (f" ({_exit_text(js)})" if _exit_text(js) else ""), slot=slot or None, job_id=jid,
                        data={"state": js.state.value, "exit_code": js.exit_code, "signal": js.signal})
+
+    def _pulse(self, msg: P.Pulse, now: float) -> None:
+        """The role process as its job's batch agent sees it (slurm_rl.roles.agent)."""
+        for s in self.slots.values():
+            if s.job_id == msg.job_id and s.state.alive:
+                if s.proc_cpu is None or not s.proc_cpu <= msg.cpu_s < s.proc_cpu + _CPU_MOVED_S:
+                    s.proc_cpu, s.cpu_moved_at = msg.cpu_s, now
+                s.proc_state, s.proc_at = msg.state, now
+                return
 
     def _watch(self, slot: Slot, live_addr: str) -> None:
         if slot.live_addr and slot.live_addr != live_addr:

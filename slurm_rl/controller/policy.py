@@ -12,7 +12,9 @@ Detection (role-aware):
   * a second signal confirms it DEAD: the liveness probe of its endpoint is refused or times out
     (process or node gone), its job reached a terminal Slurm state, its node is DOWN, or the
     silence outlasts `hang_after_s` (the phase timeout when shorter, and always while loading or
-    restoring): a SIGSTOPped process still accepts connections, so only time tells a hang;
+    restoring): a SIGSTOPped process still accepts connections, so only time tells a hang, unless
+    the job's batch agent, outside the role's step, sees the silent process stopped (dead at once)
+    or using no CPU for `hang_idle_after_s` (a process busy in native code gets `hang_after_s`);
   * a terminal job state or a DOWN node is conclusive on its own (the process is gone);
   * heartbeats without progress for longer than the phase timeout (a wedged main loop) are DEAD
     too, except in waiting phases (idle, waiting_for_data): waiting is never a fault;
@@ -65,6 +67,9 @@ class SlotView:
     probe_at: float | None = None
     probe_pending: bool = False
     link_lost_at: float | None = None     # the controller's idle connection to the process ended
+    proc_state: str = ""                  # the process seen by its job's batch agent: R, S, D, T...
+    proc_at: float | None = None          # when that was seen
+    cpu_moved_at: float | None = None     # last time the agent saw the process use CPU
     job_state: JobState | None = None
     job_running_since: float | None = None
     job_exit: str = ""                    # "exit 3" / "signal 9" for messages
@@ -97,6 +102,7 @@ class Thresholds:
     standby: str                          # spare-then-rollout | spare-only | none
     full_restart_policy: bool             # recovery.policy == full-restart
     spare_replicas: int
+    hang_idle_after_s: float = 5.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -243,6 +249,9 @@ def assess(now: float, s: SlotView, view: View) -> Action | None:
     if silence > silence_limit:
         return Dead(f"no heartbeat for {silence:.1f}s in phase {s.phase.value} (hang timeout {silence_limit:g}s)",
                     slot, ("heartbeat lost", "hang timeout"))
+    hung = _hung_by_agent(now, s, view, silence)
+    if hung is not None:
+        return hung
     if s.state is RoleState.SUSPECT:
         assert s.suspect_since is not None
         if s.probe is not None and s.probe_at is not None and s.probe_at >= s.suspect_since \
@@ -261,6 +270,28 @@ def assess(now: float, s: SlotView, view: View) -> Action | None:
     if not s.phase.waiting and s.progress_at is not None and now - s.progress_at > limit:
         return Dead(f"no progress for {now - s.progress_at:.1f}s in phase {s.phase.value} (timeout {limit:g}s)",
                     slot, ("heartbeat without progress", "phase timeout"))
+    return None
+
+
+def _hung_by_agent(now: float, s: SlotView, view: View, silence: float) -> Action | None:
+    """The second hang signal: what the job's batch agent saw of the silent process (slurm_rl.roles.agent).
+
+    Only while the agent's view is fresh and newer than the last heartbeat, never while loading or
+    restoring (native code may legitimately hold the interpreter and the disk), and never for a
+    job Slurm itself suspended (its processes are stopped on purpose).
+    """
+    t = view.thresholds
+    if silence <= t.suspect_after_s or s.phase in _LONG_SILENCE_OK or s.proc_at is None or s.last_hb is None:
+        return None
+    if s.proc_at <= s.last_hb or now - s.proc_at > t.suspect_after_s or s.job_state is JobState.SUSPENDED:
+        return None
+    if s.proc_state == "T":
+        return Dead(f"no heartbeat for {silence:.1f}s and its process is stopped (state T)", s.slot,
+                    ("heartbeat lost", "process stopped"))
+    idle = s.cpu_moved_at is None or s.cpu_moved_at <= s.last_hb
+    if s.proc_state != "R" and idle and silence > t.hang_idle_after_s:
+        return Dead(f"no heartbeat for {silence:.1f}s and its process used no CPU meanwhile (state "
+                    f"{s.proc_state}): hung", s.slot, ("heartbeat lost", "no CPU use"))
     return None
 
 

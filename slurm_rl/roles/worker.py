@@ -28,6 +28,20 @@ def load_run_config(run: RunDir) -> RunConfig:
     return RunConfig.model_validate(yaml.safe_load(run.config.read_text()))
 
 
+def _write_pid_file() -> None:
+    """Tell the job's batch agent (slurm_rl.roles.agent) which process to watch: the first task's."""
+    path = os.environ.get("SLURM_RL_PID_FILE")
+    if not path or os.environ.get("SLURM_PROCID", "0") != "0":
+        return
+    try:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot write %s (%s): hangs are confirmed by heartbeat silence alone", path, e)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m slurm_rl.roles.worker", description=__doc__)
     p.add_argument("run_dir")
@@ -36,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--incarnation", type=int, default=1)
     args = p.parse_args(argv)
 
+    _write_pid_file()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run = RunDir(args.run_dir)

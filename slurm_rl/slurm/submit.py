@@ -11,8 +11,10 @@ and submitted with `sbatch --parsable` through the SlurmClient, so submissions a
 every other Slurm call. The job:
   * is named `slurm-rl/<run>/<role>/<index>` (the watcher and `squeue --name` find it),
   * never requeues (`--no-requeue`): after NODE_FAIL the controller decides what restarts where,
-  * runs `exec srun ... <argv>` so the role is the job step and multi-node roles get one task
-    per node; `--kill-on-bad-exit=1` ends the whole step when one task dies,
+  * runs `exec python -m slurm_rl.roles.agent -- srun ... <argv>`: the role is job step 0 (one
+    task per node; `--kill-on-bad-exit=1` ends the whole step when one task dies) and the agent,
+    the batch step, watches the role's process from outside its step (a hang's second signal)
+    and exits exactly as srun did, so Slurm records the role's own exit code or signal,
   * writes the role's stdout+stderr to `spec.log_path`, and Slurm's own messages for the job
     (srun errors, "CANCELLED ... DUE TO NODE FAILURE") to `<log stem>.slurm.log` beside it.
 """
@@ -207,7 +209,8 @@ def render_script(spec: LaunchSpec) -> str:
     # 16-CPU role would be confined to 1 CPU on clusters that bind tasks (task/cgroup).
     srun = ["srun", "--unbuffered", "--kill-on-bad-exit=1", f"--cpus-per-task={spec.resources.cpus_per_task}",
             f"--output={spec.log_path}"]
-    command = "exec " + shlex.join([*srun, *spec.argv])
+    agent = [spec.argv[0], "-m", "slurm_rl.roles.agent", "--run-dir", str(spec.run_dir), "--"]  # argv[0]: python
+    command = "exec " + shlex.join([*agent, *srun, *spec.argv])
     # the hook submitit's own _submit_command uses; the public submit() would pickle a function
     text = executor._make_submission_file_text(command, uid="")
     user_keys = set(additional_options(spec.resources))

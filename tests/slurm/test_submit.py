@@ -73,7 +73,8 @@ def test_script_essentials(tmp_path):
     assert not any(ln.startswith("#SBATCH --signal") for ln in lines)  # submitit's USR2 would kill roles
     assert not any(ln.startswith("#SBATCH --wckey") for ln in lines)
     assert f"#SBATCH --output={submit.slurm_log_path(spec)}" in lines
-    srun = [ln for ln in lines if ln.startswith("exec srun ")]
+    # the batch step is the agent; the role is the srun step it starts
+    srun = [ln for ln in lines if ln.startswith("exec ") and " -m slurm_rl.roles.agent --run-dir " in ln and " -- srun " in ln]
     assert len(srun) == 1 and f"--output={spec.log_path}" in srun[0] and srun[0].endswith("--incarnation 2")
     assert "export NOTE='it'\"'\"'s a $test'" in lines              # quoted for the shell
 
