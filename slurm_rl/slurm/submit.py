@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import submitit
@@ -209,7 +210,10 @@ def render_script(spec: LaunchSpec) -> str:
     # 16-CPU role would be confined to 1 CPU on clusters that bind tasks (task/cgroup).
     srun = ["srun", "--unbuffered", "--kill-on-bad-exit=1", f"--cpus-per-task={spec.resources.cpus_per_task}",
             f"--output={spec.log_path}"]
-    agent = [spec.argv[0], "-m", "slurm_rl.roles.agent", "--run-dir", str(spec.run_dir), "--"]  # argv[0]: python
+    # the agent runs on the role's python (the worker's argv[0]); a role command that is not a
+    # python (a test's `sleep`) gets this process's
+    python = spec.argv[0] if Path(spec.argv[0]).name.startswith("python") else sys.executable
+    agent = [python, "-m", "slurm_rl.roles.agent", "--run-dir", str(spec.run_dir), "--"]
     command = "exec " + shlex.join([*agent, *srun, *spec.argv])
     # the hook submitit's own _submit_command uses; the public submit() would pickle a function
     text = executor._make_submission_file_text(command, uid="")
