@@ -71,7 +71,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = Path(args.runs_dir or tempfile.mkdtemp(prefix="slurm-rl-shots-"))
     cli("launch", "configs/demo.yaml", "--name", "shots", "--detach", "--set", f"runs_dir={runs_dir}",
-        "--set", "algorithm.steps=100000")
+        "--set", "algorithm.steps=100000",
+        # the SUSPECT view needs the 10-s silence window: with the process state on, a stopped
+        # trainer is DEAD after 1 s, too soon to catch it suspect
+        "--set", "recovery.process_state=false")
     run = RunDir(runs_dir / "shots")
     try:
         wait(lambda: (r := roles(run)) and all(x["state"] == "READY" for x in r.values())

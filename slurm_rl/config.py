@@ -229,7 +229,10 @@ class RecoveryConfig(_Section):
     hang_idle_after_s: float = Field(
         default=5.0, gt=0, description="heartbeat silence that confirms a hang when the role's batch-step agent "
         "sees its process use no CPU meanwhile (deadlocked, or stuck in the kernel); a process it sees stopped "
-        "(state T) is dead at once, one using CPU gets hang_after_s (Slurm jobs only: local jobs have no agent)")
+        "(state T) is dead at once, one using CPU gets hang_after_s")
+    process_state: bool = Field(
+        default=True, description="confirm hangs with the role process's state as its job's batch agent (Slurm) or "
+        "the local backend sees it (stopped: dead at once; no CPU: hang_idle_after_s); off: heartbeat silence only")
     probe_timeout_s: float = Field(default=1.0, gt=0)
     restart_budget: int = Field(default=5, ge=0, description="restarts of one role slot within budget_window_s")
     budget_window_s: float = Field(default=600.0, gt=0)

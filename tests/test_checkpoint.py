@@ -229,12 +229,14 @@ def test_trainer_restores_past_a_corrupted_newest_checkpoint(tmp_path):
     checkpoints, finds the newest corrupted, says so, uses the previous one, and training goes on."""
     run = runs.launch(tmp_path, "algorithm.steps=100000", "spare.replicas=0", "rollout.replicas=1",
                       "trainer.checkpoint_every=5", "trainer.keep_checkpoints=4",
-                      "recovery.phase_timeouts.stepping=30", name="ckc")
+                      "recovery.phase_timeouts.stepping=30", "recovery.process_state=false", name="ckc")
     try:
         runs.wait_ready(run)
         runs.wait_for(lambda: len([s for s in _checkpoint_steps(run) if s <= runs.committed(run)]) >= 2, 90,
                       "two committed checkpoints", run)
-        runs.inject(run, "trainer/0", "hang")          # freeze it: no newer checkpoint appears meanwhile
+        # freeze it: no newer checkpoint appears meanwhile (process_state off: a stopped trainer must
+        # not be declared dead before the crash below)
+        runs.inject(run, "trainer/0", "hang")
         time.sleep(0.5)
         c = runs.committed(run)
         victim = max(s for s in _checkpoint_steps(run) if s <= c)
@@ -264,7 +266,8 @@ def test_full_restart_past_a_corrupted_newest_checkpoint(tmp_path):
     corrupted, so the run must restart from the one before it and train on."""
     run = runs.launch(tmp_path, "algorithm.steps=100000", "recovery.policy=full-restart", "spare.replicas=0",
                       "rollout.replicas=1", "trainer.checkpoint_every=5", "trainer.keep_checkpoints=4",
-                      "recovery.max_full_restarts=4", "recovery.phase_timeouts.stepping=30", name="ckf")
+                      "recovery.max_full_restarts=4", "recovery.phase_timeouts.stepping=30",
+                      "recovery.process_state=false", name="ckf")
     try:
         runs.wait_ready(run)
         runs.wait_for(lambda: len(_checkpoint_steps(run)) >= 3, 90, "three checkpoints", run)

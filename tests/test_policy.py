@@ -79,6 +79,12 @@ def test_a_lost_liveness_link_makes_suspect_at_once_and_a_refused_probe_confirms
     # the link ended but the process answers and keeps beating (a network blip): cleared
     t = dataclasses.replace(t, probe=ProbeResult.OK, last_hb=NOW + 0.3)
     assert kinds(pol.decide(NOW + 0.4, view(cluster(**{"trainer/0": t})))) == ["Clear"]
+    # the probe still connects (a child holding the port) but nothing was heard since the link
+    # closed: gone once the silence passes the suspect threshold, not only at the hang timeout
+    t = dataclasses.replace(t, probe=ProbeResult.OK, last_hb=NOW - 0.1)
+    assert not any(isinstance(a, pol.Dead) for a in pol.decide(NOW + 0.5, view(cluster(**{"trainer/0": t}))))
+    dead = [a for a in pol.decide(NOW + 1.0, view(cluster(**{"trainer/0": t}))) if isinstance(a, pol.Dead)]
+    assert dead and "liveness link closed" in dead[0].signals
 
 
 def test_a_silent_process_its_agent_sees_stopped_is_dead_at_once():

@@ -91,9 +91,20 @@ def test_trainer_crash_restored_from_standby_at_committed_step(run_factory):
     runs.stop_and_audit(run)
 
 
+def test_hung_rollout_is_found_stopped_as_soon_as_it_is_suspect(run_factory):
+    run = run_factory()
+    t = runs.inject(run, "rollout/0", "hang")
+    runs.wait_for(lambda: recovered(run, "rollout/0"), 30, "hung rollout replaced", run)
+    dead = [e for e in runs.events(run, "dead") if e["slot"] == "rollout/0"][0]
+    # silent for the suspect threshold (1 s) and its process seen stopped: no need to wait 10 s
+    assert dead["t"] - t < 2.5 and "stopped (state T)" in dead["msg"], dict(dead)
+    runs.stop_and_audit(run)
+
+
 def test_hung_rollout_is_found_by_its_phase_timeout(run_factory):
+    # without the process state, only the silence tells: the phase timeout (4 s here)
     run = run_factory("recovery.phase_timeouts.generating=4", "recovery.phase_timeouts.idle=4",
-                      "recovery.phase_timeouts.syncing_weights=4")
+                      "recovery.phase_timeouts.syncing_weights=4", "recovery.process_state=false")
     t = runs.inject(run, "rollout/0", "hang")
     runs.wait_for(lambda: [e for e in runs.events(run, "suspect") if e["slot"] == "rollout/0"], 10, "suspect", run)
     runs.wait_for(lambda: recovered(run, "rollout/0"), 30, "hung rollout replaced", run)

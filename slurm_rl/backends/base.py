@@ -65,6 +65,10 @@ class JobStatus:
     exit_code: int | None = None     # process exit code when it ended normally (3 for `exit 3`)
     signal: int | None = None        # signal that ended it (9 for SIGKILL)
     reason: str = ""
+    # the role process seen directly, where the backend can (local jobs); Slurm jobs send theirs
+    # through the batch agent (slurm_rl.roles.agent) instead
+    proc_state: str = ""             # /proc state letter: R, S, D, T ...
+    cpu_s: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

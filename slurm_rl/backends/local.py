@@ -1,6 +1,7 @@
 """The embedded default backend: role jobs are local process groups spread over fake nodes.
 
-The same controller and recovery code run on it as on Slurm. Jobs get Slurm-like states
+The same controller and recovery code run on it as on Slurm. Its job poll also reads each role
+process's /proc state and CPU time (what a Slurm job's batch agent reports), for hang detection. Jobs get Slurm-like states
 (RUNNING, COMPLETED, FAILED with an exit code or a signal, CANCELLED), and a handful of named
 fake nodes (`local1..localN`) let node faults be exercised on a laptop: `node-down` kills every
 role job on the node and keeps it DOWN for `local.node_down_s`; `drain` marks it DRAIN.
@@ -27,6 +28,7 @@ import psutil
 from slurm_rl.backends.base import Backend, JobStatus, LaunchSpec, NodeStatus, Snapshot
 from slurm_rl.config import LocalConfig
 from slurm_rl.errors import BackendError
+from slurm_rl.roles.agent import proc_state
 from slurm_rl.states import FaultKind, JobState, NodeHealth
 
 log = logging.getLogger("slurm_rl.backends.local")
@@ -156,7 +158,9 @@ class LocalBackend(Backend):
         if j.proc is not None:
             rc = j.proc.poll()
             if rc is None:
-                return JobStatus(j.job_id, JobState.RUNNING, (j.node,))
+                st = proc_state(j.pid)
+                return JobStatus(j.job_id, JobState.RUNNING, (j.node,), proc_state=st[0] if st else "",
+                                 cpu_s=st[1] if st else None)
             if j.cancelled:
                 return JobStatus(j.job_id, JobState.CANCELLED, (j.node,), exit_code=None, signal=-rc if rc < 0 else None)
             if rc < 0:

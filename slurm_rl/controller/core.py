@@ -193,7 +193,8 @@ class Controller:
             restart_budget=cfg.recovery.restart_budget, exclude_node_after=cfg.recovery.exclude_node_after,
             max_full_restarts=cfg.recovery.max_full_restarts, standby=cfg.recovery.standby,
             full_restart_policy=cfg.recovery.policy is RecoveryPolicy.FULL_RESTART,
-            spare_replicas=cfg.spare.replicas, hang_idle_after_s=cfg.recovery.hang_idle_after_s)
+            spare_replicas=cfg.spare.replicas, hang_idle_after_s=cfg.recovery.hang_idle_after_s,
+            use_process_state=cfg.recovery.process_state)
         self.buffer_limit = max(1, int(cfg.algorithm.buffer_steps * cfg.algorithm.prompts_per_step))
         self.node_health: dict[str, NodeHealth] = {}
         self.full_restart_faults: list[int] = []      # faults a full restart in progress answers
@@ -204,6 +205,7 @@ class Controller:
         self.ckpt_checked: dict[int, str] = {}        # checkpoint step -> problem ('' intact)
         self.ckpt_reported: set[int] = set()
         self.job_slots: dict[str, str] = {}           # job id -> slot it was started for
+        self._pulse_slots: dict[str, str] = {}        # job id -> slot holding it now (cache)
         self.poll_interval = cfg.controller.poll_interval_s or (0.2 if backend.name == "local" else 2.0)
 
     # ================================================================== lifecycle
@@ -973,6 +975,8 @@ class Controller:
                 continue
             changed = s.job is None or s.job.state != js.state
             s.job = js
+            if js.proc_state and js.cpu_s is not None:
+                self._pulse(P.Pulse(job_id=js.job_id, pid=0, state=js.proc_state, cpu_s=js.cpu_s), time.time())
             if js.state is JobState.RUNNING and s.job_running_since is None:
                 s.job_running_since = time.time()
             if js.nodes and not s.node:
@@ -1002,12 +1006,16 @@ class Controller:
 
     def _pulse(self, msg: P.Pulse, now: float) -> None:
         """The role process as its job's batch agent sees it (slurm_rl.roles.agent)."""
-        for s in self.slots.values():
-            if s.job_id == msg.job_id and s.state.alive:
-                if s.proc_cpu is None or not s.proc_cpu <= msg.cpu_s < s.proc_cpu + _CPU_MOVED_S:
-                    s.proc_cpu, s.cpu_moved_at = msg.cpu_s, now
-                s.proc_state, s.proc_at = msg.state, now
-                return
+        s = self.slots.get(self._pulse_slots.get(msg.job_id, ""))
+        if s is None or s.job_id != msg.job_id:     # first pulse, or the job changed slots (a promotion)
+            s = next((x for x in self.slots.values() if x.job_id == msg.job_id), None)
+            if s is not None:
+                self._pulse_slots[msg.job_id] = s.name
+        if s is None or not s.state.alive:
+            return                                   # a job no live role holds (ended, replaced)
+        if s.proc_cpu is None or not s.proc_cpu <= msg.cpu_s < s.proc_cpu + _CPU_MOVED_S:
+            s.proc_cpu, s.cpu_moved_at = msg.cpu_s, now
+        s.proc_state, s.proc_at = msg.state, now
 
     def _watch(self, slot: Slot, live_addr: str) -> None:
         if slot.live_addr and slot.live_addr != live_addr:

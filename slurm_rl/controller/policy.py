@@ -103,6 +103,7 @@ class Thresholds:
     full_restart_policy: bool             # recovery.policy == full-restart
     spare_replicas: int
     hang_idle_after_s: float = 5.0
+    use_process_state: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -254,6 +255,12 @@ def assess(now: float, s: SlotView, view: View) -> Action | None:
         return hung
     if s.state is RoleState.SUSPECT:
         assert s.suspect_since is not None
+        if s.link_lost_at is not None and s.last_hb <= s.link_lost_at and silence > view.thresholds.suspect_after_s:
+            # its kernel closed the connection (the process exited) and it has said nothing since:
+            # gone, even if its port still answers a probe (a child that inherited the socket, a
+            # port reused); a link cut under a live process is followed by heartbeats (cleared)
+            return Dead(f"its liveness connection closed and no heartbeat for {silence:.1f}s since", slot,
+                        ("liveness link closed", "heartbeat lost"))
         if s.probe is not None and s.probe_at is not None and s.probe_at >= s.suspect_since \
                 and s.probe.confirms_death:
             return Dead(f"{s.suspect_reason} and its endpoint is {'unreachable' if s.probe is ProbeResult.TIMEOUT else 'closed'}",
@@ -281,7 +288,7 @@ def _hung_by_agent(now: float, s: SlotView, view: View, silence: float) -> Actio
     job Slurm itself suspended (its processes are stopped on purpose).
     """
     t = view.thresholds
-    if silence <= t.suspect_after_s or s.phase in _LONG_SILENCE_OK or s.proc_at is None or s.last_hb is None:
+    if not t.use_process_state or silence <= t.suspect_after_s or s.phase in _LONG_SILENCE_OK or s.proc_at is None or s.last_hb is None:
         return None
     if s.proc_at <= s.last_hb or now - s.proc_at > t.suspect_after_s or s.job_state is JobState.SUSPENDED:
         return None
