@@ -92,8 +92,9 @@ def test_a_silent_process_its_agent_sees_stopped_is_dead_at_once():
     t = slot(RoleKind.TRAINER, last_hb=NOW - 1.3, proc_state="T", proc_at=NOW - 0.1, cpu_moved_at=NOW - 1.4)
     dead = [a for a in pol.decide(NOW, view(cluster(**{"trainer/0": t}))) if isinstance(a, pol.Dead)]
     assert dead and dead[0].slot == "trainer/0" and "process stopped" in dead[0].signals
-    # not before it is even suspect, not on a stale view, not while restoring, not if Slurm suspended it
-    for over in (dict(last_hb=NOW - 0.5), dict(proc_at=NOW - 1.35), dict(proc_at=NOW - 2.0),
+    # not before two heartbeats are missed, not on a view older than the silence or stale, not while
+    # restoring, not if Slurm suspended it
+    for over in (dict(last_hb=NOW - 0.4), dict(proc_at=NOW - 1.35), dict(proc_at=NOW - 2.0),
                  dict(phase=Phase.RESTORING), dict(job_state=JobState.SUSPENDED)):
         v = dataclasses.replace(t, **over)
         acts = pol.decide(NOW, view(cluster(**{"trainer/0": v})))

@@ -145,8 +145,8 @@ def test_hang_and_exit_code_on_slurm(slurm_run):
     t = runs.inject(run, "rollout/0", "hang")
     runs.wait_for(lambda: recovered(run, "rollout/0"), 60, "hung rollout/0 replaced", run)
     dead = [e for e in runs.events(run, "dead") if e["slot"] == "rollout/0"][0]
-    # the job's batch agent, outside the stopped step, sees the silent process stopped: dead once it
-    # is suspect (1 s of silence), long before the 5-s phase timeout
+    # the job's batch agent, outside the stopped step, sees the silent process stopped: dead after
+    # two missed heartbeats, long before the 5-s phase timeout
     assert dead["t"] - t < 3.0 and "stopped (state T)" in dead["msg"], dict(dead)
     runs.wait_for(lambda: runs.role(run, "spare/0")["state"] == "READY", 120, "spare backfilled", run)
     runs.inject(run, "rollout/1", "exit:3")

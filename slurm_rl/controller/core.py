@@ -194,7 +194,8 @@ class Controller:
             max_full_restarts=cfg.recovery.max_full_restarts, standby=cfg.recovery.standby,
             full_restart_policy=cfg.recovery.policy is RecoveryPolicy.FULL_RESTART,
             spare_replicas=cfg.spare.replicas, hang_idle_after_s=cfg.recovery.hang_idle_after_s,
-            use_process_state=cfg.recovery.process_state)
+            use_process_state=cfg.recovery.process_state,
+            stopped_after_s=2 * cfg.recovery.heartbeat_interval_s)
         self.buffer_limit = max(1, int(cfg.algorithm.buffer_steps * cfg.algorithm.prompts_per_step))
         self.node_health: dict[str, NodeHealth] = {}
         self.full_restart_faults: list[int] = []      # faults a full restart in progress answers

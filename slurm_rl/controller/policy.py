@@ -104,6 +104,7 @@ class Thresholds:
     spare_replicas: int
     hang_idle_after_s: float = 5.0
     use_process_state: bool = True
+    stopped_after_s: float = 0.5          # silence that, with the process seen stopped, is a hang
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -288,15 +289,16 @@ def _hung_by_agent(now: float, s: SlotView, view: View, silence: float) -> Actio
     job Slurm itself suspended (its processes are stopped on purpose).
     """
     t = view.thresholds
-    if not t.use_process_state or silence <= t.suspect_after_s or s.phase in _LONG_SILENCE_OK or s.proc_at is None or s.last_hb is None:
+    if not t.use_process_state or silence <= t.stopped_after_s or s.phase in _LONG_SILENCE_OK \
+            or s.proc_at is None or s.last_hb is None:
         return None
     if s.proc_at <= s.last_hb or now - s.proc_at > t.suspect_after_s or s.job_state is JobState.SUSPENDED:
         return None
-    if s.proc_state == "T":
+    if s.proc_state == "T":       # it cannot run until someone continues it, and missed two heartbeats
         return Dead(f"no heartbeat for {silence:.1f}s and its process is stopped (state T)", s.slot,
                     ("heartbeat lost", "process stopped"))
     idle = s.cpu_moved_at is None or s.cpu_moved_at <= s.last_hb
-    if s.proc_state != "R" and idle and silence > t.hang_idle_after_s:
+    if s.proc_state != "R" and idle and silence > max(t.hang_idle_after_s, t.suspect_after_s):
         return Dead(f"no heartbeat for {silence:.1f}s and its process used no CPU meanwhile (state "
                     f"{s.proc_state}): hung", s.slot, ("heartbeat lost", "no CPU use"))
     return None

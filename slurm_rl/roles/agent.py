@@ -7,7 +7,7 @@ signal), so Slurm records the role's own outcome as before.
 
 While the role runs, the agent reads the role process's state from /proc (the role's first task
 writes its pid to `$SLURM_RL_PID_FILE`, which the agent sets) and sends it to the controller as a
-`Pulse` twice a second: the scheduler state letter (R running, S sleeping, D in the kernel,
+`Pulse` four times a second: the scheduler state letter (R running, S sleeping, D in the kernel,
 T stopped) and the CPU time used. That is the second signal a hang needs. Heartbeat silence alone
 cannot tell a role that is stuck from one that is busy holding the interpreter; with the pulse:
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default=os.environ.get("SLURM_RL_RUN_DIR", ""),
                    help="the run's directory (its controller address and keys; the pid file goes under slurm/)")
-    p.add_argument("--interval", type=float, default=0.5, help="seconds between pulses")
+    p.add_argument("--interval", type=float, default=0.25, help="seconds between pulses")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- srun ... (the role's step)")
     args = p.parse_args(argv)
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command

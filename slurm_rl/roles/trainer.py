@@ -36,8 +36,10 @@ def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Comma
     alg = cfg.algorithm
     t_promoted = time.time()
     # a promoted rollout/spare frees its engine for the trainer: before building it on a GPU (the
-    # trainer needs the memory), while training on a CPU (the teardown takes seconds)
-    host.close_engine(background=resolve_device(cfg.trainer.device) == "cpu")
+    # trainer needs the memory); on a CPU once the trainer is restored, on a thread while it trains
+    # (the teardown takes seconds of interpreter time that would otherwise slow the restore)
+    if resolve_device(cfg.trainer.device) != "cpu":
+        host.close_engine()
     rt.set_phase(Phase.RESTORING if resume_step > 0 else Phase.LOADING, f"step {resume_step}")
     trainer, staged = host.take_trainer()
     ckpt = Checkpointer(rt.run.checkpoints, cfg.trainer.keep_checkpoints)
@@ -53,6 +55,7 @@ def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Comma
         # holder pulls it, a checkpoint is what keeps that step if this trainer dies too
         assert rt.held is not None
         ckpt.save_async(version, rt.held.tensors(), copy.deepcopy(trainer.optimizer_state()), {"wepoch": wepoch})
+    host.close_engine(background=True)
     try:
         while version < alg.steps:
             _report_checkpoints(rt, ckpt)
