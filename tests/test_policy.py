@@ -344,3 +344,33 @@ def test_moving_role_that_dies_uses_its_reserved_spare():
     sp = slot(RoleKind.SPARE, 0, reserved_for="rollout/0")
     acts = pol.decide(NOW, view(cluster(**{"rollout/0": r0, "spare/0": sp})))
     assert kinds(acts)[:2] == ["Dead", "PromoteSpare"] and acts[1].spare == "spare/0"
+
+
+def test_a_trainer_restore_waits_for_a_standby_on_its_own_node_to_be_heard_from():
+    """Node-down kills the trainer and a rollout beside it; the trainer is found first. Promoting that
+    rollout (about to be found dead too) would lose the restore: wait until it is heard from."""
+    dead_t = slot(RoleKind.TRAINER, node="n3", state=RoleState.SUSPECT, suspect_since=NOW - 0.1,
+                  link_lost_at=NOW - 0.12, last_hb=NOW - 0.2, probe=ProbeResult.REFUSED, probe_at=NOW - 0.05)
+    neighbour = slot(RoleKind.ROLLOUT, 1, node="n3", last_hb=NOW - 0.2, version=5)
+    other = slot(RoleKind.ROLLOUT, 0, node="n1", last_hb=NOW - 0.1, version=4)
+    no_spare = slot(RoleKind.SPARE, 0, state=RoleState.PENDING, connected=False, last_hb=None, job_state=None)
+    slots = {"trainer/0": dead_t, "rollout/0": other, "rollout/1": neighbour, "spare/0": no_spare}
+    assert pol.decide(NOW, view(cluster(**slots))) == []                  # not yet: wait for the neighbour
+    # it answered after the death: alive, and the freshest standby, so it is the one promoted
+    heard = dataclasses.replace(neighbour, last_hb=NOW + 0.1)
+    acts = pol.decide(NOW + 0.15, view(cluster(**(slots | {"rollout/1": heard}))))
+    promote = [a for a in acts if isinstance(a, pol.PromoteTrainer)]
+    assert "Dead" in kinds(acts) and promote and promote[0].standby == "rollout/1"
+    # silent past the wait (dead with its node, its own death not yet confirmed): the other one
+    acts = pol.decide(NOW + 0.6, view(cluster(**slots)))
+    promote = [a for a in acts if isinstance(a, pol.PromoteTrainer)]
+    assert promote and promote[0].standby == "rollout/0"
+
+
+def test_a_dead_rollout_prefers_a_spare_off_its_node_among_equals():
+    dead_r = slot(RoleKind.ROLLOUT, 1, node="n3", last_hb=NOW - 20, job_state=JobState.FAILED)
+    near = slot(RoleKind.SPARE, 0, node="n3", version=5)
+    far = slot(RoleKind.SPARE, 1, node="n2", version=5)
+    acts = pol.decide(NOW, view(cluster(far, **{"rollout/1": dead_r, "spare/0": near})))
+    promote = [a for a in acts if isinstance(a, pol.PromoteSpare)]
+    assert promote and promote[0].spare == "spare/1"

@@ -321,11 +321,36 @@ class _Pool:
         self.rollouts = sorted((s for s in live if s.kind is RoleKind.ROLLOUT and s.ready),
                                key=lambda s: (-s.version, s.index))
 
-    def take_spare(self) -> SlotView | None:
-        return self.spares.pop(0) if self.spares else None
+    def take_spare(self, avoid_node: str | None = None, *, peek: bool = False) -> SlotView | None:
+        return self._take(self.spares, avoid_node, peek)
 
-    def take_rollout(self) -> SlotView | None:
-        return self.rollouts.pop(0) if self.rollouts else None
+    def take_rollout(self, avoid_node: str | None = None, *, peek: bool = False) -> SlotView | None:
+        return self._take(self.rollouts, avoid_node, peek)
+
+    @staticmethod
+    def _take(pool: list[SlotView], avoid_node: str | None, peek: bool) -> SlotView | None:
+        """The best standby (newest weights), among equals one off `avoid_node`: a fault that took
+        a node's role may be taking the node's other roles too (found a moment later)."""
+        if not pool:
+            return None
+        i = next((i for i, s in enumerate(pool) if s.version == pool[0].version
+                  and (not avoid_node or s.node != avoid_node)), 0)
+        return pool[i] if peek else pool.pop(i)
+
+
+# how long a trainer's restore waits for a standby on the dead trainer's own node to be heard from
+# after the death (its next heartbeat is due within one interval): if the node itself failed, the
+# standby is gone too and is found dead meanwhile instead of being promoted
+_COLOCATED_WAIT_S = 0.5
+
+
+def _unconfirmed_neighbour(now: float, dead: SlotView, standby: SlotView | None) -> bool:
+    if standby is None or not dead.node or standby.node != dead.node or standby.last_hb is None:
+        return False
+    if dead.job_state is not None and dead.job_state.terminal:
+        return False            # its own job ended: the process died, nothing says the node did
+    seen = max((t for t in (dead.link_lost_at, dead.suspect_since) if t is not None), default=None)
+    return seen is not None and standby.last_hb <= seen and now - seen < _COLOCATED_WAIT_S
 
 
 
@@ -359,6 +384,12 @@ def decide(now: float, view: View) -> list[Action]:
     failures = dict(view.node_failures)
     excluded = set(view.excluded_nodes)
     for s, d in deaths:
+        if s.kind is RoleKind.TRAINER and t.standby != "none":
+            first = _reserved(by_slot, s.slot) or pool.take_spare(s.node, peek=True)
+            if first is None and t.standby == "spare-then-rollout":
+                first = pool.take_rollout(s.node, peek=True)
+            if _unconfirmed_neighbour(now, s, first):
+                continue              # decided again next tick, once the neighbour is heard from or dead
         actions.append(d)
         if s.restarts_in_window >= t.restart_budget:
             return actions + _full_restart(
@@ -370,16 +401,16 @@ def decide(now: float, view: View) -> list[Action]:
                 actions.append(ExcludeNode(f"{failures[s.node]} role failures on {s.node}", s.node))
         avoid = tuple(sorted(excluded | ({s.node} if s.node else set())))
         if s.kind is RoleKind.ROLLOUT:
-            spare = _reserved(by_slot, s.slot) or pool.take_spare()
+            spare = _reserved(by_slot, s.slot) or pool.take_spare(s.node)
             if spare is not None:
                 actions.append(PromoteSpare(f"replace dead {s.slot} with warm {spare.slot}", spare.slot, s.slot))
                 actions += _backfill(spare, t, avoid)
             else:
                 actions.append(Submit(f"replace dead {s.slot} (no warm spare)", s.slot, avoid))
         elif s.kind is RoleKind.TRAINER:
-            standby = _reserved(by_slot, s.slot) or (pool.take_spare() if t.standby != "none" else None)
+            standby = _reserved(by_slot, s.slot) or (pool.take_spare(s.node) if t.standby != "none" else None)
             if standby is None and t.standby == "spare-then-rollout":
-                standby = pool.take_rollout()
+                standby = pool.take_rollout(s.node)
             if standby is not None:
                 actions.append(PromoteTrainer(f"restore trainer on warm {standby.slot} at committed step "
                                               f"{view.committed_version}", standby.slot, view.committed_version))
