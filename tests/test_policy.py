@@ -374,3 +374,30 @@ def test_a_dead_rollout_prefers_a_spare_off_its_node_among_equals():
     acts = pol.decide(NOW, view(cluster(far, **{"rollout/1": dead_r, "spare/0": near})))
     promote = [a for a in acts if isinstance(a, pol.PromoteSpare)]
     assert promote and promote[0].spare == "spare/1"
+
+
+def test_the_controller_clears_a_suspect_back_to_the_state_it_had():
+    """A spare that went quiet while still loading its engine and then beat again is still loading:
+    it must not come back READY (it was once promoted as a warm standby, and the restore waited
+    for its engine)."""
+    from slurm_rl.controller.core import Controller, Slot
+
+    class _Null:
+        def submit(self, *a, **k):
+            pass
+
+        watch = submit
+
+    ctl = Controller.__new__(Controller)
+    ctl.slots = {"spare/0": Slot(kind=RoleKind.SPARE, index=0, state=RoleState.STARTING, connected=True,
+                                 phase=Phase.LOADING),
+                 "rollout/0": Slot(kind=RoleKind.ROLLOUT, index=0, state=RoleState.READY, connected=True,
+                                   phase=Phase.GENERATING)}
+    ctl.prober, ctl.links, ctl._dirty = _Null(), _Null(), False
+    ctl.event = lambda *a, **k: None
+    for name in ctl.slots:
+        ctl._apply(pol.Suspect("no heartbeat for 1.1s", name), NOW)
+        assert ctl.slots[name].state is RoleState.SUSPECT
+        ctl._apply(pol.Clear("heartbeats resumed", name), NOW + 0.5)
+    assert ctl.slots["spare/0"].state is RoleState.STARTING
+    assert ctl.slots["rollout/0"].state is RoleState.READY

@@ -65,6 +65,7 @@ class Slot:
     progress_at: float | None = None
     suspect_since: float | None = None
     suspect_reason: str = ""
+    state_before_suspect: RoleState = RoleState.STARTING
     probe: pol.ProbeResult | None = None
     probe_at: float | None = None
     probe_pending: bool = False
@@ -603,6 +604,7 @@ class Controller:
         log.info("action %s: %s", type(a).__name__, a.reason)
         if isinstance(a, pol.Suspect):
             s = self.slots[a.slot]
+            s.state_before_suspect = s.state if s.state is not RoleState.SUSPECT else s.state_before_suspect
             s.state = RoleState.SUSPECT
             s.suspect_since = now
             s.suspect_reason = a.reason
@@ -612,7 +614,9 @@ class Controller:
             self._probe(self.slots[a.slot])
         elif isinstance(a, pol.Clear):
             s = self.slots[a.slot]
-            s.state = RoleState.READY if s.connected else RoleState.STARTING
+            # back to what it was: a role still loading when it went quiet is not READY (a spare
+            # cleared mid-load was once promoted as a warm standby and the restore waited for its engine)
+            s.state = s.state_before_suspect if s.connected else RoleState.STARTING
             s.suspect_since = None
             if s.link_lost_at is not None:         # alive after all: watch it again
                 s.link_lost_at = None
