@@ -92,10 +92,13 @@ def test_a_silent_process_its_agent_sees_stopped_is_dead_at_once():
     t = slot(RoleKind.TRAINER, last_hb=NOW - 1.3, proc_state="T", proc_at=NOW - 0.1, cpu_moved_at=NOW - 1.4)
     dead = [a for a in pol.decide(NOW, view(cluster(**{"trainer/0": t}))) if isinstance(a, pol.Dead)]
     assert dead and dead[0].slot == "trainer/0" and "process stopped" in dead[0].signals
-    # not before two heartbeats are missed, not on a view older than the silence or stale, not while
-    # restoring, not if Slurm suspended it
+    # stopped is hung in any phase, loading included
+    loading = dataclasses.replace(t, phase=Phase.LOADING)
+    assert any(isinstance(a, pol.Dead) for a in pol.decide(NOW, view(cluster(**{"trainer/0": loading}))))
+    # not before two heartbeats are missed, not on a view older than the silence or stale, not if
+    # Slurm suspended it
     for over in (dict(last_hb=NOW - 0.4), dict(proc_at=NOW - 1.35), dict(proc_at=NOW - 2.0),
-                 dict(phase=Phase.RESTORING), dict(job_state=JobState.SUSPENDED)):
+                 dict(job_state=JobState.SUSPENDED)):
         v = dataclasses.replace(t, **over)
         acts = pol.decide(NOW, view(cluster(**{"trainer/0": v})))
         assert not any(isinstance(a, pol.Dead) for a in acts), over
@@ -111,6 +114,8 @@ def test_a_silent_process_using_no_cpu_is_hung_after_hang_idle_but_a_busy_one_wa
     # using CPU (a long native call holding the interpreter): only hang_after_s (10 s) confirms
     busy = dataclasses.replace(idle, proc_state="R", cpu_moved_at=NOW - 0.3)
     assert not any(isinstance(a, pol.Dead) for a in pol.decide(NOW, view(cluster(**{"rollout/1": busy}))))
+    restoring = dataclasses.replace(idle, phase=Phase.RESTORING)    # may sleep on a slow file system
+    assert not any(isinstance(a, pol.Dead) for a in pol.decide(NOW, view(cluster(**{"rollout/1": restoring}))))
     sleeping_but_busy = dataclasses.replace(idle, cpu_moved_at=NOW - 0.3)   # CPU moved since the last beat
     assert not any(isinstance(a, pol.Dead) for a in pol.decide(NOW, view(cluster(**{"rollout/1": sleeping_but_busy}))))
     later = NOW - 5.2 + 10.5

@@ -284,13 +284,13 @@ def assess(now: float, s: SlotView, view: View) -> Action | None:
 def _hung_by_agent(now: float, s: SlotView, view: View, silence: float) -> Action | None:
     """The second hang signal: what the job's batch agent saw of the silent process (slurm_rl.roles.agent).
 
-    Only while the agent's view is fresh and newer than the last heartbeat, never while loading or
-    restoring (native code may legitimately hold the interpreter and the disk), and never for a
-    job Slurm itself suspended (its processes are stopped on purpose).
+    Only while the agent's view is fresh and newer than the last heartbeat, and never for a job
+    Slurm itself suspended (its processes are stopped on purpose). A stopped process is hung in
+    any phase; "no CPU" is not used while loading or restoring (reading a model from a slow file
+    system legitimately sleeps in the kernel with the interpreter held).
     """
     t = view.thresholds
-    if not t.use_process_state or silence <= t.stopped_after_s or s.phase in _LONG_SILENCE_OK \
-            or s.proc_at is None or s.last_hb is None:
+    if not t.use_process_state or silence <= t.stopped_after_s or s.proc_at is None or s.last_hb is None:
         return None
     if s.proc_at <= s.last_hb or now - s.proc_at > t.suspect_after_s or s.job_state is JobState.SUSPENDED:
         return None
@@ -298,7 +298,8 @@ def _hung_by_agent(now: float, s: SlotView, view: View, silence: float) -> Actio
         return Dead(f"no heartbeat for {silence:.1f}s and its process is stopped (state T)", s.slot,
                     ("heartbeat lost", "process stopped"))
     idle = s.cpu_moved_at is None or s.cpu_moved_at <= s.last_hb
-    if s.proc_state != "R" and idle and silence > max(t.hang_idle_after_s, t.suspect_after_s):
+    if s.proc_state != "R" and idle and silence > max(t.hang_idle_after_s, t.suspect_after_s) \
+            and s.phase not in _LONG_SILENCE_OK:
         return Dead(f"no heartbeat for {silence:.1f}s and its process used no CPU meanwhile (state "
                     f"{s.proc_state}): hung", s.slot, ("heartbeat lost", "no CPU use"))
     return None
