@@ -10,6 +10,7 @@ import time
 
 from slurm_rl.roles.agent import proc_state
 
+
 def agent(code: str, tmp_path, **kw) -> subprocess.Popen:
     env = dict(os.environ, SLURM_JOB_ID="4242")
     (tmp_path / "slurm").mkdir(exist_ok=True)

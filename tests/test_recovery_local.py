@@ -81,9 +81,11 @@ def test_trainer_crash_restored_from_standby_at_committed_step(run_factory):
     assert resumed_at >= before                                          # nothing committed is lost
     runs.wait_for(lambda: runs.role(run, "trainer/0")["job_id"] == spare_job, 5,
                   "the warm spare's job to hold trainer/0", run)
-    # the spare built its trainer while standing by: the promotion reused it
+    # the spare built its trainer while standing by: the promotion reused it (the weights are the
+    # spare's own, or, when its eager pull was a step behind the fast demo trainer, a live holder's)
     data = json.loads(runs.events(run, "trainer_restore")[-1]["data"])
-    assert data["staged"] == "yes" and data["weights"] == "weights already held by this standby", data
+    assert data["staged"] == "yes", data
+    assert data["weights"] in ("weights already held by this standby", "a live holder"), data
     runs.wait_for(lambda: runs.committed(run) >= resumed_at + 5, 60, "5 more steps", run)
     # steps go on from the committed one: never back past it
     kept = [r["step"] for r in runs.q(run, "SELECT step FROM steps WHERE state != 'rolled_back' ORDER BY step")]

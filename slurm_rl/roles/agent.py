@@ -87,7 +87,7 @@ class _Reporter:
         except ImportError as e:
             self.broken = True
             _say(f"cannot report to the controller ({e}); hangs are judged by heartbeats alone")
-        except Exception as e:   # controller away or restarting: the next pulse tries again
+        except Exception as e:  # noqa: BLE001 - controller away or restarting: the next pulse tries again
             if not self.failed:
                 _say(f"a pulse to the controller failed ({e.__class__.__name__}: {e}); retrying")
             self.failed = True
@@ -134,14 +134,17 @@ def main(argv: list[str] | None = None) -> int:
             pass
         if reporter is None:
             continue
-        if pid is None:
-            pid = _read_pid(pid_file)
-            if pid is not None:
-                _say(f"watching the role's process {pid} (job {job_id})")
-        if pid is not None:
-            st = proc_state(pid)
-            if st is not None:
+        try:
+            if pid is None:
+                pid = _read_pid(pid_file)
+                if pid is not None:
+                    _say(f"watching the role's process {pid} (job {job_id})")
+            st = proc_state(pid) if pid is not None else None
+            if st is not None and pid is not None:
                 reporter.send(pid, st[0], st[1])
+        except Exception as e:  # noqa: BLE001 - the agent must outlive any problem of its own: it IS the job
+            _say(f"watching stopped ({e.__class__.__name__}: {e}); the role runs on, judged by heartbeats")
+            reporter = None
     try:
         pid_file.unlink()
     except OSError:
