@@ -43,6 +43,10 @@ log = logging.getLogger("slurm_rl.controller")
 _ACTIVE_PHASES_READY = {Phase.IDLE, Phase.WAITING_FOR_DATA, Phase.STEPPING, Phase.CHECKPOINTING, Phase.PUBLISHING,
                         Phase.GENERATING, Phase.SYNCING_WEIGHTS}
 
+# CPU seconds a process must use between pulses to count as running (a deadlocked process's idle
+# threads use a few milliseconds)
+_CPU_MOVED_S = 0.05
+
 
 @dataclass
 class Slot:
@@ -129,11 +133,6 @@ class Slot:
         self.node = None
         self.host_id = ""
 
-
-
-# CPU seconds a process must use between pulses to count as running (a deadlocked process's idle
-# threads use a few milliseconds)
-_CPU_MOVED_S = 0.05
 
 @dataclass
 class SubmitDone:

@@ -13,8 +13,9 @@ Detection (role-aware):
     (process or node gone), its job reached a terminal Slurm state, its node is DOWN, or the
     silence outlasts `hang_after_s` (the phase timeout when shorter, and always while loading or
     restoring): a SIGSTOPped process still accepts connections, so only time tells a hang, unless
-    the job's batch agent, outside the role's step, sees the silent process stopped (dead at once)
-    or using no CPU for `hang_idle_after_s` (a process busy in native code gets `hang_after_s`);
+    the job's batch agent, outside the role's step, sees the silent process stopped (dead after two
+    missed heartbeats) or using no CPU for `hang_idle_after_s` (one busy in native code gets
+    `hang_after_s`);
   * a terminal job state or a DOWN node is conclusive on its own (the process is gone);
   * heartbeats without progress for longer than the phase timeout (a wedged main loop) are DEAD
     too, except in waiting phases (idle, waiting_for_data): waiting is never a fault;
@@ -345,6 +346,18 @@ class _Pool:
 _COLOCATED_WAIT_S = 0.5
 
 
+def _trainer_standby(pool: _Pool, by_slot: Mapping[str, SlotView], dead: SlotView, t: Thresholds, *,
+                     peek: bool = False) -> SlotView | None:
+    """The standby a dead trainer is restored on: a reserved one, a spare, else (policy permitting) a rollout."""
+    reserved = _reserved(by_slot, dead.slot)
+    if reserved is not None or t.standby == "none":
+        return reserved
+    standby = pool.take_spare(dead.node, peek=peek)
+    if standby is None and t.standby == "spare-then-rollout":
+        standby = pool.take_rollout(dead.node, peek=peek)
+    return standby
+
+
 def _unconfirmed_neighbour(now: float, dead: SlotView, standby: SlotView | None) -> bool:
     if standby is None or not dead.node or standby.node != dead.node or standby.last_hb is None:
         return False
@@ -385,12 +398,9 @@ def decide(now: float, view: View) -> list[Action]:
     failures = dict(view.node_failures)
     excluded = set(view.excluded_nodes)
     for s, d in deaths:
-        if s.kind is RoleKind.TRAINER and t.standby != "none":
-            first = _reserved(by_slot, s.slot) or pool.take_spare(s.node, peek=True)
-            if first is None and t.standby == "spare-then-rollout":
-                first = pool.take_rollout(s.node, peek=True)
-            if _unconfirmed_neighbour(now, s, first):
-                continue              # decided again next tick, once the neighbour is heard from or dead
+        if s.kind is RoleKind.TRAINER and _unconfirmed_neighbour(now, s, _trainer_standby(pool, by_slot, s, t,
+                                                                                           peek=True)):
+            continue                  # decided again next tick, once the neighbour is heard from or dead
         actions.append(d)
         if s.restarts_in_window >= t.restart_budget:
             return actions + _full_restart(
@@ -409,9 +419,7 @@ def decide(now: float, view: View) -> list[Action]:
             else:
                 actions.append(Submit(f"replace dead {s.slot} (no warm spare)", s.slot, avoid))
         elif s.kind is RoleKind.TRAINER:
-            standby = _reserved(by_slot, s.slot) or (pool.take_spare(s.node) if t.standby != "none" else None)
-            if standby is None and t.standby == "spare-then-rollout":
-                standby = pool.take_rollout(s.node)
+            standby = _trainer_standby(pool, by_slot, s, t)
             if standby is not None:
                 actions.append(PromoteTrainer(f"restore trainer on warm {standby.slot} at committed step "
                                               f"{view.committed_version}", standby.slot, view.committed_version))
