@@ -75,5 +75,7 @@ def test_a_replacement_that_hangs_before_it_connects_is_found(run_factory):
                   20, "the replacement job", run)
     runs.inject(run, "rollout/0", "hang")                 # before it says hello
     runs.wait_for(lambda: len(dead(run, "rollout/0")) >= 2, 45, "the hung replacement declared dead", run)
+    # its process is seen stopped: no need to wait for the 15-s loading timeout
+    assert "stopped (state T) and never connected" in dead(run, "rollout/0")[1]["msg"]
     runs.wait_for(lambda: runs.role(run, "rollout/0")["state"] == "READY", 60, "rollout/0 back", run)
     runs.stop_and_audit(run)

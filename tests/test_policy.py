@@ -406,3 +406,14 @@ def test_the_controller_clears_a_suspect_back_to_the_state_it_had():
         ctl._apply(pol.Clear("heartbeats resumed", name), NOW + 0.5)
     assert ctl.slots["spare/0"].state is RoleState.STARTING
     assert ctl.slots["rollout/0"].state is RoleState.READY
+
+
+def test_a_job_whose_process_is_stopped_before_it_connects_is_dead_without_the_loading_timeout():
+    starting = slot(RoleKind.SPARE, 0, state=RoleState.PENDING, connected=False, last_hb=None,
+                    job_running_since=NOW - 3, proc_state="T", proc_at=NOW - 0.1, cpu_moved_at=NOW - 2.5)
+    dead = [a for a in pol.decide(NOW, view(cluster(**{"spare/0": starting}))) if isinstance(a, pol.Dead)]
+    assert dead and dead[0].slot == "spare/0" and "process stopped" in dead[0].signals
+    # just stopped (CPU moved a moment ago), a stale view, or a sleeping process: the loading timeout's call
+    for over in (dict(cpu_moved_at=NOW - 0.5), dict(proc_at=NOW - 2), dict(proc_state="S")):
+        s = dataclasses.replace(starting, **over)
+        assert not any(isinstance(a, pol.Dead) for a in pol.decide(NOW, view(cluster(**{"spare/0": s})))), over

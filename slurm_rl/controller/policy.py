@@ -240,6 +240,9 @@ def assess(now: float, s: SlotView, view: View) -> Action | None:
     if not s.connected or s.last_hb is None:
         # queue wait is not a fault; but a job that runs and never says hello is stuck starting
         # (a hung import, a dead GPU, a hung file system): judged by the loading timeout
+        if s.job_state is JobState.RUNNING and _stopped_before_hello(now, s, view.thresholds):
+            return Dead(f"job {s.job_id} runs but its process is stopped (state T) and never connected", slot,
+                        ("job running", "process stopped"))
         if s.job_state is JobState.RUNNING and s.job_running_since is not None:
             limit = _timeout(view, Phase.LOADING)
             if now - s.job_running_since > limit:
@@ -280,6 +283,13 @@ def assess(now: float, s: SlotView, view: View) -> Action | None:
         return Dead(f"no progress for {now - s.progress_at:.1f}s in phase {s.phase.value} (timeout {limit:g}s)",
                     slot, ("heartbeat without progress", "phase timeout"))
     return None
+
+
+def _stopped_before_hello(now: float, s: SlotView, t: Thresholds) -> bool:
+    """A job whose process its agent sees stopped, and not using CPU for a while, before it said hello."""
+    return (t.use_process_state and s.proc_state == "T" and s.proc_at is not None
+            and now - s.proc_at <= t.suspect_after_s and s.cpu_moved_at is not None
+            and now - s.cpu_moved_at > t.suspect_after_s)
 
 
 def _hung_by_agent(now: float, s: SlotView, view: View, silence: float) -> Action | None:
