@@ -1,7 +1,6 @@
 """The embedded default backend: role jobs are local process groups spread over fake nodes.
 
-The same controller and recovery code run on it as on Slurm. Its job poll also reads each role
-process's /proc state and CPU time (what a Slurm job's batch agent reports), for hang detection. Jobs get Slurm-like states
+The same controller and recovery code run on it as on Slurm. Jobs get Slurm-like states
 (RUNNING, COMPLETED, FAILED with an exit code or a signal, CANCELLED), and a handful of named
 fake nodes (`local1..localN`) let node faults be exercised on a laptop: `node-down` kills every
 role job on the node and keeps it DOWN for `local.node_down_s`; `drain` marks it DRAIN.
@@ -9,6 +8,9 @@ role job on the node and keeps it DOWN for `local.node_down_s`; `drain` marks it
 Job records live in `<run>/jobs/<id>.json` so a restarted controller (`slurm-rl resume`)
 re-attaches to processes it did not start; a role writes `<id>.exit` when it exits normally, so
 the exit code of a re-attached job is known too.
+
+Its job poll also reads each running role process's /proc state and CPU time, what a Slurm
+job's batch agent reports, for hang detection.
 """
 
 from __future__ import annotations

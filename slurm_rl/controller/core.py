@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +31,10 @@ from slurm_rl.backends.base import Backend, JobStatus, LaunchSpec, Snapshot
 from slurm_rl.config import RecoveryPolicy, RunConfig
 from slurm_rl.controller import chaos as chaos_mod
 from slurm_rl.controller import policy as pol
-from slurm_rl.controller.prober import ProbeDone, Prober
+from slurm_rl.controller.prober import Prober
 from slurm_rl.controlplane import ControlServer
 from slurm_rl.errors import SlurmRLError
-from slurm_rl.liveness import LinkLost, LinkWatcher
+from slurm_rl.liveness import LinkWatcher
 from slurm_rl.rundir import ControllerAddress, RunDir
 from slurm_rl.states import FaultKind, JobState, NodeHealth, Phase, RoleKind, RoleState
 from slurm_rl.store import Store
@@ -206,7 +207,6 @@ class Controller:
         self.ckpt_checked: dict[int, str] = {}        # checkpoint step -> problem ('' intact)
         self.ckpt_reported: set[int] = set()
         self.job_slots: dict[str, str] = {}           # job id -> slot it was started for
-        self._pulse_slots: dict[str, str] = {}        # job id -> slot holding it now (cache)
         self.poll_interval = cfg.controller.poll_interval_s or (0.2 if backend.name == "local" else 2.0)
 
     # ================================================================== lifecycle
@@ -939,11 +939,7 @@ class Controller:
             self._poll_jobs = ids
 
     def _drain_backend_results(self, now: float) -> None:
-        while True:
-            try:
-                r = self.backend_results.get_nowait()
-            except queue.Empty:
-                break
+        for r in _drained(self.backend_results):
             if isinstance(r, Snapshot):
                 self._apply_snapshot(r)
             elif isinstance(r, SubmitDone):
@@ -980,7 +976,7 @@ class Controller:
             changed = s.job is None or s.job.state != js.state
             s.job = js
             if js.proc_state and js.cpu_s is not None:
-                self._pulse(P.Pulse(job_id=js.job_id, pid=0, state=js.proc_state, cpu_s=js.cpu_s), time.time())
+                self._saw_process(s, js.proc_state, js.cpu_s, time.time())
             if js.state is JobState.RUNNING and s.job_running_since is None:
                 s.job_running_since = time.time()
             if js.nodes and not s.node:
@@ -1010,16 +1006,17 @@ class Controller:
 
     def _pulse(self, msg: P.Pulse, now: float) -> None:
         """The role process as its job's batch agent sees it (slurm_rl.roles.agent)."""
-        s = self.slots.get(self._pulse_slots.get(msg.job_id, ""))
-        if s is None or s.job_id != msg.job_id:     # first pulse, or the job changed slots (a promotion)
-            s = next((x for x in self.slots.values() if x.job_id == msg.job_id), None)
-            if s is not None:
-                self._pulse_slots[msg.job_id] = s.name
-        if s is None or not s.state.alive:
-            return                                   # a job no live role holds (ended, replaced)
-        if s.proc_cpu is None or not s.proc_cpu <= msg.cpu_s < s.proc_cpu + _CPU_MOVED_S:
-            s.proc_cpu, s.cpu_moved_at = msg.cpu_s, now
-        s.proc_state, s.proc_at = msg.state, now
+        s = next((x for x in self.slots.values() if x.job_id == msg.job_id), None)
+        if s is not None:                            # else a job no role holds (ended, replaced)
+            self._saw_process(s, msg.state, msg.cpu_s, now)
+
+    def _saw_process(self, s: Slot, state: str, cpu_s: float, now: float) -> None:
+        """Its process's state letter and CPU time, from its batch agent or the local backend."""
+        if not s.state.alive:
+            return
+        if s.proc_cpu is None or not s.proc_cpu <= cpu_s < s.proc_cpu + _CPU_MOVED_S:
+            s.proc_cpu, s.cpu_moved_at = cpu_s, now
+        s.proc_state, s.proc_at = state, now
 
     def _watch(self, slot: Slot, live_addr: str) -> None:
         if slot.live_addr and slot.live_addr != live_addr:
@@ -1029,22 +1026,14 @@ class Controller:
         self.links.watch(live_addr)
 
     def _drain_links(self) -> None:
-        while True:
-            try:
-                lost: LinkLost = self.links.lost.get_nowait()
-            except queue.Empty:
-                break
+        for lost in _drained(self.links.lost):
             for s in self.slots.values():
                 if s.live_addr == lost.address and s.connected and s.state.alive:
                     s.link_lost_at = lost.at
                     log.info("%s: liveness connection %s", s.name, lost.why)
 
     def _drain_probes(self) -> None:
-        while True:
-            try:
-                p: ProbeDone = self.prober.results.get_nowait()
-            except queue.Empty:
-                break
+        for p in _drained(self.prober.results):
             s = self.slots.get(p.slot)
             if s is None or s.incarnation != p.incarnation:
                 continue
@@ -1202,6 +1191,15 @@ def controller_host(cfg: RunConfig) -> str:
         return socket.gethostbyname(socket.getfqdn())
     except OSError:
         return socket.gethostbyname(socket.gethostname())
+
+
+def _drained(q: queue.SimpleQueue[Any]) -> Iterator[Any]:
+    """Everything a helper thread has posted to `q` so far, without waiting."""
+    while True:
+        try:
+            yield q.get_nowait()
+        except queue.Empty:
+            return
 
 
 def _exit_text(js: JobStatus | None) -> str:
