@@ -69,8 +69,8 @@ class Repairer(threading.Thread):
                 if "down" in state or state.endswith("*"):
                     t0 = self.down_since.setdefault(node, now)
                     if now - t0 >= self.delay_s:
-                        subprocess.run([str(self.lab / "nodectl.sh"), "start", node], capture_output=True)
-                        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
+                        # down, start, resume: jobs cancelled while it was dead must not hold its CPUs
+                        subprocess.run([str(self.lab / "nodectl.sh"), "repair", node], capture_output=True)
                         self.down_since.pop(node, None)
                 else:
                     self.down_since.pop(node, None)

@@ -294,9 +294,10 @@ class Soak:
         for node, t in list(self.downed.items()):
             if time.time() - t > 5 and not roles_on.get(node):
                 lab = os.environ.get("SLURM_RL_LAB")
-                if lab:
-                    subprocess.run([f"{lab}/nodectl.sh", "start", node], capture_output=True, timeout=60, check=False)
-                self._resume(node)
+                if lab:     # down, start, resume: jobs cancelled while it was dead must not hold its CPUs
+                    subprocess.run([f"{lab}/nodectl.sh", "repair", node], capture_output=True, timeout=60, check=False)
+                else:
+                    self._resume(node)
                 del self.downed[node]
 
     def _resume(self, node: str) -> None:

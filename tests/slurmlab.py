@@ -110,16 +110,9 @@ class SlurmLab:
         """Cancel every job, restart crashed nodes, resume drained/down ones, wait until all idle."""
         _sh(["scancel", "--user", "root"], check=False)
         up = self.nodes_up()
-        restarted = [n for n in self.nodes if n not in up]
-        for node in restarted:
-            self.nodectl("crash", node)   # clears a half-dead namespace before starting again
-            self.nodectl("start", node)
-        if restarted:
-            # a job cancelled while its node was dead stays COMPLETING after the node is back, until
-            # slurmctld resends the terminate request (measured: 64-72 s); DOWN ends it at once,
-            # and resume (below) brings the node back
-            _sh(["scontrol", "update", f"nodename={','.join(restarted)}", "state=down",
-                 "reason=slurm-rl lab reset"], check=False)
+        for node in self.nodes:
+            if node not in up:
+                self.nodectl("repair", node)   # down (ends jobs left COMPLETING), start, resume
         bad = [n for n, s in self.node_states().items()
                if any(w in s for w in ("drain", "down", "fail", "*"))]
         if bad:

@@ -5,6 +5,9 @@
 #   nodectl.sh start NODE          start node (namespace + slurmd)
 #   nodectl.sh stop NODE           clean stop: kill the whole node (slurmd + jobs) with SIGKILL
 #   nodectl.sh crash NODE          same as stop: SIGKILL the node's namespace init = power loss
+#   nodectl.sh repair NODE         what an admin does after a crash: mark it DOWN (ends the jobs
+#                                  cancelled while it was dead, which stay COMPLETING otherwise),
+#                                  start it again, resume it
 #   nodectl.sh kill-slurmd NODE    SIGKILL only slurmd; job processes on the node keep running
 #   nodectl.sh restart-slurmd NODE start slurmd again inside the node's existing namespace
 #   nodectl.sh pids NODE           print "init=<pid> slurmd=<pid>" (host PIDs)
@@ -101,14 +104,24 @@ crash() {
   fi
   rm -f "$RUN/node-$n.init" "$RUN/node-$n.unshare" "$RUN/slurmd-$n.pid"
 }
+repair() {
+  local n=$1
+  crash "$n"                      # clears a half-dead namespace (slurmd gone, init alive) first
+  # a job cancelled while its node was dead stays COMPLETING (holding its CPUs) after the node is
+  # back until slurmctld resends the terminate request (measured: 64-72 s); DOWN ends it at once
+  scontrol update nodename="$n" state=down reason="slurm-rl lab: repaired after a crash" >/dev/null 2>&1 || true
+  start "$n"
+  scontrol update nodename="$n" state=resume >/dev/null 2>&1 || true
+}
 kill_slurmd() { local p; p=$(slurmd_pid "$1"); [ -n "$p" ] && kill -9 "$p" && echo "killed slurmd of $1 (pid $p)" || echo "slurmd of $1 not running"; }
 case "${1:-}" in
   start) start "$2";;
   stop|crash) crash "$2";;
+  repair) repair "$2";;
   kill-slurmd) kill_slurmd "$2";;
   restart-slurmd) restart_slurmd "$2";;
   pids) echo "init=$(init_pid "$2") slurmd=$(slurmd_pid "$2")";;
   is-up) [ -n "$(slurmd_pid "$2")" ];;
   status) for f in $(ls "$LAB/spool" 2>/dev/null); do echo "$f: init=$(init_pid "$f") slurmd=$(slurmd_pid "$f")"; done;;
-  *) sed -n '2,14p' "$0"; exit 2;;
+  *) sed -n '2,17p' "$0"; exit 2;;
 esac
