@@ -1,9 +1,10 @@
 """Figures of a run, read from its store: status, report, ETTR and badput attribution.
 
 ETTR (effective training time ratio) = productive training time / wall time, where
-  * wall time runs from the moment the trainer first asks for data to the end of the run
-    (initial job start-up is reported separately as `startup_s`: it is the same for every
-    recovery policy and has nothing to do with faults);
+  * wall time runs from the moment the trainer has its first batch of data to the end of the
+    run (initial start-up, jobs queued and models loaded until the first batch is generated, is
+    reported separately as `startup_s`: it is the same for every recovery policy and has nothing
+    to do with faults);
   * productive time is the sum, over trainer steps that were kept (committed, never rolled
     back), of the step's duration (the interval since the previous step of the same trainer
     committed, or for the first step of a trainer since it asked for data), less "idle": the
@@ -28,7 +29,10 @@ from typing import Any
 from slurm_rl.rundir import RunDir
 from slurm_rl.store import connect, group_ids_in_store, read_counts, read_events
 
-REPORT_SCHEMA = 1
+# 2: the wall time starts when the trainer has its first batch (1: when it first asked for data,
+# which counted its wait for the rollouts' start-up as training time)
+REPORT_SCHEMA = 2
+STATUS_SCHEMA = 1
 
 
 def _meta(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -77,12 +81,20 @@ def _overlap(a: float, b: float, windows: list[tuple[float, float]]) -> float:
     return total
 
 
-def _kept_steps(kept: list[sqlite3.Row], windows: list[tuple[float, float]]
+def _train_start(steps: list[sqlite3.Row]) -> float:
+    """When training starts: the earliest step's data arrived (its wait before is start-up)."""
+    first = min(steps, key=lambda s: float(s["t_start"] or s["t_end"]))
+    t0 = float(first["t_start"] or first["t_end"])
+    return min(float(first["t_end"]), t0 + float(first["wait_s"] or 0.0))
+
+
+def _kept_steps(kept: list[sqlite3.Row], windows: list[tuple[float, float]], t_train: float
                 ) -> Iterator[tuple[float, float, float, float]]:
     """For each kept step: (duration, start of its wait for data, that wait, starved part of it).
 
     The duration of back-to-back steps of one trainer is the interval between their commits
-    (reporting included); the starved part is the wait inside a fault window beyond the median wait."""
+    (reporting included); the starved part is the wait inside a fault window beyond the median wait.
+    Nothing before `t_train` counts (the first step's wait for the rollouts to start is start-up)."""
     waits = [float(s["wait_s"] or 0.0) for s in kept]
     med = statistics.median(waits) if waits else 0.0
     prev = None
@@ -91,9 +103,11 @@ def _kept_steps(kept: list[sqlite3.Row], windows: list[tuple[float, float]]
         t_start = float(s["t_start"] or t_end)
         if prev is not None and prev["step"] == s["step"] - 1 and prev["trainer"] == s["trainer"]:
             t_start = min(t_start, float(prev["t_end"]))
-        dur = max(0.0, t_end - t_start)
-        wait = float(s["wait_s"] or 0.0)
+        dur = max(0.0, t_end - max(t_start, t_train))
         w0 = float(s["t_start"] or t_end)
+        w1 = w0 + float(s["wait_s"] or 0.0)
+        w0 = max(w0, t_train)
+        wait = max(0.0, w1 - w0)
         yield dur, w0, wait, min(_overlap(w0, w0 + wait, windows), max(0.0, wait - med), dur)
         prev = s
 
@@ -106,20 +120,23 @@ def ettr_breakdown(conn: sqlite3.Connection, meta: dict[str, Any], now: float | 
     started = float(meta.get("started") or 0.0)
     end = float(meta.get("ended") or now or time.time())
     if not steps:
-        return {"wall_s": 0.0, "startup_s": max(0.0, end - started) if started else 0.0, "productive_s": 0.0,
+        return {"wall_s": 0.0, "startup_s": max(0.0, end - started) if started else 0.0,
+                "trainer_startup_s": None, "productive_s": 0.0,
                 "ettr": 0.0, "replay_s": 0.0, "idle_s": 0.0, "recovery_s": 0.0}
-    t_train = min(float(s["t_start"] or s["t_end"]) for s in steps)
+    t_train = _train_start(steps)
     if meta.get("run_state") == "finished" and kept:
         # the run is over when the last step is committed; stop-time teardown is not training time
         end = max(float(s["t_end"]) for s in kept)
     wall = max(1e-9, end - t_train)
     productive = idle = 0.0
-    for dur, _, _, starved in _kept_steps(kept, _fault_windows(conn, end)):
+    for dur, _, _, starved in _kept_steps(kept, _fault_windows(conn, end), t_train):
         productive += dur - starved
         idle += starved
-    replay = sum(max(0.0, float(s["t_end"]) - float(s["t_start"] or s["t_end"])) for s in rolled)
+    replay = sum(max(0.0, float(s["t_end"]) - max(t_train, float(s["t_start"] or s["t_end"]))) for s in rolled)
     recovery = max(0.0, wall - productive - idle - replay)
+    asked = min(float(s["t_start"] or s["t_end"]) for s in steps)
     return {"wall_s": wall, "startup_s": max(0.0, t_train - started) if started else 0.0,
+            "trainer_startup_s": max(0.0, asked - started) if started else 0.0,
             "productive_s": productive, "ettr": min(1.0, productive / wall), "replay_s": replay, "idle_s": idle,
             "recovery_s": recovery}
 
@@ -175,7 +192,7 @@ def fault_badput(conn: sqlite3.Connection, meta: dict[str, Any],
         end = max(float(s["t_end"]) for s in kept)          # as ettr_breakdown
     windows = {int(f["id"]): (float(f["t_fault"]), float(f["t_recovered"]) if f["t_recovered"] is not None else end)
                for f in faults if f["t_fault"] is not None}
-    for _, w0, wait, starved in _kept_steps(kept, list(windows.values())):
+    for _, w0, wait, starved in _kept_steps(kept, list(windows.values()), _train_start(steps)):
         if starved <= 0:
             continue
         shares = {fid: _overlap(w0, w0 + wait, [w]) for fid, w in windows.items()}
@@ -285,6 +302,7 @@ def report_dict(run: RunDir, *, now: float | None = None) -> dict[str, Any]:
             "steps_computed": len(steps),
             "wall_s": round(br["wall_s"], 3),
             "startup_s": round(br["startup_s"], 3),
+            "trainer_startup_s": None if br["trainer_startup_s"] is None else round(br["trainer_startup_s"], 3),
             "ettr": round(br["ettr"], 4),
             "productive_s": round(br["productive_s"], 3),
             "badput": {"replay_s": round(br["replay_s"], 3), "idle_s": round(br["idle_s"], 3),
@@ -370,7 +388,7 @@ def status_dict(run: RunDir, *, live: bool, n_events: int = 10) -> dict[str, Any
                   for e in read_events(conn, limit=n_events)] if n_events > 0 else []
         run_meta = run.read_meta()
         return {
-            "schema": REPORT_SCHEMA,
+            "schema": STATUS_SCHEMA,
             "run": run.name, "path": str(run.path), "live": live, "source": "store",
             "backend": run_meta.get("backend"), "recovery": run_meta.get("recovery"),
             "state": meta.get("run_state", "unknown"), "end_reason": meta.get("end_reason"),

@@ -114,6 +114,7 @@ class MeasuredRun:
     wait_s: float | None = None               # the trainer's median wait for data per step
     batch_groups: float | None = None         # a rollout's batch, in groups
     batch_s: float | None = None              # that batch's time, generating back to back
+    schema: int = 2                           # the report's schema (1: wall time from the first request)
 
     @property
     def step_s(self) -> float | None:
@@ -134,7 +135,7 @@ class MeasuredRun:
                    found=sum(1 for f in faults if not f.get("injected")),
                    full_restarts=int(_num((r.get("restarts") or {}).get("full")) or 0),
                    wait_s=_num(pace.get("wait_s")), batch_groups=_num(pace.get("rollout_batch_groups")),
-                   batch_s=_num(pace.get("rollout_batch_s")))
+                   batch_s=_num(pace.get("rollout_batch_s")), schema=int(_num(r.get("schema")) or 1))
 
 
 @dataclasses.dataclass(kw_only=True, slots=True, frozen=True)
@@ -221,7 +222,11 @@ class MeasuredTimes:
             queue.setdefault(role, _DEFAULT_QUEUE_S)
             load.setdefault(role, _DEFAULT_LOAD_S)
         queue.setdefault(RoleKind.TRAINER, queue[RoleKind.ROLLOUT])
-        startup = _num(role_based_report.get("startup_s"))
+        # the trainer's own start-up: launch -> its first request for data (schema 2 reports it apart;
+        # a schema-1 report's start-up ended there)
+        startup = _num(role_based_report.get("trainer_startup_s"))
+        if startup is None:
+            startup = _num(role_based_report.get("startup_s"))
         if RoleKind.TRAINER not in load:
             # no cold trainer restart measured: the run's start-up is one (queue, then load)
             load[RoleKind.TRAINER] = (max(0.0, startup - queue[RoleKind.TRAINER]) if startup

@@ -110,19 +110,22 @@ def _covered(x: float, starts: list[float], ends: list[float], cum: list[float])
 
 
 def ettr_breakdown(steps: Sequence[StepRecord], faults: Sequence[FaultRecord], *, end: float,
-                   finished: bool, t_train: float | None = None) -> Breakdown:
+                   finished: bool, t_train: float | None = None, startup_wait: bool = True) -> Breakdown:
     """Productive time and badput (definitions in slurm_rl/report.py's docstring).
 
     `steps` in step order, one row per step number; `end` is when the run ended (stop or
     simulation end); a finished run ends at its last kept step, as in the report. `t_train` is
-    when the trainer first asked for data; None takes the earliest step row, as the report does
-    (which is later than the first request once a rollback to step 0 overwrote step 1's row)."""
+    when training started (the trainer had its first batch); None takes the earliest step row's
+    data arrival, as the report does (later than the first batch once a rollback to step 0
+    overwrote step 1's row). `startup_wait=False` is the definition of schema-1 reports: training
+    started when the earliest row first asked for data, its wait for the rollouts included."""
     kept = [s for s in steps if s.state.kept]
     rolled = [s for s in steps if not s.state.kept]
     if not steps:
         return Breakdown(wall_s=0.0, productive_s=0.0, ettr=0.0, replay_s=0.0, idle_s=0.0, recovery_s=0.0)
     if t_train is None:
-        t_train = min(s.t_start for s in steps)
+        first = min(steps, key=lambda s: s.t_start)
+        t_train = min(first.t_end, first.t_start + first.wait_s) if startup_wait else first.t_start
     if finished and kept:
         end = max(s.t_end for s in kept)
     wall = max(1e-9, end - t_train)
@@ -134,12 +137,13 @@ def ettr_breakdown(steps: Sequence[StepRecord], faults: Sequence[FaultRecord], *
         t_start = s.t_start
         if prev is not None and prev.step == s.step - 1 and prev.trainer == s.trainer:
             t_start = min(t_start, prev.t_end)
-        dur = max(0.0, s.t_end - t_start)
+        dur = max(0.0, s.t_end - max(t_start, t_train))
+        w0 = max(s.t_start, t_train)
+        wait = max(0.0, s.t_start + s.wait_s - w0)
         starved = 0.0
-        if s.wait_s > med and starts:
-            w0 = s.t_start
-            inside = _covered(w0 + s.wait_s, starts, ends, cum) - _covered(w0, starts, ends, cum)
-            starved = min(inside, s.wait_s - med, dur)
+        if wait > med and starts:
+            inside = _covered(w0 + wait, starts, ends, cum) - _covered(w0, starts, ends, cum)
+            starved = min(inside, wait - med, dur)
         productive += dur - starved
         idle += starved
         prev = s

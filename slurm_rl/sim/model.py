@@ -86,11 +86,12 @@ class SimResult:
     policy: RecoveryPolicy
     seed: int
     ettr: float
-    wall_s: float              # from the first step's request for data to the end
+    wall_s: float              # from the trainer's first batch of data to the end
     productive_s: float
     badput: Badput             # replay counted in full (see slurm_rl.sim.metrics)
     as_reported: Badput        # the split a real report would print for the same run
     ettr_as_reported: float    # what a real report would print (differs only after a rollback to step 0)
+    ettr_as_reported_v1: float  # ... a schema-1 report (its wall time began at the first request for data)
     steps: int                 # steps kept at the end
     steps_computed: int        # every step computed, replays included
     faults: int                # fault rows (a node failure opens one per role it hits)
@@ -246,7 +247,8 @@ class _Run:
         self.full_restarts = 0
         self.waiter: simpy.Process | None = None
         self.batch_in_hand = False             # the trainer took a batch and has not finished the step
-        self.t_train: float | None = None
+        self.t_train: float | None = None      # the trainer first asked for data
+        self.t_data: float | None = None       # ... and had its first batch: training starts
         self.done = self.env.event()
         self.end_reason = ""
         self.finished = False
@@ -473,6 +475,8 @@ class _Run:
                 if self._stale(slot, inc, job):
                     return
             self.buf.take(env.now, G)
+            if self.t_data is None:
+                self.t_data = env.now
             self.batch_in_hand = True
             t0 = env.now
             yield env.timeout(compute)
@@ -809,12 +813,14 @@ class _Run:
         rows = [self.steps[k] for k in sorted(self.steps)]
         # the report's own arithmetic on the rows its store would hold ...
         rep: Breakdown = ettr_breakdown(rows, self.faults, end=self.t_end, finished=self.finished)
-        # ... and the same definition with the wall time from the trainer's first request for data
+        v1: Breakdown = ettr_breakdown(rows, self.faults, end=self.t_end, finished=self.finished,
+                                       startup_wait=False)
+        # ... and the same definition with the wall time from the trainer's first batch of data
         # and every rolled-back step counted (a store keeps one row per step number)
         bd: Breakdown = ettr_breakdown(rows, self.faults, end=self.t_end, finished=self.finished,
-                                       t_train=self.t_train)
+                                       t_train=self.t_data)
         rolled = [r for r in rows if not r.state.kept] + self.replaced
-        t0 = self.t_train if self.t_train is not None else 0.0
+        t0 = self.t_data if self.t_data is not None else 0.0
         replay = replay_between(rolled, t0, t0 + bd.wall_s)
         recovery = max(0.0, bd.wall_s - bd.productive_s - bd.idle_s - replay)
         restarts = Counter(s.kind for s in self.slots.values() for _ in s.restarts)
@@ -828,7 +834,7 @@ class _Run:
             policy=self.policy, seed=self.seed, ettr=bd.ettr, wall_s=bd.wall_s, productive_s=bd.productive_s,
             badput=Badput(recovery_s=recovery, replay_s=replay, idle_s=bd.idle_s),
             as_reported=Badput(recovery_s=rep.recovery_s, replay_s=rep.replay_s, idle_s=rep.idle_s),
-            ettr_as_reported=rep.ettr,
+            ettr_as_reported=rep.ettr, ettr_as_reported_v1=v1.ettr,
             steps=sum(1 for r in rows if r.state.kept), steps_computed=self.computed, faults=len(self.faults),
             fault_events=self.fault_events, restarts={k: restarts.get(k, 0) for k in RoleKind},
             full_restarts=self.full_restarts, finished=self.finished, end_reason=self.end_reason, mttr=mttr,

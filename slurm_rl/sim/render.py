@@ -31,7 +31,7 @@ def format_validation(pairs: Sequence[tuple[str, MeasuredTimes, LocalBenchmark, 
             rr_m, rr_s = m.recovery_s + m.replay_s, rep.recovery_s + rep.replay_s
             ok = "yes" if r.within(tol) else "NO"
             out.append(f"{name:<8} {r.policy.value:<13} {bench.steps:>5} {every:>11} {m.ettr:>9.3f} "
-                       f"{s.ettr_as_reported:>8.3f} {r.diff:>+7.3f} {ok:>3} {m.faults:>4}/{s.faults:<5} "
+                       f"{r.sim_ettr:>8.3f} {r.diff:>+7.3f} {ok:>3} {m.faults:>4}/{s.faults:<5} "
                        f"{m.full_restarts:>3}/{s.full_restarts:<4} {rr_m:>8.1f}/{rr_s:<10.1f} "
                        f"{m.idle_s:>5.1f}/{rep.idle_s:<6.1f}{spread}")
     out.append("")

@@ -15,7 +15,7 @@ from slurm_rl.config import ChaosConfig
 from slurm_rl.controller import chaos
 from slurm_rl.sim import (ChaosSchedule, ControllerRules, NodeFailures, RecoveryPolicy, RecoveryTimes, SimConfig,
                           Standby, Topology, Work, cluster_config, rate_for_fraction_failing, simulate)
-from slurm_rl.sim.metrics import ettr_breakdown
+from slurm_rl.sim.metrics import FaultRecord, StepRecord, StepState, ettr_breakdown
 from slurm_rl.states import FaultKind, RoleKind
 
 ROLE, FULL = RecoveryPolicy.ROLE_BASED, RecoveryPolicy.FULL_RESTART
@@ -246,7 +246,8 @@ def test_node_failure_rate_matches_exposure() -> None:
 # --------------------------------------------------------------------------- ETTR = report.py's
 
 
-def _report_ettr(steps: Sequence, faults: Sequence, end: float, finished: bool) -> dict[str, float]:
+def _report_ettr(steps: Sequence, faults: Sequence, end: float, finished: bool, started: float = -1.0
+                 ) -> dict[str, float]:
     conn = sqlite3.connect(":memory:")
     conn.row_factory = sqlite3.Row
     conn.executescript(store_schema.SCHEMA)        # the store's own tables: the formula reads them as they are
@@ -254,7 +255,7 @@ def _report_ettr(steps: Sequence, faults: Sequence, end: float, finished: bool) 
                      [(s.step, s.state.value, s.t_start, s.t_end, s.wait_s, s.trainer) for s in steps])
     conn.executemany("INSERT INTO faults(slot, kind, injected, t_fault, t_recovered) VALUES('x', 'crash', 1, ?, ?)",
                      [(f.t_fault, f.t_recovered) for f in faults])
-    meta = {"started": -1.0, "run_state": "finished" if finished else "running", "ended": end}
+    meta = {"started": started, "run_state": "finished" if finished else "running", "ended": end}
     return report.ettr_breakdown(conn, meta, now=end)
 
 
@@ -277,6 +278,31 @@ def test_ettr_is_the_reports_formula(policy: RecoveryPolicy) -> None:
     assert got.replay_s == pytest.approx(want["replay_s"])
     assert got.recovery_s == pytest.approx(want["recovery_s"])
     assert r.ettr == pytest.approx(want["ettr"], abs=1e-9)
+
+
+def test_the_first_steps_wait_for_the_rollouts_is_start_up() -> None:
+    """Training starts when the trainer has its first batch: its wait before that (the rollouts still
+    loading their engines) is start-up, not training time. Schema-1 reports counted it productive."""
+    def step(n: int, t0: float, t1: float, wait: float = 0.0, inc: int = 1) -> StepRecord:
+        return StepRecord(step=n, trainer=f"trainer/0#{inc}", t_start=t0, t_end=t1, wait_s=wait,
+                          state=StepState.COMMITTED)
+
+    t = 100.0      # the report reads a time of 0 as missing
+    steps = [step(1, t, t + 20.0, wait=18.0)] + [step(n, t + 16.0 + 2 * n, t + 18.0 + 2 * n) for n in range(2, 6)]
+    steps += [step(6, t + 40.0, t + 42.0, inc=2)] + [step(n, t + 28.0 + 2 * n, t + 30.0 + 2 * n, inc=2)
+                                                       for n in range(7, 11)]
+    faults = [FaultRecord(id=1, slot="trainer/0", role=RoleKind.TRAINER, kind="crash", node=None, injected=True,
+                          t_fault=t + 30.0, t_recovered=t + 42.0)]
+    want = _report_ettr(steps, faults, t + 50.0, True, started=t - 1.0)
+    # wall 50 - 18; productive: 2 s of step 1 after its data came, steps 2-5, steps 6-10
+    assert want["wall_s"] == pytest.approx(32.0)
+    assert want["productive_s"] == pytest.approx(2.0 + 8.0 + 10.0)
+    assert want["startup_s"] == pytest.approx(19.0) and want["trainer_startup_s"] == pytest.approx(1.0)
+    got = ettr_breakdown(steps, faults, end=t + 50.0, finished=True)
+    assert got.ettr == pytest.approx(want["ettr"]) == pytest.approx(20.0 / 32.0)
+    assert got.recovery_s == pytest.approx(want["recovery_s"]) == pytest.approx(12.0)
+    v1 = ettr_breakdown(steps, faults, end=t + 50.0, finished=True, startup_wait=False)
+    assert v1.wall_s == pytest.approx(50.0) and v1.ettr == pytest.approx(38.0 / 50.0)
 
 
 def test_rollback_to_step_zero_and_the_reports_wall_time() -> None:
