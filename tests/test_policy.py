@@ -253,6 +253,51 @@ def test_dead_trainer_without_spare_takes_freshest_rollout():
     assert acts[2].slot == "rollout/0"        # its capacity is backfilled
 
 
+def _lonely_rollout(**kw) -> list[SlotView]:
+    """A dead trainer, no spare, rollout/0 generating, rollout/1 down to a job still starting."""
+    t = slot(RoleKind.TRAINER, job_state=JobState.FAILED)
+    r1 = slot(RoleKind.ROLLOUT, 1, state=RoleState.PENDING, connected=False, last_hb=None, job_state=JobState.PENDING,
+              version=-1, **kw)
+    return [s for s in cluster(**{"trainer/0": t, "rollout/1": r1}) if s.kind is not RoleKind.SPARE]
+
+
+@pytest.mark.parametrize("r1_starting_for, cold_s, promoted", [
+    (None, 8.0, False),     # no rollout starting: promoted, the trainer waits a whole engine start (20 s)
+    (5.0, 8.0, False),      # the next rollout is ~15 s away: a cold trainer (8 s) is sooner
+    (15.0, 8.0, True),      # ~5 s away: promote, the trainer waits less than a cold start takes
+    (None, 25.0, True),     # a cold trainer is slower than a new rollout: promote
+])
+def test_the_only_rollout_generating_is_promoted_only_if_no_cold_trainer_is_sooner(r1_starting_for, cold_s,
+                                                                                     promoted):
+    since = None if r1_starting_for is None else NOW - r1_starting_for
+    slots = _lonely_rollout(starting_since=since)
+    acts = pol.decide(NOW, view(slots, start_s={RoleKind.TRAINER: cold_s, RoleKind.ROLLOUT: 20.0}))
+    if promoted:
+        assert kinds(acts) == ["Dead", "PromoteTrainer", "Submit"] and acts[1].standby == "rollout/0"
+    else:
+        assert kinds(acts) == ["Dead", "Submit"] and acts[1].slot == "trainer/0"
+        assert "rollout/0, the only rollout generating, keeps generating" in acts[1].reason
+
+
+def test_the_only_rollout_is_promoted_without_measured_start_times_or_beside_another():
+    acts = pol.decide(NOW, view(_lonely_rollout(), start_s={RoleKind.ROLLOUT: 20.0}))     # no trainer start seen
+    assert kinds(acts) == ["Dead", "PromoteTrainer", "Submit"] and acts[1].standby == "rollout/0"
+    t = slot(RoleKind.TRAINER, job_state=JobState.FAILED)
+    both = [s for s in cluster(**{"trainer/0": t}) if s.kind is not RoleKind.SPARE]
+    acts = pol.decide(NOW, view(both, start_s={RoleKind.TRAINER: 1.0, RoleKind.ROLLOUT: 20.0}))
+    assert kinds(acts) == ["Dead", "PromoteTrainer", "Submit"]       # rollout/1 keeps generating
+
+
+def test_start_times_pool_engines_and_keep_the_newest():
+    st = pol.StartTimes(keep=3)
+    assert st.estimates() == {}
+    for v in (30.0, 10.0, 12.0):
+        st.add(RoleKind.ROLLOUT, v)
+    st.add(RoleKind.SPARE, 14.0)                       # a spare starts an engine too; the 30 s one drops out
+    st.add(RoleKind.TRAINER, 6.0)
+    assert st.estimates() == {RoleKind.ROLLOUT: 12.0, RoleKind.TRAINER: 6.0}
+
+
 def test_spare_only_standby_policy_restarts_trainer_cold_without_spare():
     t = slot(RoleKind.TRAINER, job_state=JobState.FAILED)
     slots = [s for s in cluster(**{"trainer/0": t}) if s.kind is not RoleKind.SPARE]

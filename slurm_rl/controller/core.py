@@ -94,6 +94,7 @@ class Slot:
     assign: P.Command | None = None
     fault_ids: list[int] = field(default_factory=list)   # open faults this slot's incarnation recovers from
     submitted_at: float | None = None
+    submitted_inc: int = -1           # the incarnation submitted then, until it is ready (a start sample)
     submit_retry_at: float | None = None
     submit_failures: int = 0
     exclude: tuple[str, ...] = ()
@@ -207,6 +208,7 @@ class Controller:
         self.ckpt_checked: dict[int, str] = {}        # checkpoint step -> problem ('' intact)
         self.ckpt_reported: set[int] = set()
         self.job_slots: dict[str, str] = {}           # job id -> slot it was started for
+        self.start_times = pol.StartTimes()           # submission -> ready, per kind of start
         self.poll_interval = cfg.controller.poll_interval_s or (0.2 if backend.name == "local" else 2.0)
 
     # ================================================================== lifecycle
@@ -465,6 +467,9 @@ class Controller:
         self._held(slot, msg.version, msg.wepoch, None)
         if slot.state is RoleState.STARTING and phase in _ACTIVE_PHASES_READY:
             slot.state = RoleState.READY
+            if slot.submitted_inc == slot.incarnation and slot.submitted_at is not None:
+                self.start_times.add(slot.kind, now - slot.submitted_at)      # the policy weighs starts by these
+                slot.submitted_inc = -1
             self.event("ready", f"{slot.name} is ready ({phase.value})", slot=slot.name, job_id=slot.job_id,
                        node=slot.node)
             self._faults(slot, t_loaded=now)
@@ -593,11 +598,12 @@ class Controller:
                 job_exit=_exit_text(s.job), node_health=self.node_health.get(s.node or "", node_health),
                 version=s.version, restarts_in_window=sum(1 for t in s.restarts if now - t < window),
                 moving=s.moving, reserved_for=s.reserved_for, stop_requested=s.stop_requested, goodbye=s.goodbye,
-                extra=s.extra))
+                extra=s.extra, starting_since=s.submitted_at if s.submitted_inc == s.incarnation
+                and s.state in (RoleState.PENDING, RoleState.STARTING) else None))
         return pol.View(slots=views, thresholds=self.thresholds, committed_version=self.committed,
                         full_restarts=self.full_restarts, node_failures=dict(self.node_failures),
                         excluded_nodes=frozenset(self.excluded), restarting=self.restarting_until is not None,
-                        stopping=self.stopping is not None)
+                        stopping=self.stopping is not None, start_s=self.start_times.estimates())
 
     def _apply(self, a: pol.Action, now: float) -> None:
         log.info("action %s: %s", type(a).__name__, a.reason)
@@ -817,6 +823,7 @@ class Controller:
         s.state = RoleState.PENDING
         s.job_id = None
         s.submitted_at = now
+        s.submitted_inc = s.incarnation
         s.submit_retry_at = None
         resume = self.committed if s.kind is RoleKind.TRAINER else -1
         s.assign = P.Command(op="assign", kind=s.kind.value, index=s.index, incarnation=s.incarnation,

@@ -25,13 +25,17 @@ Detection (role-aware):
 Recovery (role-based): only the failed role restarts. A dead rollout is replaced by a warm
 spare (no queue wait) or a new job that excludes suspect nodes; a dead trainer is restored from
 a warm standby (spare first, else the rollout holding the newest weights) at the newest committed
-step. Restart budgets escalate to a full restart from the newest checkpoint, then to a stop.
+step, unless that rollout is the only one generating and this run's measured start times say a
+cold trainer job is back sooner than another rollout (promoted, the trainer would have no data).
+Restart budgets escalate to a full restart from the newest checkpoint, then to a stop.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import statistics
+from collections import deque
 from collections.abc import Mapping, Sequence
 
 from slurm_rl.states import JobState, NodeHealth, Phase, RoleKind, RoleState
@@ -82,6 +86,7 @@ class SlotView:
     stop_requested: bool = False          # we asked it to stop (drain handoff)
     goodbye: bool = False                 # it said goodbye (graceful stop done)
     extra: bool = False                   # a spare added for a move; not backfilled
+    starting_since: float | None = None   # its job was submitted then and has not been ready since
 
     @property
     def slot(self) -> str:
@@ -118,6 +123,30 @@ class View:
     excluded_nodes: frozenset[str] = frozenset()
     restarting: bool = False              # a full restart is under way: no per-role decisions
     stopping: bool = False
+    # measured submission -> ready, this run (StartTimes.estimates): TRAINER a cold trainer,
+    # ROLLOUT an engine (rollout or spare); absent until seen once
+    start_s: Mapping[RoleKind, float] = dataclasses.field(default_factory=dict)
+
+
+class StartTimes:
+    """How long this run's jobs took from submission to ready: the median of the newest few, for a
+    cold trainer and for an engine (rollouts and spares both start one). Bookkeeping without I/O,
+    fed by the controller and by the simulator alike."""
+
+    def __init__(self, keep: int = 8):
+        self._seen: dict[RoleKind, deque[float]] = {}
+        self._keep = keep
+
+    @staticmethod
+    def _key(kind: RoleKind) -> RoleKind:
+        return RoleKind.TRAINER if kind is RoleKind.TRAINER else RoleKind.ROLLOUT
+
+    def add(self, kind: RoleKind, seconds: float) -> None:
+        if seconds >= 0:
+            self._seen.setdefault(self._key(kind), deque(maxlen=self._keep)).append(seconds)
+
+    def estimates(self) -> dict[RoleKind, float]:
+        return {k: statistics.median(v) for k, v in self._seen.items() if v}
 
 
 # ------------------------------------------------------------------------------- actions
@@ -356,16 +385,43 @@ class _Pool:
 _COLOCATED_WAIT_S = 0.5
 
 
-def _trainer_standby(pool: _Pool, by_slot: Mapping[str, SlotView], dead: SlotView, t: Thresholds, *,
-                     peek: bool = False) -> SlotView | None:
-    """The standby a dead trainer is restored on: a reserved one, a spare, else (policy permitting) a rollout."""
+def _trainer_standby(now: float, view: View, pool: _Pool, by_slot: Mapping[str, SlotView], dead: SlotView, *,
+                     peek: bool = False) -> tuple[SlotView | None, str]:
+    """The standby a dead trainer is restored on: a reserved one, a spare, else (policy permitting) a
+    rollout; with none, why a cold trainer job is started instead ("" when there is simply none)."""
+    t = view.thresholds
     reserved = _reserved(by_slot, dead.slot)
     if reserved is not None or t.standby == "none":
-        return reserved
+        return reserved, ""
     standby = pool.take_spare(dead.node, peek=peek)
     if standby is None and t.standby == "spare-then-rollout":
+        candidate = pool.take_rollout(dead.node, peek=True)
+        why = _cold_trainer_sooner(now, view, pool, candidate) if candidate is not None else ""
+        if why:
+            return None, why
         standby = pool.take_rollout(dead.node, peek=peek)
-    return standby
+    return standby, ""
+
+
+def _cold_trainer_sooner(now: float, view: View, pool: _Pool, candidate: SlotView) -> str:
+    """Why a cold trainer job beats promoting `candidate` when it is the only rollout generating, or "".
+
+    Promoted, it leaves the new trainer without data until another rollout is ready (one already
+    starting, else the backfill of its own slot: a full engine start). A cold trainer job leaves it
+    generating into the buffer meanwhile. Judged by this run's own measured start times; without
+    them, the rollout is promoted."""
+    if any(r.slot != candidate.slot for r in pool.rollouts):
+        return ""
+    cold, engine = view.start_s.get(RoleKind.TRAINER), view.start_s.get(RoleKind.ROLLOUT)
+    if cold is None or engine is None:
+        return ""
+    starting = [max(0.0, engine - (now - s.starting_since)) for s in view.slots
+                if s.kind is RoleKind.ROLLOUT and s.state.alive and s.starting_since is not None]
+    back = min(starting, default=engine)
+    if cold >= back:
+        return ""
+    return (f"{candidate.slot}, the only rollout generating, keeps generating: promoted, the trainer would "
+            f"wait ~{back:.0f}s for another rollout; a cold trainer is ready in ~{cold:.0f}s (measured)")
 
 
 def _unconfirmed_neighbour(now: float, dead: SlotView, standby: SlotView | None) -> bool:
@@ -408,8 +464,8 @@ def decide(now: float, view: View) -> list[Action]:
     failures = dict(view.node_failures)
     excluded = set(view.excluded_nodes)
     for s, d in deaths:
-        if s.kind is RoleKind.TRAINER and _unconfirmed_neighbour(now, s, _trainer_standby(pool, by_slot, s, t,
-                                                                                           peek=True)):
+        if s.kind is RoleKind.TRAINER and _unconfirmed_neighbour(
+                now, s, _trainer_standby(now, view, pool, by_slot, s, peek=True)[0]):
             continue                  # decided again next tick, once the neighbour is heard from or dead
         actions.append(d)
         if s.restarts_in_window >= t.restart_budget:
@@ -429,14 +485,14 @@ def decide(now: float, view: View) -> list[Action]:
             else:
                 actions.append(Submit(f"replace dead {s.slot} (no warm spare)", s.slot, avoid))
         elif s.kind is RoleKind.TRAINER:
-            standby = _trainer_standby(pool, by_slot, s, t)
+            standby, why_cold = _trainer_standby(now, view, pool, by_slot, s)
             if standby is not None:
                 actions.append(PromoteTrainer(f"restore trainer on warm {standby.slot} at committed step "
                                               f"{view.committed_version}", standby.slot, view.committed_version))
                 actions += _backfill(standby, t, avoid)
             else:
-                actions.append(Submit(f"restart trainer cold from step {view.committed_version} (no warm standby)",
-                                      s.slot, avoid))
+                actions.append(Submit(f"restart trainer cold from step {view.committed_version} "
+                                      f"({why_cold or 'no warm standby'})", s.slot, avoid))
         else:
             if s.index < t.spare_replicas and not s.extra:
                 actions.append(Submit(f"replace dead {s.slot}", s.slot, avoid, backfill=True))

@@ -162,6 +162,8 @@ class _Slot:
     restarts: list[float] = dataclasses.field(default_factory=list)
     producing: bool = False                # a rollout generating into the buffer
     exclude: tuple[str, ...] = ()
+    submitted_at: float | None = None
+    submitted_inc: int = -1                # the incarnation submitted then, until it is ready
 
     @property
     def name(self) -> str:
@@ -247,6 +249,7 @@ class _Run:
         self.full_restarts = 0
         self.waiter: simpy.Process | None = None
         self.batch_in_hand = False             # the trainer took a batch and has not finished the step
+        self.start_times = pol.StartTimes()
         self.t_train: float | None = None      # the trainer first asked for data
         self.t_data: float | None = None       # ... and had its first batch: training starts
         self.done = self.env.event()
@@ -386,6 +389,7 @@ class _Run:
         slot.state = RoleState.PENDING
         slot.producing = False
         slot.exclude = exclude
+        slot.submitted_at, slot.submitted_inc = self.env.now, slot.incarnation
         job: _Job | None = None
         if self.node_names:
             # the local backend starts the process at once, on a node chosen now
@@ -424,6 +428,9 @@ class _Run:
 
     def _ready(self, slot: _Slot) -> None:
         slot.state = RoleState.READY
+        if slot.submitted_inc == slot.incarnation and slot.submitted_at is not None:
+            self.start_times.add(slot.kind, self.env.now - slot.submitted_at)     # as the controller does
+            slot.submitted_inc = -1
         if slot.fault is not None:
             slot.fault.t_loaded = self.env.now
         self._chaos_poll()
@@ -691,11 +698,13 @@ class _Run:
                 # a standby that stopped working (undetected) lags: the policy prefers the newest
                 version=-1 if not connected or s.job is None else
                 (self.version if s.job.version is None else min(s.job.version, self.version)),
-                restarts_in_window=sum(1 for t in s.restarts if now - t < window)))
+                restarts_in_window=sum(1 for t in s.restarts if now - t < window),
+                starting_since=s.submitted_at if s.submitted_inc == s.incarnation
+                and s.state in (RoleState.PENDING, RoleState.STARTING) else None))
         self._update_commit()
         return pol.View(slots=views, thresholds=self.thresholds, committed_version=self.committed,
                         full_restarts=self.full_restarts, node_failures=dict(self.node_failures),
-                        excluded_nodes=frozenset(self.excluded))
+                        excluded_nodes=frozenset(self.excluded), start_s=self.start_times.estimates())
 
     def _decide(self, dead: list[_Slot]) -> None:
         actions = pol.decide(self.env.now, self._view(dead))
