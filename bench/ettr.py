@@ -39,14 +39,18 @@ from slurm_rl.report import report_dict  # noqa: E402
 from slurm_rl.rundir import RunDir  # noqa: E402
 
 
+POLICIES = ("role-based", "full-restart")
+
+
 def lab_dir() -> Path:
     return Path(os.environ.get("SLURM_RL_LAB") or Path(os.environ.get("TMPDIR", "/tmp")) / "slurm-rl-lab")
 
 
-def ensure_lab() -> Path:
+def ensure_lab(nodes: int, cpus: int) -> Path:
+    """The lab cluster with `nodes` nodes of `cpus` CPUs (cluster-up.sh rebuilds it if it differs)."""
     lab = lab_dir()
-    subprocess.run(["bash", str(ROOT / "scripts/slurm-lab/cluster-up.sh")], check=True, env=dict(os.environ, LAB=str(lab)),
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(["bash", str(ROOT / "scripts/slurm-lab/cluster-up.sh")], check=True,
+                   env=dict(os.environ, LAB=str(lab), NODES=str(nodes), CPUS=str(cpus)), stdout=subprocess.DEVNULL)
     os.environ["SLURM_RL_LAB"] = str(lab)
     return lab
 
@@ -125,7 +129,14 @@ def main() -> int:
     p.add_argument("--checkpoint-every", type=int, default=10)
     p.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cpus-per-task", type=int, default=2, help="Slurm: 2 roles fit on a 4-CPU lab node")
+    p.add_argument("--lab-nodes", type=int, default=8,
+                   help="Slurm lab nodes: the 5 roles plus room for replacements while crashed nodes are repaired")
+    p.add_argument("--lab-cpus", type=int, default=4, help="CPUs each lab node advertises (all share this machine's cores)")
+    p.add_argument("--cpus-per-task", type=int, default=4,
+                   help="Slurm CPUs per role: 4 = one role per lab node, as GPU roles hold whole nodes on a "
+                        "cluster (a node-down kills one role); 2 packs two roles per node (it kills both)")
+    p.add_argument("--policies", default="role-based,full-restart",
+                   help="comma-separated; both (the default) for the side-by-side comparison")
     p.add_argument("--repair-s", type=float, default=15.0, help="restart a crashed lab node after this long")
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -134,28 +145,35 @@ def main() -> int:
     p.add_argument("--out", help="write both reports and the summary to this JSON file")
     args = p.parse_args()
 
+    policies = [x.strip() for x in args.policies.split(",") if x.strip()]
+    bad = [x for x in policies if x not in POLICIES]
+    if bad or not policies:
+        p.error(f"--policies: {', '.join(bad) or 'none given'}; choose from {', '.join(POLICIES)}")
     runs_dir = Path(args.runs_dir or f"/tmp/slurm-rl-bench-{int(time.time())}")
     repairer = None
     if args.backend == "slurm":
-        lab = ensure_lab()
+        lab = ensure_lab(args.lab_nodes, args.lab_cpus)
         repairer = Repairer(lab, args.repair_s)
         repairer.start()
     try:
-        reports = {pol: run_policy(pol, args, runs_dir) for pol in ("role-based", "full-restart")}
+        reports = {pol: run_policy(pol, args, runs_dir) for pol in policies}
     finally:
         if repairer is not None:
             repairer.stop.set()
-    rb, fr = reports["role-based"], reports["full-restart"]
+    fr = reports.get("full-restart")
     summary = {
         "backend": args.backend, "engine": args.engine, "steps": args.steps, "seed": args.seed,
         "mean_interval_steps": args.mean_interval,
-        "ettr": {"role-based": rb["ettr"], "full-restart": fr["ettr"]},
-        "ratio": round(rb["ettr"] / fr["ettr"], 3) if fr["ettr"] else None,
-        "end_to_end_s": {"role-based": rb["end_to_end_s"], "full-restart": fr["end_to_end_s"]},
-        "wall_s": {"role-based": rb["wall_s"], "full-restart": fr["wall_s"]},
-        "faults": {"role-based": len(rb["faults"]), "full-restart": len(fr["faults"])},
-        "badput": {"role-based": rb["badput"], "full-restart": fr["badput"]},
-        "mttr": {"role-based": rb["mttr"], "full-restart": fr["mttr"]},
+        "lab": {"nodes": args.lab_nodes, "cpus_per_node": args.lab_cpus, "cpus_per_task": args.cpus_per_task}
+        if args.backend == "slurm" else None,
+        "ettr": {pol: r["ettr"] for pol, r in reports.items()},
+        "ratio": round(reports["role-based"]["ettr"] / fr["ettr"], 3)
+        if fr and fr["ettr"] and "role-based" in reports else None,
+        "end_to_end_s": {pol: r["end_to_end_s"] for pol, r in reports.items()},
+        "wall_s": {pol: r["wall_s"] for pol, r in reports.items()},
+        "faults": {pol: len(r["faults"]) for pol, r in reports.items()},
+        "badput": {pol: r["badput"] for pol, r in reports.items()},
+        "mttr": {pol: r["mttr"] for pol, r in reports.items()},
         "machine": machine(),
     }
     if args.out:
@@ -182,17 +200,18 @@ def print_tables(s: dict) -> None:
     for col in ("policy", "ETTR", "vs full restart", "end-to-end s", "train wall s", "faults", "recovery s",
                 "replay s", "idle s"):
         t.add_column(col, justify="right" if col != "policy" else "left")
-    for pol in ("role-based", "full-restart"):
+    base = s["ettr"].get("full-restart")
+    for pol in s["ettr"]:
         b = s["badput"][pol]
-        ratio = s["ettr"][pol] / s["ettr"]["full-restart"] if s["ettr"]["full-restart"] else float("nan")
-        t.add_row(pol, f"{s['ettr'][pol]:.3f}", f"{ratio:.2f}x", f"{s['end_to_end_s'][pol]:.0f}",
+        ratio = f"{s['ettr'][pol] / base:.2f}x" if base else "-"
+        t.add_row(pol, f"{s['ettr'][pol]:.3f}", ratio, f"{s['end_to_end_s'][pol]:.0f}",
                   f"{s['wall_s'][pol]:.0f}", str(s["faults"][pol]), f"{b['recovery_s']:.1f}",
                   f"{b['replay_s']:.1f}", f"{b['idle_s']:.1f}")
     c.print(t)
     m = Table(title="MTTR by role and fault kind (seconds: total = detect + schedule + load + sync + ...)")
     for col in ("policy", "role", "fault", "n", "MTTR", "detect", "schedule", "load", "sync"):
         m.add_column(col, justify="right" if col not in ("policy", "role", "fault") else "left")
-    for pol in ("role-based", "full-restart"):
+    for pol in s["mttr"]:
         for r in s["mttr"][pol]:
             def f(v):
                 return "-" if v is None else f"{v:.2f}"
