@@ -97,7 +97,12 @@ class SlurmLab:
         for node in self.nodes:
             try:
                 if env.get("NODE_NS") == "1":
-                    init = int((run / f"node-{node}.init").read_text())
+                    init_file = run / f"node-{node}.init"
+                    if not init_file.exists():       # nodectl.sh finds the namespace from its processes
+                        if _sh([str(self.lab_dir / "nodectl.sh"), "is-up", node], check=False).returncode == 0:
+                            up.add(node)
+                        continue
+                    init = int(init_file.read_text())
                     if _alive(init) and os.readlink(f"/proc/{init}/ns/pid") in slurmd_ns:
                         up.add(node)
                 elif _alive(int((run / f"slurmd-{node}.pid").read_text())):

@@ -24,7 +24,27 @@ LAB=$(sed -n 's/^LAB=//p' "$ENV_FILE"); NODE_NS=$(sed -n 's/^NODE_NS=//p' "$ENV_
 RUN=$LAB/run; LOG=$LAB/log
 alive() { local p=$1 s; [ -n "$p" ] && [ -r "/proc/$p/stat" ] || return 1
           s=$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null) || return 1; [ "$s" != Z ] && [ "$s" != X ]; }
-init_pid() { local p; p=$(cat "$RUN/node-$1.init" 2>/dev/null || true); alive "$p" && echo "$p" || true; }
+is_init() { # is_init PID NODE: PID is node NODE's namespace init (a bash whose parent is NODE's unshare)
+  local p=$1 n=$2 pp
+  alive "$p" && [ "$(cat "/proc/$p/comm" 2>/dev/null)" = bash ] || return 1
+  pp=$(awk '{print $4}' "/proc/$p/stat" 2>/dev/null) || return 1
+  [ "$(cat "/proc/$pp/comm" 2>/dev/null)" = unshare ] && tr '\0' ' ' <"/proc/$pp/cmdline" 2>/dev/null | grep -qF "bash -c hostname $n;"
+}
+find_init() { # the namespace init of node $1, from the processes themselves (the unshare naming the node)
+  local n=$1 p k
+  for p in /proc/[0-9]*; do p=${p#/proc/}
+    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = unshare ] || continue
+    for k in $(cat "/proc/$p/task/$p/children" 2>/dev/null); do is_init "$k" "$n" && { echo "$k"; return 0; }; done
+  done; true
+}
+init_pid() { # host PID of node $1's namespace init; the file is a cache checked against the processes (it
+             # went missing once when a busy machine outran start's search, and crash then killed nothing)
+  local p; p=$(cat "$RUN/node-$1.init" 2>/dev/null || true)
+  if [ -n "$p" ] && is_init "$p" "$1"; then echo "$p"; return 0; fi
+  p=$(find_init "$1")
+  if [ -n "$p" ]; then echo "$p" > "$RUN/node-$1.init"; echo "$p"; fi
+  true
+}
 slurmd_pid() { # host PID of the slurmd serving node $1 (found by namespace / environment tag)
   local n=$1 p ns init
   if [ "$NODE_NS" = 1 ]; then
@@ -67,13 +87,9 @@ start() {
                while :; do sleep 3600 & wait \$!; done" </dev/null >/dev/null 2>&1 &
     local u=$! c=""
     echo "$u" > "$RUN/node-$n.unshare"
-    # the namespace init is unshare's child that lives in a different PID namespace and runs bash
-    local myns k; myns=$(readlink /proc/self/ns/pid)
-    for _ in $(seq 1 100); do
-      for k in $(cat /proc/$u/task/$u/children 2>/dev/null); do
-        [ "$(cat /proc/$k/comm 2>/dev/null)" = bash ] && [ "$(readlink /proc/$k/ns/pid 2>/dev/null)" != "$myns" ] && c=$k
-      done
-      [ -n "$c" ] && break; sleep 0.05
+    # the namespace init is unshare's child running bash (a loaded machine may take seconds to fork it)
+    for _ in $(seq 1 600); do
+      c=$(find_init "$n"); [ -n "$c" ] && break; sleep 0.05
     done
     [ -n "$c" ] || { echo "could not find namespace init of $n" >&2; return 1; }
     echo "$c" > "$RUN/node-$n.init"

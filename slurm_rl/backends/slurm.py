@@ -203,6 +203,10 @@ class SlurmBackend(Backend):
             res = self.client.run([str(lab / "nodectl.sh"), "crash", node], check=False)
             if not res.ok:
                 raise BackendError(f"could not crash lab node {node}: {res.describe()}")
+            # a crash that finds no node to kill exits 0 too: make sure its slurmd is gone
+            if self.client.run([str(lab / "nodectl.sh"), "is-up", node], check=False).ok:
+                raise BackendError(f"lab node {node} is still up after nodectl.sh crash",
+                                   hint=f"see {lab}/nodectl.sh status; restart the lab with scripts/slurm-lab/cluster-up.sh")
             return
         self._scontrol_node(node, "down")
 
