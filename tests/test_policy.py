@@ -298,6 +298,57 @@ def test_start_times_pool_engines_and_keep_the_newest():
     assert st.estimates() == {RoleKind.ROLLOUT: 12.0, RoleKind.TRAINER: 6.0}
 
 
+def _spare_starting(for_s: float | None, **kw) -> SlotView:
+    return slot(RoleKind.SPARE, 0, state=RoleState.STARTING, phase=Phase.LOADING,
+                starting_since=None if for_s is None else NOW - for_s, **kw)
+
+
+@pytest.mark.parametrize("spare_started_s, start_s, waits", [
+    (15.0, {RoleKind.ROLLOUT: 20.0}, True),      # ready in ~5 s: a new job would take 20
+    (2.0, {RoleKind.ROLLOUT: 20.0}, False),      # ~18 s left saves too little: a new job starts beside it
+    (15.0, {}, False),                           # no start measured yet
+    (None, {RoleKind.ROLLOUT: 20.0}, False),     # not starting (its start was not seen)
+])
+def test_a_dead_rollout_waits_for_a_starting_spare_only_when_clearly_sooner(spare_started_s, start_s, waits):
+    r1 = slot(RoleKind.ROLLOUT, 1, job_state=JobState.FAILED)
+    acts = pol.decide(NOW, view(cluster(**{"rollout/1": r1, "spare/0": _spare_starting(spare_started_s)}),
+                                start_s=start_s))
+    if waits:
+        assert kinds(acts) == ["Dead", "AwaitSpare"]
+        assert (acts[1].spare, acts[1].target) == ("spare/0", "rollout/1") and "ready in ~5s" in acts[1].reason
+    else:
+        assert kinds(acts) == ["Dead", "Submit"] and acts[1].slot == "rollout/1"
+
+
+def test_a_waiting_rollout_slot_takes_its_spare_once_ready_or_resubmits_if_it_dies():
+    dead_r1 = slot(RoleKind.ROLLOUT, 1, state=RoleState.DEAD, connected=False, job_state=JobState.CANCELLED)
+    # still starting: the slot keeps waiting
+    spare = _spare_starting(10.0, reserved_for="rollout/1")
+    assert pol.decide(NOW, view(cluster(**{"rollout/1": dead_r1, "spare/0": spare}))) == []
+    # ready and heard from: promoted (the wait was the decision), its own slot backfilled
+    spare = slot(RoleKind.SPARE, 0, reserved_for="rollout/1")
+    acts = pol.decide(NOW, view(cluster(**{"rollout/1": dead_r1, "spare/0": spare})))
+    assert kinds(acts) == ["PromoteSpare", "Submit"] and acts[0].awaited
+    assert (acts[0].spare, acts[0].target, acts[1].slot) == ("spare/0", "rollout/1", "spare/0")
+    # the spare dies while starting: the rollout's own replacement after all, and the spare's
+    spare = _spare_starting(10.0, reserved_for="rollout/1", job_state=JobState.FAILED)
+    acts = pol.decide(NOW, view(cluster(**{"rollout/1": dead_r1, "spare/0": spare})))
+    assert kinds(acts) == ["Dead", "Submit", "Submit"]
+    assert {a.slot for a in acts[1:]} == {"spare/0", "rollout/1"} and "is gone" in acts[2].reason
+    # a dead rollout slot that nothing is coming for (its spare's promise was lost) is resubmitted
+    acts = pol.decide(NOW, view(cluster(**{"rollout/1": dead_r1})))
+    assert kinds(acts) == ["Submit"] and acts[0].slot == "rollout/1"
+
+
+def test_a_spare_two_dead_rollouts_could_wait_for_goes_to_one():
+    r0 = slot(RoleKind.ROLLOUT, 0, job_state=JobState.FAILED)
+    r1 = slot(RoleKind.ROLLOUT, 1, job_state=JobState.FAILED)
+    acts = pol.decide(NOW, view(cluster(**{"rollout/0": r0, "rollout/1": r1, "spare/0": _spare_starting(15.0)}),
+                                start_s={RoleKind.ROLLOUT: 20.0}))
+    assert kinds(acts) == ["Dead", "AwaitSpare", "Dead", "Submit"]
+    assert acts[1].target == "rollout/0" and acts[3].slot == "rollout/1"
+
+
 def test_spare_only_standby_policy_restarts_trainer_cold_without_spare():
     t = slot(RoleKind.TRAINER, job_state=JobState.FAILED)
     slots = [s for s in cluster(**{"trainer/0": t}) if s.kind is not RoleKind.SPARE]

@@ -634,7 +634,13 @@ class Controller:
             self.store.set_meta("excluded_nodes", sorted(self.excluded))
             self.event("node_excluded", f"node {a.node} excluded from new role jobs: {a.reason}", node=a.node)
         elif isinstance(a, pol.PromoteSpare):
-            self._promote(self.slots[a.spare], self.slots[a.target], now, a.reason, resume_step=-1)
+            self._promote(self.slots[a.spare], self.slots[a.target], now, a.reason, resume_step=-1,
+                          awaited=a.awaited)
+        elif isinstance(a, pol.AwaitSpare):
+            spare, target = self.slots[a.spare], self.slots[a.target]
+            spare.reserved_for = target.name
+            self._faults(target, action=f"await {spare.name}")
+            self.event("awaiting_spare", f"{target.name} waits for {spare.name}: {a.reason}", slot=target.name)
         elif isinstance(a, pol.PromoteTrainer):
             # resume where the restore point ended up (it may be below what the policy saw)
             self._promote(self.slots[a.standby], self.slots["trainer/0"], now, a.reason, resume_step=self.committed)
@@ -709,6 +715,7 @@ class Controller:
             for fid in fids:
                 self.store.update_fault(fid, replay_s=replay / len(fids))
         s.fault_ids = s.fault_ids + fids     # a replacement dying before it recovered: both stay open
+        s.reserved_for = None                # a dead spare keeps no promise (a slot waiting for it resubmits)
         s.version = -1
         s.connected = False
         # redirects owed to the dead process are void
@@ -768,7 +775,7 @@ class Controller:
         return replay
 
     def _promote(self, standby: Slot, target: Slot, now: float, reason: str, *, resume_step: int,
-                 planned: bool = False) -> None:
+                 planned: bool = False, awaited: bool = False) -> None:
         """Hand standby's live process to target's slot, and tell the process its new identity."""
         old_ident = (standby.name, standby.incarnation)
         if standby.kind is RoleKind.ROLLOUT:
@@ -811,7 +818,9 @@ class Controller:
         standby.job = None
         standby.reserved_for = None
         standby.reset_runtime()
-        self._faults(target, t_decide=now, t_scheduled=now, action=f"promote {old_ident[0]}")
+        # an awaited spare: the decision was the wait (at the death); its end is when the slot is filled
+        self._faults(target, **({} if awaited else {"t_decide": now}), t_scheduled=now,
+                     action=f"promote {old_ident[0]}")
         kind = "trainer_restored" if target.kind is RoleKind.TRAINER else "promoted"
         self.event(kind, f"{old_ident[0]} -> {target.name}: {reason}", slot=target.name, job_id=target.job_id,
                    node=target.node)

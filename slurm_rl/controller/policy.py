@@ -23,7 +23,9 @@ Detection (role-aware):
     first, then the role is stopped (a trainer checkpoints first) and the standby takes over.
 
 Recovery (role-based): only the failed role restarts. A dead rollout is replaced by a warm
-spare (no queue wait) or a new job that excludes suspect nodes; a dead trainer is restored from
+spare (no queue wait), by a spare still starting when this run's measured start times say it is
+ready before a new job would be (its slot waits for it), or by a new job that excludes suspect
+nodes; a dead trainer is restored from
 a warm standby (spare first, else the rollout holding the newest weights) at the newest committed
 step, unless that rollout is the only one generating and this run's measured start times say a
 cold trainer job is back sooner than another rollout (promoted, the trainer would have no data).
@@ -186,6 +188,15 @@ class ExcludeNode(Action):
 @dataclasses.dataclass(frozen=True, slots=True)
 class PromoteSpare(Action):
     """A warm spare takes over a rollout slot (no queue wait, weights already held)."""
+
+    spare: str
+    target: str
+    awaited: bool = False                 # the slot waited for this spare to finish starting (AwaitSpare)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AwaitSpare(Action):
+    """A dead rollout's slot waits for a spare that is still starting: promoted once ready."""
 
     spare: str
     target: str
@@ -463,6 +474,7 @@ def decide(now: float, view: View) -> list[Action]:
     pool = _Pool(view.slots, dead_slots, now, t.suspect_after_s * 0.75)
     failures = dict(view.node_failures)
     excluded = set(view.excluded_nodes)
+    awaited: set[str] = set()             # spares a dead rollout started waiting for in this tick
     for s, d in deaths:
         if s.kind is RoleKind.TRAINER and _unconfirmed_neighbour(
                 now, s, _trainer_standby(now, view, pool, by_slot, s, peek=True)[0]):
@@ -479,9 +491,15 @@ def decide(now: float, view: View) -> list[Action]:
         avoid = tuple(sorted(excluded | ({s.node} if s.node else set())))
         if s.kind is RoleKind.ROLLOUT:
             spare = _reserved(by_slot, s.slot) or pool.take_spare(s.node)
+            starting = None if spare is not None else _starting_spare(now, view, dead_slots, awaited)
             if spare is not None:
                 actions.append(PromoteSpare(f"replace dead {s.slot} with warm {spare.slot}", spare.slot, s.slot))
                 actions += _backfill(spare, t, avoid)
+            elif starting is not None:
+                sp, left, new = starting
+                awaited.add(sp.slot)
+                actions.append(AwaitSpare(f"replace dead {s.slot} with {sp.slot}, ready in ~{left:.0f}s (a new "
+                                          f"job takes ~{new:.0f}s, measured)", sp.slot, s.slot))
             else:
                 actions.append(Submit(f"replace dead {s.slot} (no warm spare)", s.slot, avoid))
         elif s.kind is RoleKind.TRAINER:
@@ -496,8 +514,52 @@ def decide(now: float, view: View) -> list[Action]:
         else:
             if s.index < t.spare_replicas and not s.extra:
                 actions.append(Submit(f"replace dead {s.slot}", s.slot, avoid, backfill=True))
+    actions += _awaiting(now, view, dead_slots)
     actions += _moves(view, pool, dead_slots)
     return actions
+
+
+# a starting spare is waited for only when at least this share of a new job's start is saved: waiting
+# also delays the spare's own backfill, where a new job would have started both at once
+_AWAIT_SAVES = 0.25
+
+
+def _starting_spare(now: float, view: View, dead: set[str], taken: set[str]
+                    ) -> tuple[SlotView, float, float] | None:
+    """A spare still starting that is ready clearly before a new rollout job would be, by this run's
+    measured engine start: (spare, seconds left, seconds a new job takes), the soonest; None if none."""
+    new = view.start_s.get(RoleKind.ROLLOUT)
+    if new is None:
+        return None
+    best = None
+    for x in view.slots:
+        if (x.kind is RoleKind.SPARE and x.state in (RoleState.PENDING, RoleState.STARTING) and not x.extra
+                and x.starting_since is not None and x.reserved_for is None and x.slot not in dead | taken):
+            left = max(0.0, new - (now - x.starting_since))
+            if left <= (1 - _AWAIT_SAVES) * new and (best is None or left < best[1]):
+                best = (x, left, new)
+    return best
+
+
+def _awaiting(now: float, view: View, dead: set[str]) -> list[Action]:
+    """Dead rollout slots waiting for a starting spare (AwaitSpare): promote it once ready and heard
+    from; if it died, submit the rollout's own replacement after all."""
+    out: list[Action] = []
+    t = view.thresholds
+    for r in view.slots:
+        if r.kind is not RoleKind.ROLLOUT or r.state is not RoleState.DEAD or r.slot in dead:
+            continue
+        spare = next((x for x in view.slots if x.reserved_for == r.slot and x.kind is RoleKind.SPARE), None)
+        avoid = tuple(sorted(set(view.excluded_nodes) | ({r.node} if r.node else set())))
+        if spare is not None and spare.slot not in dead and spare.ready and spare.last_hb is not None \
+                and now - spare.last_hb < t.suspect_after_s * 0.75:
+            out.append(PromoteSpare(f"replace dead {r.slot} with {spare.slot}, now warm", spare.slot, r.slot,
+                                    awaited=True))
+            out += _backfill(spare, t, avoid)
+        elif spare is None or spare.slot in dead or not spare.state.alive:
+            what = f"{spare.slot} it waited for is gone" if spare is not None else "no spare is coming"
+            out.append(Submit(f"replace dead {r.slot} ({what})", r.slot, avoid))
+    return out
 
 
 def _reserved(by_slot: Mapping[str, SlotView], target: str) -> SlotView | None:

@@ -164,6 +164,7 @@ class _Slot:
     exclude: tuple[str, ...] = ()
     submitted_at: float | None = None
     submitted_inc: int = -1                # the incarnation submitted then, until it is ready
+    reserved_for: str | None = None        # a spare a dead rollout slot waits for (AwaitSpare)
 
     @property
     def name(self) -> str:
@@ -433,6 +434,8 @@ class _Run:
             slot.submitted_inc = -1
         if slot.fault is not None:
             slot.fault.t_loaded = self.env.now
+        if slot.reserved_for is not None:
+            self._decide([])                  # a slot waits for this spare (the controller decides every tick)
         self._chaos_poll()
 
     def _synced(self, slot: _Slot) -> None:
@@ -700,7 +703,7 @@ class _Run:
                 (self.version if s.job.version is None else min(s.job.version, self.version)),
                 restarts_in_window=sum(1 for t in s.restarts if now - t < window),
                 starting_since=s.submitted_at if s.submitted_inc == s.incarnation
-                and s.state in (RoleState.PENDING, RoleState.STARTING) else None))
+                and s.state in (RoleState.PENDING, RoleState.STARTING) else None, reserved_for=s.reserved_for))
         self._update_commit()
         return pol.View(slots=views, thresholds=self.thresholds, committed_version=self.committed,
                         full_restarts=self.full_restarts, node_failures=dict(self.node_failures),
@@ -723,7 +726,12 @@ class _Run:
         elif isinstance(a, pol.ExcludeNode):
             self.excluded.add(a.node)
         elif isinstance(a, pol.PromoteSpare):
-            self._promote(self.slots[a.spare], self.slots[a.target])
+            self._promote(self.slots[a.spare], self.slots[a.target], awaited=a.awaited)
+        elif isinstance(a, pol.AwaitSpare):
+            self.slots[a.spare].reserved_for = a.target
+            f = self.slots[a.target].fault
+            if f is not None:
+                f.action = f"await {a.spare}"
         elif isinstance(a, pol.PromoteTrainer):
             self._promote(self.slots[a.standby], self.trainer)
         elif isinstance(a, pol.Submit):
@@ -747,14 +755,16 @@ class _Run:
             s.job.state = _JobState.GONE       # the controller cancels the job of a dead role
         s.producing = False
         s.fault = f
+        s.reserved_for = None
         if s.kind is RoleKind.TRAINER:
             self._trainer_lost()
         self._set_rate()
 
-    def _promote(self, standby: _Slot, target: _Slot) -> None:
+    def _promote(self, standby: _Slot, target: _Slot, *, awaited: bool = False) -> None:
         """A standby's live job takes over the target slot (controller: _promote)."""
         now = self.env.now
         job = standby.job
+        standby.reserved_for = None
         standby.state = RoleState.STOPPED
         standby.job = None
         standby.producing = False
@@ -769,7 +779,9 @@ class _Run:
         target.state = RoleState.STARTING
         target.producing = False
         if target.fault is not None:
-            target.fault.t_decide = target.fault.t_scheduled = now
+            if not awaited:
+                target.fault.t_decide = now
+            target.fault.t_scheduled = now
             target.fault.action = f"promote {standby.name}"
         self._set_rate()
         self.env.process(self._take_over(target, target.incarnation, job))
