@@ -279,6 +279,20 @@ def test_the_only_rollout_generating_is_promoted_only_if_no_cold_trainer_is_soon
         assert "rollout/0, the only rollout generating, keeps generating" in acts[1].reason
 
 
+def test_a_spare_a_rollout_slot_waits_for_counts_as_a_rollout_coming_back():
+    dead_r1 = slot(RoleKind.ROLLOUT, 1, state=RoleState.DEAD, connected=False, job_state=JobState.CANCELLED,
+                   version=-1)
+    t = slot(RoleKind.TRAINER, job_state=JobState.FAILED)
+    start_s = {RoleKind.TRAINER: 8.0, RoleKind.ROLLOUT: 20.0}
+    for spare, promoted in ((_spare_starting(18.0, reserved_for="rollout/1"), True),    # ~2 s away
+                            (_spare_starting(1.0, reserved_for="rollout/1"), False),    # ~19 s away
+                            (slot(RoleKind.SPARE, 0, reserved_for="rollout/1"), True)):  # ready: fills it now
+        acts = pol.decide(NOW, view(cluster(**{"trainer/0": t, "rollout/1": dead_r1, "spare/0": spare}),
+                                    start_s=start_s))
+        trainer = [a for a in acts if getattr(a, "standby", None) or getattr(a, "slot", None) == "trainer/0"]
+        assert isinstance(trainer[-1], pol.PromoteTrainer if promoted else pol.Submit), (spare, acts)
+
+
 def test_the_only_rollout_is_promoted_without_measured_start_times_or_beside_another():
     acts = pol.decide(NOW, view(_lonely_rollout(), start_s={RoleKind.ROLLOUT: 20.0}))     # no trainer start seen
     assert kinds(acts) == ["Dead", "PromoteTrainer", "Submit"] and acts[1].standby == "rollout/0"

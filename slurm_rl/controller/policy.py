@@ -414,11 +414,25 @@ def _trainer_standby(now: float, view: View, pool: _Pool, by_slot: Mapping[str, 
     return standby, ""
 
 
+def _rollout_back_in(now: float, s: SlotView, engine: float) -> float:
+    """Seconds until `s` generates as a rollout, by the measured engine start (inf: it will not):
+    a rollout job starting, or a spare a dead rollout's slot waits for (AwaitSpare)."""
+    if not s.state.alive:
+        return float("inf")
+    if s.kind is RoleKind.SPARE and s.reserved_for is not None and s.reserved_for.startswith(RoleKind.ROLLOUT.value):
+        if s.ready:
+            return 0.0                        # promoted in this very tick
+    elif s.kind is not RoleKind.ROLLOUT:
+        return float("inf")
+    return float("inf") if s.starting_since is None else max(0.0, engine - (now - s.starting_since))
+
+
 def _cold_trainer_sooner(now: float, view: View, pool: _Pool, candidate: SlotView) -> str:
     """Why a cold trainer job beats promoting `candidate` when it is the only rollout generating, or "".
 
     Promoted, it leaves the new trainer without data until another rollout is ready (one already
-    starting, else the backfill of its own slot: a full engine start). A cold trainer job leaves it
+    starting or a spare a rollout slot waits for, else the backfill of its own slot: a full engine
+    start). A cold trainer job leaves it
     generating into the buffer meanwhile. Judged by this run's own measured start times; without
     them, the rollout is promoted."""
     if any(r.slot != candidate.slot for r in pool.rollouts):
@@ -426,9 +440,7 @@ def _cold_trainer_sooner(now: float, view: View, pool: _Pool, candidate: SlotVie
     cold, engine = view.start_s.get(RoleKind.TRAINER), view.start_s.get(RoleKind.ROLLOUT)
     if cold is None or engine is None:
         return ""
-    starting = [max(0.0, engine - (now - s.starting_since)) for s in view.slots
-                if s.kind is RoleKind.ROLLOUT and s.state.alive and s.starting_since is not None]
-    back = min(starting, default=engine)
+    back = min([_rollout_back_in(now, x, engine) for x in view.slots] + [engine])   # else: its own backfill
     if cold >= back:
         return ""
     return (f"{candidate.slot}, the only rollout generating, keeps generating: promoted, the trainer would "
