@@ -9,8 +9,10 @@ rows into the model's components:
   load      the job connects -> READY (t_scheduled -> t_loaded), `submit` actions; the trainer's
             cold load is the run's start-up (launch -> first request for data) less its queue
   sync      the weight pull of replacement rollouts (t_loaded -> t_synced, else -> t_recovered)
-  promote   decision -> working again (t_decide -> t_recovered) of `promote` actions; for the
-            trainer less one step (the first step after the promotion is simulated, not assumed)
+  promote   promotion -> working again (t_scheduled -> t_recovered, else from t_decide) of
+            `promote` actions (a slot that waited for a starting spare was promoted when it was
+            ready: the wait is not the promotion's); for the trainer less one step (the first step
+            after the promotion is simulated, not assumed)
   full      decision -> first step after a full restart, per restart (the full-restart run)
 
 Detection is a mean (a hang is found by the timeout of the phase it froze in: the mix of phases
@@ -249,8 +251,8 @@ class MeasuredTimes:
         # promotions of warm standbys
         promote: dict[RoleKind, float] = {}
         for role in (RoleKind.ROLLOUT, RoleKind.TRAINER):
-            vals = [_span(f, "t_decide", "t_recovered") for f in rb_inj
-                    if _action(f) == "promote" and _role(f) is role]
+            vals = [_span(f, "t_scheduled" if f.get("t_scheduled") is not None else "t_decide", "t_recovered")
+                    for f in rb_inj if _action(f) == "promote" and _role(f) is role]
             vals = [v for v in vals if v is not None]
             if vals:
                 m = statistics.median(vals)
