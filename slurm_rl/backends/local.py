@@ -46,6 +46,29 @@ class _Job:
     proc: subprocess.Popen[bytes] | None = None
 
 
+
+# how long a cancel waits for SIGKILLed jobs to be gone
+_KILLED_GONE_S = 15.0
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group is left that is not a zombie (orphans are reaped late on some
+    machines, and a zombie runs nothing)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    for p in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (OSError, psutil.Error):
+            continue
+    return False
+
+
 class LocalBackend(Backend):
     name = "local"
 
@@ -216,12 +239,26 @@ class LocalBackend(Backend):
             time.sleep(0.05)
         with self._lock:
             for j in victims:
-                self._signal(j, signal.SIGKILL)
+                # the whole group, even when its leader is gone already: a child that ignores
+                # SIGTERM outlives a leader that does not
+                if _group_alive(j.pid):
+                    try:
+                        os.killpg(j.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    except PermissionError as e:
+                        raise BackendError(f"cannot signal job {j.job_id} (pid {j.pid}): {e}") from None
+            # gone means gone: a killed process holding gigabytes (torch, an engine) can take seconds
+            # to exit on a busy machine, and `slurm-rl stop` promises that nothing is left running
+            deadline = time.time() + _KILLED_GONE_S
+            for j in victims:
                 if j.proc is not None:
                     try:
-                        j.proc.wait(timeout=2)
+                        j.proc.wait(timeout=max(0.0, deadline - time.time()))
                     except subprocess.TimeoutExpired:
                         pass
+                while time.time() < deadline and _group_alive(j.pid):
+                    time.sleep(0.05)
 
     def inject(self, job_id: str, fault: FaultKind, *, exit_code: int = 1, node: str | None = None) -> str:
         with self._lock:
