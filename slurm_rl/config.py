@@ -240,6 +240,11 @@ class RecoveryConfig(_Section):
     max_full_restarts: int = Field(default=3, ge=0)
     lease_timeout_s: float = Field(default=300.0, gt=0)
     standby: Literal["spare-then-rollout", "spare-only", "none"] = "spare-then-rollout"
+    weigh_start_times: bool = Field(
+        default=True, description="weigh this run's measured start times (submission to ready): a dead rollout "
+        "waits for a spare still starting when it is clearly sooner than a new job, and a dead trainer leaves "
+        "the only rollout generating when a cold trainer is back sooner; off: promote whatever is ready, else "
+        "submit a new job")
 
     @field_validator("phase_timeouts")
     @classmethod

@@ -603,7 +603,8 @@ class Controller:
         return pol.View(slots=views, thresholds=self.thresholds, committed_version=self.committed,
                         full_restarts=self.full_restarts, node_failures=dict(self.node_failures),
                         excluded_nodes=frozenset(self.excluded), restarting=self.restarting_until is not None,
-                        stopping=self.stopping is not None, start_s=self.start_times.estimates())
+                        stopping=self.stopping is not None,
+                        start_s=self.start_times.estimates() if self.cfg.recovery.weigh_start_times else {})
 
     def _apply(self, a: pol.Action, now: float) -> None:
         log.info("action %s: %s", type(a).__name__, a.reason)
