@@ -46,7 +46,6 @@ class _Job:
     proc: subprocess.Popen[bytes] | None = None
 
 
-
 # how long a cancel waits for SIGKILLed jobs to be gone
 _KILLED_GONE_S = 15.0
 
@@ -213,8 +212,11 @@ class LocalBackend(Backend):
                 nodes[n] = NodeStatus(n, h, state=h.value.lower(), reason=reason)
             return Snapshot(jobs=jobs, nodes=nodes)
 
-    def _signal(self, j: _Job, sig: int) -> None:
-        if not self._alive(j):
+    def _signal(self, j: _Job, sig: int, *, leader_gone_ok: bool = False) -> None:
+        """Signal the job's process group while its leader lives. `leader_gone_ok`: also a group whose
+        leader has just died but a member has not (a child that ignores SIGTERM); only for a job
+        signalled a moment ago, as a dead leader's id may have been reused since by another group."""
+        if not (self._alive(j) or (leader_gone_ok and _group_alive(j.pid))):
             return
         try:
             os.killpg(j.pid, sig)
@@ -226,10 +228,8 @@ class LocalBackend(Backend):
     def cancel(self, job_ids: list[str]) -> None:
         with self._lock:
             self._count("cancel")
-            victims = [self._jobs[j] for j in job_ids if j in self._jobs]
+            victims = [self._jobs[j] for j in job_ids if j in self._jobs and self._alive(self._jobs[j])]
             for j in victims:
-                if not self._alive(j):
-                    continue
                 j.cancelled = True
                 self._save(j)
                 self._signal(j, signal.SIGCONT)      # a stopped process cannot handle SIGTERM
@@ -239,15 +239,7 @@ class LocalBackend(Backend):
             time.sleep(0.05)
         with self._lock:
             for j in victims:
-                # the whole group, even when its leader is gone already: a child that ignores
-                # SIGTERM outlives a leader that does not
-                if _group_alive(j.pid):
-                    try:
-                        os.killpg(j.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    except PermissionError as e:
-                        raise BackendError(f"cannot signal job {j.job_id} (pid {j.pid}): {e}") from None
+                self._signal(j, signal.SIGKILL, leader_gone_ok=True)
             # gone means gone: a killed process holding gigabytes (torch, an engine) can take seconds
             # to exit on a busy machine, and `slurm-rl stop` promises that nothing is left running
             deadline = time.time() + _KILLED_GONE_S

@@ -225,6 +225,7 @@ class ControllerRules:
     budget_window_s: float = 600.0
     exclude_node_after: int = 2            # role failures on a node before new jobs avoid it
     max_full_restarts: int | None = None   # past this the run stops (None: never; a real run's default is 3)
+    weigh_start_times: bool = True         # the policy weighs the run's measured start times (see config.py)
 
 
 @dataclasses.dataclass(kw_only=True, slots=True, frozen=True)

@@ -337,7 +337,8 @@ class LocalBenchmark:
                                        max_faults=c.max_faults, seed=c.seed),
                    rules=ControllerRules(standby=Standby(r.standby), restart_budget=r.restart_budget,
                                          budget_window_s=r.budget_window_s, exclude_node_after=r.exclude_node_after,
-                                         max_full_restarts=r.max_full_restarts))
+                                         max_full_restarts=r.max_full_restarts,
+                                         weigh_start_times=r.weigh_start_times))
 
     @classmethod
     def from_config_file(cls, path: str | Path) -> "LocalBenchmark":

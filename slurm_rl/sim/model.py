@@ -707,7 +707,8 @@ class _Run:
         self._update_commit()
         return pol.View(slots=views, thresholds=self.thresholds, committed_version=self.committed,
                         full_restarts=self.full_restarts, node_failures=dict(self.node_failures),
-                        excluded_nodes=frozenset(self.excluded), start_s=self.start_times.estimates())
+                        excluded_nodes=frozenset(self.excluded),
+                        start_s=self.start_times.estimates() if self.cfg.rules.weigh_start_times else {})
 
     def _decide(self, dead: list[_Slot]) -> None:
         actions = pol.decide(self.env.now, self._view(dead))

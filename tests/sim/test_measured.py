@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -155,3 +156,23 @@ def test_measured_pace_calibrates_the_work() -> None:
     assert cfg.work.rollout_groups_per_s == pytest.approx(pace.batch_groups / pace.batch_s)
     # one rollout alone covers a step's groups: losing one does not starve the trainer
     assert cfg.work.rollout_groups_per_s * cfg.work.step_compute_s > cfg.work.groups_per_step
+
+
+def test_the_simulated_policy_weighs_start_times_only_as_the_run_config_says() -> None:
+    """`recovery.weigh_start_times` reaches the simulated policy: on the second Slurm pair's plan a
+    rollout slot waits for a starting spare (promoted later than decided) only with it on."""
+    pair = DATA / "slurm-ettr-2"
+    measured = load_reports(pair / "role-based.json", pair / "full-restart.json")
+    bench = LocalBenchmark.from_config_file(pair / "config.yaml")
+    assert bench.rules.weigh_start_times
+    awaited, idle = {}, {}
+    for weigh in (True, False):
+        b = dataclasses.replace(bench, rules=dataclasses.replace(bench.rules, weigh_start_times=weigh))
+        r = simulate(local_config(measured, b, policy=RecoveryPolicy.ROLE_BASED), RecoveryPolicy.ROLE_BASED,
+                     b.chaos.seed or 0, keep_trace=True)
+        assert r.trace is not None
+        awaited[weigh] = [f for f in r.trace.faults if (f.action or "").startswith("promote") and f.t_decide
+                          is not None and f.t_scheduled is not None and f.t_scheduled > f.t_decide]
+        idle[weigh] = r.as_reported.idle_s
+    assert awaited[True] and not awaited[False]
+    assert idle[True] < idle[False]
