@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from slurm_rl.cli import _parse_since, cli
+from slurm_rl.cli import cli
+from slurm_rl.cli.view import _parse_since
 from slurm_rl.config import RunConfig
 from slurm_rl.errors import BadInput
 from slurm_rl.report import (
