@@ -28,7 +28,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slurm_rl.rl.engine import make_engine  # noqa: E402
+from slurm_rl.rl.engines import make_engine  # noqa: E402
 from slurm_rl.rl.grpo import Group, PolicyTrainer, Sample  # noqa: E402
 from slurm_rl.rl.model import build_tiny_model, load_tokenizer  # noqa: E402
 from slurm_rl.rl.task import encode_prompts, generate_arithmetic, reward  # noqa: E402

@@ -12,14 +12,24 @@ import difflib
 import enum
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from slurm_rl.backends.base import Resources
 from slurm_rl.errors import ConfigError
 from slurm_rl.states import FaultKind, Phase, RoleKind
+
+if TYPE_CHECKING:
+    from slurm_rl.rundir import RunDir
 
 
 class _Section(BaseModel):
@@ -530,3 +540,8 @@ def _load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...]
     except ValidationError as e:
         problems = [_explain(err, source, lines) for err in e.errors()]
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from None
+
+
+def load_run_config(run: RunDir) -> RunConfig:
+    """The resolved config a run directory was prepared with (already validated once at launch)."""
+    return RunConfig.model_validate(yaml.safe_load(run.config.read_text()))

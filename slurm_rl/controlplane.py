@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -167,3 +168,33 @@ class ControlClient:
 
     def close(self) -> None:
         self._reset()
+
+
+# ----------------------------------------------------------------------------- talking to a run's controller
+def controller_alive(run: RunDir) -> bool:
+    """Is the controller that wrote controller.json still running (on this host)?"""
+    import psutil
+
+    addr = run.read_controller()
+    if addr is None:
+        return False
+    if addr.hostname != socket.gethostname():
+        # another host (a login node, or a batch job): ask it instead of looking for its pid
+        try:
+            return ask(run, P.StatusRequest(events=0), timeout_s=2.0).ok
+        except EnvironmentProblem:
+            return False
+    try:
+        return psutil.Process(addr.pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def ask(run: RunDir, msg: P.Request, timeout_s: float = 5.0) -> P.Reply:
+    client = ControlClient(run, name="cli")
+    try:
+        return client.request(msg, timeout_s=timeout_s, attempts=2)
+    finally:
+        client.close()

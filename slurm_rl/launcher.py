@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slurm_rl import protocol as P
 from slurm_rl.config import BackendKind, RunConfig
-from slurm_rl.controlplane import ControlClient
+from slurm_rl.controlplane import ask, controller_alive  # noqa: F401  (the launcher's API too)
 from slurm_rl.errors import BadInput, EnvironmentProblem
 from slurm_rl.rundir import RunDir
 
@@ -148,35 +147,6 @@ def wait_controller_exit(run: RunDir, addr: Any, timeout_s: float = 10.0) -> Non
         pass
 
 
-def controller_alive(run: RunDir) -> bool:
-    """Is the controller that wrote controller.json still running (on this host)?"""
-    import psutil
-
-    addr = run.read_controller()
-    if addr is None:
-        return False
-    if addr.hostname != socket.gethostname():
-        # another host (a login node, or a batch job): ask it instead of looking for its pid
-        try:
-            return ask(run, P.StatusRequest(events=0), timeout_s=2.0).ok
-        except EnvironmentProblem:
-            return False
-    try:
-        return psutil.Process(addr.pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-
-
-def ask(run: RunDir, msg: P.Request, timeout_s: float = 5.0) -> P.Reply:
-    client = ControlClient(run, name="cli")
-    try:
-        return client.request(msg, timeout_s=timeout_s, attempts=2)
-    finally:
-        client.close()
-
-
 def run_state(run: RunDir) -> str:
     from slurm_rl.report import open_store
 
@@ -193,8 +163,8 @@ def run_state(run: RunDir) -> str:
 
 def cancel_all_jobs(run: RunDir, reason: str) -> int:
     """Stop a run whose controller is gone: cancel every job in its store, mark it stopped."""
-    from slurm_rl.controller.__main__ import make_backend
-    from slurm_rl.roles.worker import load_run_config
+    from slurm_rl.backends.factory import make_backend
+    from slurm_rl.config import load_run_config
     from slurm_rl.store import Store
 
     cfg = load_run_config(run)

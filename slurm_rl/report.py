@@ -411,13 +411,13 @@ def status_dict(run: RunDir, *, live: bool, n_events: int = 10) -> dict[str, Any
 def read_status(run: RunDir, *, n_events: int = 10) -> dict[str, Any]:
     """The freshest status there is: the live controller's own answer when it is reachable (from any
     host, through the control plane), else the run directory's state store."""
-    from slurm_rl import launcher
     from slurm_rl import protocol as P
+    from slurm_rl.controlplane import ask, controller_alive
     from slurm_rl.errors import SlurmRLError
 
-    if launcher.controller_alive(run):
+    if controller_alive(run):
         try:
-            reply = launcher.ask(run, P.StatusRequest(events=n_events), timeout_s=2.0)
+            reply = ask(run, P.StatusRequest(events=n_events), timeout_s=2.0)
             if reply.ok and reply.payload:
                 st = json.loads(reply.payload)
                 st.update(live=True, source="controller")

@@ -324,7 +324,7 @@ def test_the_controller_verifies_checkpoints_without_importing_torch(tmp_path):
     import sys
 
     code = ("import sys\n"
-            "import slurm_rl.controller.__main__, slurm_rl.controller.core\n"
+            "import slurm_rl.controller.__main__, slurm_rl.controller.loop\n"
             "from slurm_rl import checkpoint\n"
             f"checkpoint.newest_valid(__import__('pathlib').Path({str(tmp_path)!r}), None)\n"
             "print('torch' in sys.modules)\n")

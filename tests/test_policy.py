@@ -495,27 +495,29 @@ def test_the_controller_clears_a_suspect_back_to_the_state_it_had():
     """A spare that went quiet while still loading its engine and then beat again is still loading:
     it must not come back READY (it was once promoted as a warm standby, and the restore waited
     for its engine)."""
-    from slurm_rl.controller.core import Controller, Slot
+    from slurm_rl.controller.detect import Detector
+    from slurm_rl.controller.registry import Registry
+    from slurm_rl.controller.slot import Slot
 
     class _Null:
         def submit(self, *a, **k):
             pass
 
-        watch = submit
+        watch = event = submit
 
-    ctl = Controller.__new__(Controller)
-    ctl.slots = {"spare/0": Slot(kind=RoleKind.SPARE, index=0, state=RoleState.STARTING, connected=True,
-                                 phase=Phase.LOADING),
-                 "rollout/0": Slot(kind=RoleKind.ROLLOUT, index=0, state=RoleState.READY, connected=True,
-                                   phase=Phase.GENERATING)}
-    ctl.prober, ctl.links, ctl._dirty = _Null(), _Null(), False
-    ctl.event = lambda *a, **k: None
-    for name in ctl.slots:
-        ctl._apply(pol.Suspect("no heartbeat for 1.1s", name), NOW)
-        assert ctl.slots[name].state is RoleState.SUSPECT
-        ctl._apply(pol.Clear("heartbeats resumed", name), NOW + 0.5)
-    assert ctl.slots["spare/0"].state is RoleState.STARTING
-    assert ctl.slots["rollout/0"].state is RoleState.READY
+    registry = Registry.__new__(Registry)
+    registry.slots = {"spare/0": Slot(kind=RoleKind.SPARE, index=0, state=RoleState.STARTING, connected=True,
+                                      phase=Phase.LOADING),
+                      "rollout/0": Slot(kind=RoleKind.ROLLOUT, index=0, state=RoleState.READY, connected=True,
+                                        phase=Phase.GENERATING)}
+    detect = Detector.__new__(Detector)
+    detect.registry, detect.ctx, detect.prober, detect.links = registry, _Null(), _Null(), _Null()
+    for name in registry.slots:
+        detect.apply(pol.Suspect("no heartbeat for 1.1s", name), NOW)
+        assert registry[name].state is RoleState.SUSPECT
+        detect.apply(pol.Clear("heartbeats resumed", name), NOW + 0.5)
+    assert registry["spare/0"].state is RoleState.STARTING
+    assert registry["rollout/0"].state is RoleState.READY
 
 
 def test_a_job_whose_process_is_stopped_before_it_connects_is_dead_without_the_loading_timeout():

@@ -11,18 +11,6 @@ from slurm_rl.logs import setup_process_logging
 from slurm_rl.rundir import RunDir
 
 
-def make_backend(run: RunDir, cfg):
-    from slurm_rl.config import BackendKind
-
-    if cfg.backend is BackendKind.LOCAL:
-        from slurm_rl.backends.local import LocalBackend
-
-        return LocalBackend(run.path, cfg.local)
-    from slurm_rl.backends.slurm import SlurmBackend
-
-    return SlurmBackend.from_config(run, cfg)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m slurm_rl.controller")
     p.add_argument("run_dir")
@@ -30,8 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     run = RunDir(args.run_dir)
     setup_process_logging(lambda: f"[controller pid={os.getpid()}]")
-    from slurm_rl.controller.core import Controller
-    from slurm_rl.roles.worker import load_run_config
+    from slurm_rl.backends.factory import make_backend
+    from slurm_rl.config import load_run_config
+    from slurm_rl.controller.loop import Controller
 
     cfg = load_run_config(run)
     backend = make_backend(run, cfg)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from slurm_rl.controller.policy import ProbeResult
+from slurm_rl.controller.view import ProbeResult
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,8 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
 
 import torch
-
-from slurm_rl.errors import BadInput
 
 log = logging.getLogger("slurm_rl.rl")
 
@@ -98,35 +94,3 @@ def check_generate_args(prompts: Sequence[Sequence[int]], n: int, max_tokens: in
         raise ValueError(f"need n>=1, max_tokens>=1, temperature>=0 (got {n}, {max_tokens}, {temperature})")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (BOS)")
-
-
-def make_engine(
-    kind: Literal["vllm", "hf"] | EngineKind,
-    model_dir: Path,
-    *,
-    dtype: str = "float32",
-    device: str = "cpu",
-    seed: int = 0,
-    max_model_len: int | None = None,
-    **opts: Any,
-) -> Engine:
-    """Start an engine of `kind` on the HF model in `model_dir`.
-
-    `max_model_len=None` takes the model's own limit (max_position_embeddings).
-    vllm opts: multiprocess (False: in-process, ~2 s start on CPU), threads, kv_cache_gib,
-    max_num_seqs, gpu_memory_utilization, enforce_eager. hf opts: threads, batch_size.
-    """
-    try:
-        kind = EngineKind(kind)
-    except ValueError:
-        raise BadInput(f"unknown engine {kind!r}", hint="use 'vllm' or 'hf'") from None
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise BadInput(f"{model_dir}: not a Hugging Face model directory (no config.json)")
-    if kind is EngineKind.VLLM:
-        from slurm_rl.rl.engine_vllm import VllmEngine
-
-        return VllmEngine(model_dir, dtype=dtype, device=device, seed=seed, max_model_len=max_model_len, **opts)
-    from slurm_rl.rl.engine_hf import HFEngine
-
-    return HFEngine(model_dir, dtype=dtype, device=device, seed=seed, max_model_len=max_model_len, **opts)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from slurm_rl import protocol as P
 from slurm_rl.roles.runtime import RoleRuntime
-from slurm_rl.states import Phase, RoleKind
+from slurm_rl.states import Phase
 from slurm_rl.sync import WeightSet
 
 log = logging.getLogger("slurm_rl.roles")
@@ -27,8 +28,9 @@ def resolve_device(name: str) -> str:
 
 
 class RoleHost:
-    def __init__(self, rt: RoleRuntime):
+    def __init__(self, rt: RoleRuntime, *, build_trainer: Callable[[RoleRuntime], Any]):
         self.rt = rt
+        self._build_trainer = build_trainer   # roles.trainer.make_trainer (host imports no role)
         self.engine = None
         self._tokenizer = None
         self._staged_trainer = None     # built by a standby ahead of a promotion (stage_trainer)
@@ -46,7 +48,7 @@ class RoleHost:
         """Start the rollout engine once (phase `loading`), with the weights this process holds."""
         if self.engine is not None:
             return self.engine
-        from slurm_rl.rl.engine import make_engine
+        from slurm_rl.rl.engines import make_engine
 
         self.wait_engine_closed()       # a new engine needs the old one's teardown finished
         cfg = self.rt.cfg
@@ -81,11 +83,9 @@ class RoleHost:
         """
         if self._staged_trainer is not None or not self.rt.cfg.spare.warm_trainer:
             return
-        from slurm_rl.roles.trainer import make_trainer
-
         t0 = time.time()
         if resolve_device(self.rt.cfg.trainer.device) == "cpu":
-            self._staged_trainer = make_trainer(self.rt)
+            self._staged_trainer = self._build_trainer(self.rt)
         else:
             from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -96,10 +96,8 @@ class RoleHost:
 
     def take_trainer(self):
         """(trainer, staged): the staged trainer (once), or a newly built one."""
-        from slurm_rl.roles.trainer import make_trainer
-
         staged, self._staged_trainer = self._staged_trainer, False
-        return (staged, True) if staged else (make_trainer(self.rt), False)
+        return (staged, True) if staged else (self._build_trainer(self.rt), False)
 
     def close_engine(self, *, background: bool = False) -> None:
         """Shut the engine down; `background` does it on a thread (seconds of vLLM teardown) when
@@ -123,25 +121,3 @@ class RoleHost:
         if self._closing is not None:
             self._closing.join()
             self._closing = None
-
-    def run(self, assign: P.Command) -> int:
-        """Play roles until told to stop; a `become` command switches role in place."""
-        from slurm_rl.roles.rollout import run_rollout
-        from slurm_rl.roles.spare import run_spare
-        from slurm_rl.roles.trainer import run_trainer
-
-        cmd: P.Command | None = assign
-        while cmd is not None:
-            self.rt.set_ident(P.Ident(kind=cmd.kind, index=cmd.index, incarnation=cmd.incarnation))
-            kind = RoleKind(cmd.kind)
-            if cmd.op == "become":
-                log.info("promoted: %s", cmd.reason)
-            if kind is RoleKind.TRAINER:
-                cmd = run_trainer(self.rt, self, resume_step=max(cmd.resume_step, 0))
-            elif kind is RoleKind.ROLLOUT:
-                cmd = run_rollout(self.rt, self)
-            else:
-                cmd = run_spare(self.rt, self)
-        self.wait_engine_closed()
-        self.close_engine()
-        return 0

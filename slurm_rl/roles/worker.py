@@ -12,20 +12,44 @@ import logging
 import os
 import socket
 import sys
-
-import yaml
+from typing import TYPE_CHECKING
 
 from slurm_rl import protocol as P
-from slurm_rl.config import RunConfig
+from slurm_rl.config import load_run_config
 from slurm_rl.logs import setup_process_logging
 from slurm_rl.rundir import RunDir
 from slurm_rl.states import RoleKind
 
+if TYPE_CHECKING:
+    from slurm_rl.roles.runtime import (
+        RoleRuntime,  # imports torch: loaded once the pid file is out
+    )
+
 log = logging.getLogger("slurm_rl.roles.worker")
 
 
-def load_run_config(run: RunDir) -> RunConfig:
-    return RunConfig.model_validate(yaml.safe_load(run.config.read_text()))
+def play(rt: RoleRuntime, assign: P.Command) -> int:
+    """Play roles until told to stop; a `become` command switches role in place, in this process."""
+    from slurm_rl.roles.host import RoleHost
+    from slurm_rl.roles.rollout import run_rollout
+    from slurm_rl.roles.spare import run_spare
+    from slurm_rl.roles.trainer import make_trainer, run_trainer
+
+    roles = {
+        RoleKind.TRAINER: lambda host, cmd: run_trainer(rt, host, resume_step=max(cmd.resume_step, 0)),
+        RoleKind.ROLLOUT: lambda host, cmd: run_rollout(rt, host),
+        RoleKind.SPARE: lambda host, cmd: run_spare(rt, host),
+    }
+    host = RoleHost(rt, build_trainer=make_trainer)
+    cmd: P.Command | None = assign
+    while cmd is not None:
+        rt.set_ident(P.Ident(kind=cmd.kind, index=cmd.index, incarnation=cmd.incarnation))
+        if cmd.op == "become":
+            log.info("promoted: %s", cmd.reason)
+        cmd = roles[RoleKind(cmd.kind)](host, cmd)
+    host.wait_engine_closed()
+    host.close_engine()
+    return 0
 
 
 def _write_pid_file() -> None:
@@ -58,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     job_id = os.environ.get("SLURM_RL_JOB_ID") or os.environ.get("SLURM_JOB_ID", "")
     node = os.environ.get("SLURM_RL_NODE") or os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
-    from slurm_rl.roles.host import RoleHost
     from slurm_rl.roles.runtime import RoleRuntime, write_exit_record
 
     holder: dict[str, RoleRuntime] = {}
@@ -79,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         assign = rt.start()
-        code = RoleHost(rt).run(assign)
+        code = play(rt, assign)
     except SystemExit as e:
         code = int(e.code or 0)
     except Exception:

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from slurm_rl.errors import BadInput
-from slurm_rl.rl.engine import Engine, make_engine
+from slurm_rl.rl.engine import Engine
+from slurm_rl.rl.engines import make_engine
 from slurm_rl.rl.grpo import Group, PolicyTrainer, Sample
 from slurm_rl.rl.model import load_tokenizer
 

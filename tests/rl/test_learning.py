@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_rl.rl.engine import make_engine
+from slurm_rl.rl.engines import make_engine
 from slurm_rl.rl.grpo import Group, PolicyTrainer, Sample
 from slurm_rl.rl.model import build_tiny_model, load_tokenizer
 from slurm_rl.rl.task import encode_prompts, generate_arithmetic, reward

@@ -1,0 +1,330 @@
+"""The controller: one thread that receives control messages, hands each to the room that owns it,
+applies scheduler and probe results, asks the pure `policy.decide` what to do and has the rooms do
+it, then checks for the end of the run. Scheduler calls and probes run on helper threads and post
+back, so the loop never blocks on Slurm; only this thread writes the store.
+
+Rooms: registry (slots), broker (data), weights (lineage, holders), detect (health -> view),
+recover (actions), faults (injection, chaos, fault records)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import socket
+import time
+from typing import Any
+
+import msgspec
+
+from slurm_rl import protocol as P
+from slurm_rl.backends.base import Backend, Snapshot
+from slurm_rl.config import RunConfig
+from slurm_rl.controller import policy as pol
+from slurm_rl.controller.broker import Broker
+from slurm_rl.controller.context import Context
+from slurm_rl.controller.detect import DETECTION_ACTIONS, Detector, Poller, drained
+from slurm_rl.controller.faults import Faults
+from slurm_rl.controller.recover import Recovery
+from slurm_rl.controller.registry import Registry
+from slurm_rl.controller.slot import Slot
+from slurm_rl.controller.weights import Lineage
+from slurm_rl.controlplane import ControlServer
+from slurm_rl.errors import SlurmRLError
+from slurm_rl.rundir import ControllerAddress, RunDir
+from slurm_rl.states import RoleState
+from slurm_rl.store import Store
+
+log = logging.getLogger("slurm_rl.controller")
+
+# how long the end of a run waits for roles to stop by themselves before cancelling their jobs
+_STOP_GRACE_S = 20.0
+
+
+class Controller:
+    def __init__(self, run: RunDir, cfg: RunConfig, backend: Backend, *, resume: bool = False):
+        self.run = run
+        self.cfg = cfg
+        self.backend = backend
+        self.store = Store(run.db)
+        self.resume = resume
+        self.ctx = Context(run, cfg, self.store, backend)
+        self.results: queue.SimpleQueue[Any] = queue.SimpleQueue()   # helper threads -> loop
+        poll_s = cfg.controller.poll_interval_s or (0.2 if backend.name == "local" else 2.0)
+        self.poller = Poller(self.ctx, self.results, poll_s)
+        self.registry = Registry(self.ctx)
+        self.faults = Faults(self.ctx, self.registry)
+        self.lineage = Lineage(self.ctx, self.registry, self.faults)
+        self.broker = Broker(self.ctx, self.lineage, self.faults)
+        self.detect = Detector(self.ctx, self.registry, self.lineage, self.faults, self._jobs_changed)
+        self.recover = Recovery(self.ctx, self.registry, self.lineage, self.broker, self.faults, self.results,
+                                on_jobs_changed=self._jobs_changed,
+                                stop_run=lambda reason, failed: self._begin_stop(reason, failed=failed))
+        self.server: ControlServer | None = None
+        self.stopping: tuple[str, bool] | None = None
+        self.stop_deadline: float | None = None
+        self.final_state = "stopped"
+        self.exit_code: int | None = None
+
+    def _jobs_changed(self) -> None:
+        self.poller.track(self.registry.poll_ids())
+
+    # ================================================================== lifecycle
+    def serve(self) -> int:
+        """Run until the run finishes, fails or is stopped. Returns the exit code."""
+        cfg = self.cfg
+        host = controller_host(cfg)
+        bind = cfg.controller.bind or host
+        port = cfg.controller.port
+        if self.resume and port == 0:
+            port = int(self.store.get_meta("controller_port", 0) or 0)
+        try:
+            self.server = ControlServer(self.run, bind=bind, port=port, max_message_mb=cfg.controller.max_message_mb)
+        except Exception:
+            if not (port and self.resume):
+                raise
+            # the old port is taken: any free port works, roles re-read controller.json
+            self.server = ControlServer(self.run, bind=bind, port=0, max_message_mb=cfg.controller.max_message_mb)
+        self.store.set_meta("controller_port", self.server.port)
+        self.run.write_controller(ControllerAddress(
+            host=host, port=self.server.port, pid=os.getpid(),
+            server_public_key=self.server.public_key, started=time.time(), hostname=socket.gethostname()))
+        self.poller.start()
+        try:
+            if self.resume:
+                self._resume_state()
+            else:
+                self._start_fresh()
+            while self.exit_code is None:
+                self._loop_once()
+        finally:
+            self.poller.stop()
+            self._flush(force=True)
+            self.detect.close()
+            self.recover.close()
+            self.run.clear_controller()
+            self.server.close()
+            self.backend.close()
+            self.store.close()
+        return self.exit_code
+
+    def _start_fresh(self) -> None:
+        self.lineage.start(run_state="running", started=time.time())
+        self.ctx.event("run_started", f"run {self.run.name} started on backend {self.cfg.backend.value} "
+                                      f"(recovery {self.cfg.recovery.policy.value})")
+        for slot in self.registry.create():
+            self.recover.submit(slot, "initial launch")
+
+    def _resume_state(self) -> None:
+        """Rebuild the registry from the store and re-attach to live jobs without restarting them."""
+        for slot in self.registry.resume(self.lineage.committed):
+            self.recover.submit(slot, "missing after resume")
+        self.store.set_meta("run_state", "running")
+        live = sum(1 for s in self.registry if s.state.alive and s.job_id)
+        self.ctx.event("controller_resumed", f"controller resumed; re-attached to {live} live role jobs")
+        self._jobs_changed()
+
+    # ================================================================== loop
+    def _loop_once(self) -> None:
+        assert self.server is not None
+        deadline = time.monotonic() + self.cfg.controller.tick_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            got = self.server.recv(left)
+            if got is None:
+                continue
+            peer, env = got
+            try:
+                reply = self._handle(env.body)
+            except SlurmRLError as e:
+                reply = P.Reply(ok=False, error=str(e))
+            except Exception as e:  # a bug must not take the controller down
+                log.exception("error handling %s", type(env.body).__name__)
+                reply = P.Reply(ok=False, error=f"internal error: {e.__class__.__name__}: {e}")
+            self.server.reply(peer, env.req_id, reply)
+        self._tick()
+
+    def _tick(self) -> None:
+        now = time.time()
+        for r in drained(self.results):
+            if isinstance(r, Snapshot):
+                self.detect.snapshot(r)
+            else:
+                self.recover.job_result(r, now)
+        self.detect.drain()
+        if self.stopping is not None:
+            self._tick_stopping(now)
+            return
+        rec = self.recover
+        if rec.restarting_until is not None and now >= rec.restarting_until:
+            rec.restarting_until = None
+        actions = pol.decide(now, self.detect.view(
+            committed=self.lineage.committed, full_restarts=rec.full_restarts, node_failures=rec.node_failures,
+            excluded=rec.excluded, restarting=rec.restarting_until is not None, stopping=self.stopping is not None))
+        # roles found dead together (a node going down) are gone before anyone restores from them
+        rec.dying = {a.slot for a in actions if isinstance(a, pol.Dead)}
+        for a in actions:
+            log.info("action %s: %s", type(a).__name__, a.reason)
+            (self.detect if isinstance(a, DETECTION_ACTIONS) else rec).apply(a, now)
+        rec.dying = set()
+        rec.retry_submits(now)
+        self.broker.expire_leases(now)
+        self.faults.chaos(now, self.lineage.trainer_version, paused=rec.restarting_until is not None)
+        self._check_done()
+        self._flush()
+
+    # ================================================================== messages
+    def _reply(self, slot: Slot, **kw: Any) -> P.Reply:
+        return P.Reply(commands=self.registry.take_commands(slot), weights=self.lineage.info(slot), **kw)
+
+    def _handle(self, msg: P.Request) -> P.Reply:
+        now = time.time()
+        if isinstance(msg, P.StatusRequest):
+            return P.Reply(payload=json.dumps(self.status(msg.events)).encode())
+        if isinstance(msg, P.InjectRequest):
+            return self.faults.inject(msg, now)
+        if isinstance(msg, P.StopRequest):
+            self._begin_stop(msg.reason, failed=False)
+            return P.Reply()
+        if isinstance(msg, P.Pulse):
+            self.detect.pulse(msg, now)
+            return P.Reply()
+        ident = msg.ident
+        slot = self.registry.get(ident.slot)
+        if slot is None or slot.incarnation != ident.incarnation:
+            return self._stale(msg, ident, now)
+        if isinstance(msg, P.Hello):
+            self.detect.hello(slot, msg, now)
+            cmds = ([slot.assign] if slot.assign else []) + self.registry.take_commands(slot)
+            return P.Reply(commands=cmds, weights=self.lineage.info(slot))
+        self.detect.seen(slot, now)
+        if isinstance(msg, P.Heartbeat):
+            self.detect.heartbeat(slot, msg, now)
+            return self._reply(slot)
+        if isinstance(msg, P.LeaseRequest):
+            return self._reply(slot, **self.broker.lease(slot, msg, now))
+        if isinstance(msg, P.SubmitGroups):
+            accepted, rejected = self.broker.submit_groups(msg, ident, now)
+            return self._reply(slot, accepted=accepted, rejected=rejected)
+        if isinstance(msg, P.ReleaseLeases):
+            self.broker.release(slot, msg.item_ids)
+            return self._reply(slot)
+        if isinstance(msg, P.FetchBatch):
+            return self._reply(slot, groups=self.broker.fetch(slot, msg))
+        if isinstance(msg, P.StepDone):
+            self.broker.step_done(slot, msg, now)
+            self.registry.touch()
+            return self._reply(slot)
+        if isinstance(msg, P.VersionHeld):
+            self.lineage.held(slot, msg.version, msg.wepoch, msg.sync_addrs)
+            return self._reply(slot)
+        if isinstance(msg, P.CheckpointSaved):
+            self.store.add_checkpoint(msg.step, msg.path, now)
+            self.ctx.event("checkpoint", f"checkpoint at step {msg.step} saved", slot=slot.name,
+                           data={"step": msg.step, "path": msg.path})
+            self.lineage.commit(msg.step)
+            return self._reply(slot)
+        if isinstance(msg, P.RoleEvent):
+            self.ctx.event(msg.kind, msg.msg, slot=slot.name, data=dict(msg.data))
+            return self._reply(slot)
+        if isinstance(msg, P.Goodbye):
+            slot.goodbye = True
+            slot.connected = False
+            self.ctx.event("goodbye", f"{slot.name} stopped: {msg.reason}", slot=slot.name)
+            self.registry.touch()
+            return P.Reply()
+        return P.Reply(ok=False, error=f"unexpected message {type(msg).__name__}")
+
+    def _stale(self, msg: P.Request, ident: P.Ident, now: float) -> P.Reply:
+        """A message under an identity that is not the slot's current one."""
+        redirect = self.registry.redirect_for(ident)
+        if redirect is not None:
+            # a promoted process still speaking under its old name is alive: that counts for the
+            # slot it is taking over (it switches once its current batch is done)
+            target = self.registry.get(f"{redirect.kind}/{redirect.index}")
+            if target is not None and target.incarnation == redirect.incarnation:
+                target.last_hb = now
+            return P.Reply(commands=[redirect], weights=self.lineage.info())
+        if isinstance(msg, P.SubmitGroups):
+            # leases of a superseded incarnation were requeued; the store rejects its groups
+            accepted, rejected = self.broker.submit_groups(msg, ident, now)
+            return msgspec.structs.replace(P.Reply(), accepted=accepted, rejected=rejected)
+        return P.Reply(ok=False, error="superseded",
+                       commands=[P.Command(op="exit", exit_code=0, reason=f"{ident.slot} incarnation "
+                                           f"{ident.incarnation} was replaced")])
+
+    # ================================================================== completion, stop
+    def _check_done(self) -> None:
+        steps = self.cfg.algorithm.steps
+        if self.lineage.trainer_version >= steps and self.lineage.committed >= steps:
+            self._begin_stop(f"finished {steps} steps", failed=False, finished=True)
+
+    def _begin_stop(self, reason: str, *, failed: bool, finished: bool = False) -> None:
+        if self.stopping is not None:
+            return
+        self.stopping = (reason, failed)
+        self.final_state = "finished" if finished else ("failed" if failed else "stopped")
+        self.stop_deadline = time.time() + _STOP_GRACE_S
+        for s in self.registry:
+            if s.state.alive:
+                s.stop_requested = True
+                s.commands.append(P.Command(op="stop", reason=reason))
+        self.store.set_meta("run_state", "stopping")
+        self.ctx.event("stopping", f"stopping the run: {reason}")
+
+    def _tick_stopping(self, now: float) -> None:
+        assert self.stopping is not None
+        alive = [s for s in self.registry if s.state.alive and s.job_id and not s.goodbye
+                 and not (s.job and s.job.state.terminal)]
+        if alive and self.stop_deadline is not None and now < self.stop_deadline:
+            self._flush()
+            return
+        reason, _ = self.stopping
+        jobs = [s.job_id for s in self.registry if s.job_id]
+        # and jobs no slot owns any more whose end was never seen (a replaced role's old job):
+        # cancelling a finished job is harmless, and the final poll records how each one ended
+        jobs += [r["job_id"] for r in self.store.jobs(active_only=True) if r["job_id"] not in jobs]
+        if jobs:
+            try:
+                self.backend.cancel(jobs)
+                self.detect.snapshot(self.backend.poll(jobs))     # record how each job ended
+            except SlurmRLError as e:
+                log.warning("final cancel failed: %s", e)
+        for s in self.registry:
+            if s.state.alive:
+                s.state = RoleState.STOPPED
+        self.store.set_metas(run_state=self.final_state, ended=now, end_reason=reason)
+        self.ctx.event(f"run_{self.final_state}", f"run {self.final_state}: {reason}")
+        self._flush(force=True)
+        self.exit_code = 1 if self.final_state != "finished" else 0
+
+    # ================================================================== status & persistence
+    def _flush(self, force: bool = False) -> None:
+        if self.registry.flush(force):
+            self.store.set_metas(node_failures=self.recover.node_failures, heartbeat=time.time(),
+                                 scheduler_calls=self.backend.call_counts,
+                                 restarts_window=self.cfg.recovery.budget_window_s)
+
+    def status(self, n_events: int = 10) -> dict[str, Any]:
+        from slurm_rl.report import status_dict
+
+        self._flush(force=True)
+        return status_dict(self.run, live=True, n_events=n_events)
+
+
+def controller_host(cfg: RunConfig) -> str:
+    """The address roles dial: loopback locally; on Slurm this host's name resolved to an address."""
+    if cfg.controller.host != "auto":
+        return cfg.controller.host
+    if cfg.backend.value == "local":
+        return "127.0.0.1"
+    try:
+        return socket.gethostbyname(socket.getfqdn())
+    except OSError:
+        return socket.gethostbyname(socket.gethostname())
+
+
+__all__ = ["Controller", "controller_host"]
