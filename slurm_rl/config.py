@@ -191,6 +191,12 @@ class AlgorithmConfig(_Section):
 
 class TrainerConfig(SlurmResources):
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    ranks_per_node: int | None = Field(
+        default=None, ge=1, description="trainer processes per node (FSDP2 ranks): default one per GPU "
+        "(gpus_per_node), else 1; set it on CPU nodes (gloo), e.g. 2")
+    dist_timeout_s: float = Field(
+        default=1800.0, gt=0, description="how long a rank waits in a collective (the batch broadcast while "
+        "the trainer waits for data included) before torch.distributed gives up")
     checkpoint_every: int = Field(default=10, ge=1)
     keep_checkpoints: int = Field(default=3, ge=1)
 
@@ -349,8 +355,11 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _cross(self) -> "RunConfig":
-        if self.trainer.nodes not in (None, 1):
-            raise ValueError("trainer.nodes > 1 is not supported yet: the trainer role runs one process; set trainer.nodes: 1")
+        gpus = self.trainer.gpus_per_node if self.trainer.gpus_per_node is not None else self.slurm.gpus_per_node
+        rpn = self.trainer.ranks_per_node
+        if rpn is not None and gpus and rpn != gpus:
+            raise ValueError(f"trainer.ranks_per_node={rpn} differs from trainer.gpus_per_node={gpus}: a GPU trainer "
+                             "runs one rank per GPU; drop ranks_per_node (it is for CPU nodes)")
         if self.recovery.standby == "spare-only" and self.spare.replicas == 0:
             raise ValueError("recovery.standby is 'spare-only' but spare.replicas is 0; add a spare or use 'spare-then-rollout'")
         return self
@@ -375,7 +384,19 @@ class RunConfig(_Section):
             constraint=pick("constraint", None), exclude=tuple(pick("exclude", [])),
             nodelist=tuple(pick("nodelist", [])),
             additional=tuple(sorted({**base.additional, **own.additional}.items())),
+            tasks_per_node=self._tasks_per_node(role, pick("gpus_per_node", 0)),
         )
+
+    def _tasks_per_node(self, role: RoleKind, gpus: int) -> int:
+        """A trainer runs one rank per GPU (or `ranks_per_node` on CPU); other roles one process."""
+        if role is not RoleKind.TRAINER:
+            return 1
+        return self.trainer.ranks_per_node or gpus or 1
+
+    def trainer_shape(self) -> tuple[int, int]:
+        """(nodes, ranks per node) of the trainer job: its world size is their product."""
+        r = self.resources(RoleKind.TRAINER)
+        return r.nodes, r.tasks_per_node
 
     def replicas(self, role: RoleKind) -> int:
         return {RoleKind.TRAINER: 1, RoleKind.ROLLOUT: self.rollout.replicas, RoleKind.SPARE: self.spare.replicas}[role]

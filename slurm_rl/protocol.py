@@ -84,6 +84,9 @@ class Hello(msgspec.Struct, tag="hello", frozen=True):
     host_id: str
     sync_addrs: dict[str, str]
     live_addr: str = ""           # tcp://host:port the controller keeps one idle connection to (crash signal)
+    rank: int = 0                 # a multi-rank trainer's rank (0 speaks for the role; others only heartbeat)
+    world_size: int = 1
+    rdzv: str = ""                # rank 0: host:port of its process-group store, handed to the other ranks
 
 
 class Heartbeat(msgspec.Struct, tag="hb", frozen=True):
@@ -95,6 +98,7 @@ class Heartbeat(msgspec.Struct, tag="hb", frozen=True):
     detail: str = ""
     sync_addrs: dict[str, str] = {}
     live_addr: str = ""
+    rank: int = 0
 
 
 class LeaseRequest(msgspec.Struct, tag="lease", frozen=True):
@@ -165,6 +169,7 @@ class InjectRequest(msgspec.Struct, tag="inject", frozen=True):
     slot: str                     # e.g. rollout/1
     fault: str                    # FaultKind value
     exit_code: int = 1
+    rank: int = 0                 # which rank of a multi-rank role: its process, node or hang
 
 
 class StopRequest(msgspec.Struct, tag="stop", frozen=True):
@@ -200,6 +205,8 @@ class Reply(msgspec.Struct, frozen=True):
     groups: list[GroupMsg] = []
     # status / inject
     payload: bytes = b""
+    # hello of a rank > 0: rank 0's process-group store, once it has said hello
+    rdzv: str = ""
 
 
 class Envelope(msgspec.Struct, frozen=True):

@@ -104,3 +104,17 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path):
 def test_cli_missing_config_exits_2(tmp_path):
     res = CliRunner().invoke(cli, ["launch", str(tmp_path / "nope.yaml")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_a_trainer_of_several_ranks_has_its_shape_in_its_resources():
+    from slurm_rl.config import RunConfig
+    from slurm_rl.states import RoleKind
+
+    cpu = RunConfig.model_validate({"trainer": {"nodes": 2, "ranks_per_node": 2}})
+    assert cpu.trainer_shape() == (2, 2) and cpu.resources(RoleKind.TRAINER).tasks_per_node == 2
+    gpu = RunConfig.model_validate({"slurm": {"gpus_per_node": 8}, "trainer": {"nodes": 4}})
+    assert gpu.trainer_shape() == (4, 8)                    # one rank per GPU, inherited from slurm:
+    assert gpu.resources(RoleKind.ROLLOUT).tasks_per_node == 1
+    assert RunConfig.model_validate({}).trainer_shape() == (1, 1)
+    with pytest.raises(ValueError, match="one rank per GPU"):
+        RunConfig.model_validate({"trainer": {"gpus_per_node": 8, "ranks_per_node": 2}})

@@ -529,3 +529,27 @@ def test_a_job_whose_process_is_stopped_before_it_connects_is_dead_without_the_l
     for over in (dict(cpu_moved_at=NOW - 0.5), dict(proc_at=NOW - 2), dict(proc_state="S")):
         s = dataclasses.replace(starting, **over)
         assert not any(isinstance(a, pol.Dead) for a in pol.decide(NOW, view(cluster(**{"spare/0": s})))), over
+
+
+# ----------------------------------------------------------------------------- a multi-rank trainer
+def test_a_multi_rank_trainer_is_restored_only_on_a_standby_of_its_shape():
+    """A one-node spare or rollout cannot hold the shards of a 2-node trainer: the trainer is re-formed
+    as a new job of its own shape (away from its node), and no rollout is taken from generating."""
+    dead = slot(RoleKind.TRAINER, job_state=JobState.FAILED, job_exit="exit 1")
+    one = pol.decide(NOW, view(cluster(**{"trainer/0": dead})))
+    assert "PromoteTrainer" in kinds(one)          # the same death of a one-rank trainer takes the spare
+    acts = pol.decide(NOW, view(cluster(**{"trainer/0": dataclasses.replace(dead, shape=(2, 1))}),
+                                trainer_shape=(2, 1)))
+    assert "PromoteTrainer" not in kinds(acts) and "PromoteSpare" not in kinds(acts)
+    sub = [a for a in acts if isinstance(a, pol.Submit)]
+    assert [a.slot for a in sub] == ["trainer/0"] and "n1" in sub[0].exclude
+    assert "shape (2 node(s) x 1 rank(s))" in sub[0].reason
+
+
+def test_a_draining_node_under_a_multi_rank_trainer_starts_no_move_to_a_one_node_spare():
+    t = slot(RoleKind.TRAINER, node_health=NodeHealth.DRAIN, shape=(2, 1))
+    acts = pol.decide(NOW, view(cluster(**{"trainer/0": t}), trainer_shape=(2, 1)))
+    assert not [a for a in acts if isinstance(a, (pol.StartMove, pol.AddSpare))]
+    # a one-rank trainer on a draining node is moved to the spare as before
+    acts = pol.decide(NOW, view(cluster(**{"trainer/0": slot(RoleKind.TRAINER, node_health=NodeHealth.DRAIN)})))
+    assert "StartMove" in kinds(acts)

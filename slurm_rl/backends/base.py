@@ -107,8 +107,11 @@ class Backend(abc.ABC):
         """Cancel jobs (no error for jobs already gone)."""
 
     @abc.abstractmethod
-    def inject(self, job_id: str, fault: FaultKind, *, exit_code: int = 1, node: str | None = None) -> str:
-        """Inject a fault into a running job; returns the node it hit (for the fault record)."""
+    def inject(self, job_id: str, fault: FaultKind, *, exit_code: int = 1, node: str | None = None,
+               pid: int | None = None) -> str:
+        """Inject a fault into a running job; returns the node it hit (for the fault record). `node` and
+        `pid` aim it at one rank of a multi-rank job: its node (node-down, drain), its process (crash,
+        hang); without them the whole job (its first node)."""
 
     def close(self) -> None:
         """Release resources held by the backend object (not the jobs)."""

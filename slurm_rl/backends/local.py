@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ class _Job:
     node: str
     cancelled: bool = False
     proc: subprocess.Popen[bytes] | None = None
+    nodes: tuple[str, ...] = ()          # every node of a multi-node job (node is the first)
+
+    @property
+    def all_nodes(self) -> tuple[str, ...]:
+        return self.nodes or (self.node,)
 
 
 # how long a cancel waits for SIGKILLed jobs to be gone
@@ -90,14 +96,14 @@ class LocalBackend(Backend):
             try:
                 d = json.loads(f.read_text())
                 self._jobs[d["job_id"]] = _Job(d["job_id"], d["pid"], d["create_time"], d["node"],
-                                               d.get("cancelled", False))
+                                               d.get("cancelled", False), nodes=tuple(d.get("nodes", ())))
             except (OSError, ValueError, KeyError):
                 continue
 
     def _save(self, job: _Job) -> None:
         tmp = self.dir / f"{job.job_id}.json.tmp"
         tmp.write_text(json.dumps({"job_id": job.job_id, "pid": job.pid, "create_time": job.create_time,
-                                   "node": job.node, "cancelled": job.cancelled}))
+                                   "node": job.node, "cancelled": job.cancelled, "nodes": list(job.nodes)}))
         os.replace(tmp, self.dir / f"{job.job_id}.json")
 
     def _node_states(self) -> dict[str, dict[str, float | str]]:
@@ -130,32 +136,49 @@ class LocalBackend(Backend):
     def preflight(self) -> None:
         return None
 
-    def _pick_node(self, spec: LaunchSpec) -> str:
+    def _pick_nodes(self, spec: LaunchSpec) -> tuple[str, ...]:
+        """`resources.nodes` distinct nodes where there are enough, the least loaded first."""
+        picked: list[str] = []
+        for _ in range(spec.resources.nodes):
+            picked.append(self._pick_node(spec, avoid=set(picked) if len(picked) < len(self.nodes) else set()))
+        return tuple(picked)
+
+    def _pick_node(self, spec: LaunchSpec, avoid: set[str] | None = None) -> str:
         now = time.time()
-        avoid = set(spec.resources.exclude) | set(spec.extra_exclude)
+        taken = avoid or set()
+        avoid = set(spec.resources.exclude) | set(spec.extra_exclude) | taken
         wanted = [n for n in self.nodes if not spec.resources.nodelist or n in spec.resources.nodelist]
         load = {n: 0 for n in self.nodes}
         for j in self._jobs.values():
             if self._alive(j):
-                load[j.node] = load.get(j.node, 0) + 1
+                for n in j.all_nodes:
+                    load[n] = load.get(n, 0) + 1
         ok = [n for n in wanted if self._health(n, now)[0] is NodeHealth.OK and n not in avoid]
         if not ok:
             # every node is excluded or unhealthy: a real scheduler would queue; we take the least bad
-            ok = [n for n in wanted if self._health(n, now)[0] is not NodeHealth.DOWN] or wanted or self.nodes
+            ok = [n for n in wanted if self._health(n, now)[0] is not NodeHealth.DOWN and n not in taken] \
+                or wanted or self.nodes
         return min(ok, key=lambda n: (load.get(n, 0), self.nodes.index(n) if n in self.nodes else 0))
 
     def submit(self, spec: LaunchSpec) -> str:
         with self._lock:
             self._count("submit")
             job_id = f"L{spec.incarnation}-{spec.role.value}{spec.index}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
-            node = self._pick_node(spec)
+            nodes = self._pick_nodes(spec)
+            node = nodes[0]
             env = dict(os.environ)
             env.update(dict(spec.env))
-            env.update(SLURM_RL_JOB_ID=job_id, SLURM_RL_NODE=node, SLURM_RL_EXIT_FILE=str(self.dir / f"{job_id}.exit"))
+            env.update(SLURM_RL_JOB_ID=job_id, SLURM_RL_NODE=node, SLURM_RL_EXIT_FILE=str(self.dir / f"{job_id}.exit"),
+                       SLURM_RL_PID_FILE=str(self.dir / f"{job_id}.pid"))
+            argv = list(spec.argv)
+            r = spec.resources
+            if r.nodes * r.tasks_per_node > 1:      # the ranks of one job, as srun starts them
+                argv = [sys.executable, "-m", "slurm_rl.roles.ranks", "--ntasks", str(r.nodes * r.tasks_per_node),
+                        "--tasks-per-node", str(r.tasks_per_node), "--nodes", ",".join(nodes), "--", *argv]
             spec.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(spec.log_path, "ab") as out:
                 try:
-                    proc = subprocess.Popen(list(spec.argv), stdout=out, stderr=subprocess.STDOUT,
+                    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=env, cwd=str(spec.run_dir),
                                             start_new_session=True)
                 except OSError as e:
@@ -164,7 +187,7 @@ class LocalBackend(Backend):
                 ct = psutil.Process(proc.pid).create_time()
             except psutil.Error:
                 ct = 0.0
-            job = _Job(job_id, proc.pid, ct, node, proc=proc)
+            job = _Job(job_id, proc.pid, ct, node, proc=proc, nodes=nodes if len(nodes) > 1 else ())
             self._jobs[job_id] = job
             self._save(job)
             return job_id
@@ -182,24 +205,31 @@ class LocalBackend(Backend):
         if j.proc is not None:
             rc = j.proc.poll()
             if rc is None:
-                st = proc_state(j.pid)
-                return JobStatus(j.job_id, JobState.RUNNING, (j.node,), proc_state=st[0] if st else "",
+                st = proc_state(self._role_pid(j))
+                return JobStatus(j.job_id, JobState.RUNNING, j.all_nodes, proc_state=st[0] if st else "",
                                  cpu_s=st[1] if st else None)
             if j.cancelled:
-                return JobStatus(j.job_id, JobState.CANCELLED, (j.node,), exit_code=None, signal=-rc if rc < 0 else None)
+                return JobStatus(j.job_id, JobState.CANCELLED, j.all_nodes, exit_code=None, signal=-rc if rc < 0 else None)
             if rc < 0:
-                return JobStatus(j.job_id, JobState.FAILED, (j.node,), exit_code=0, signal=-rc)
-            return JobStatus(j.job_id, JobState.COMPLETED if rc == 0 else JobState.FAILED, (j.node,), exit_code=rc)
+                return JobStatus(j.job_id, JobState.FAILED, j.all_nodes, exit_code=0, signal=-rc)
+            return JobStatus(j.job_id, JobState.COMPLETED if rc == 0 else JobState.FAILED, j.all_nodes, exit_code=rc)
         if self._alive(j):
-            return JobStatus(j.job_id, JobState.RUNNING, (j.node,))
+            return JobStatus(j.job_id, JobState.RUNNING, j.all_nodes)
         if j.cancelled:
-            return JobStatus(j.job_id, JobState.CANCELLED, (j.node,))
+            return JobStatus(j.job_id, JobState.CANCELLED, j.all_nodes)
         exit_file = self.dir / f"{j.job_id}.exit"
         try:
             rc = int(exit_file.read_text().strip())
-            return JobStatus(j.job_id, JobState.COMPLETED if rc == 0 else JobState.FAILED, (j.node,), exit_code=rc)
+            return JobStatus(j.job_id, JobState.COMPLETED if rc == 0 else JobState.FAILED, j.all_nodes, exit_code=rc)
         except (OSError, ValueError):
-            return JobStatus(j.job_id, JobState.FAILED, (j.node,), reason="process gone (no exit record)")
+            return JobStatus(j.job_id, JobState.FAILED, j.all_nodes, reason="process gone (no exit record)")
+
+    def _role_pid(self, j: _Job) -> int:
+        """The role process (rank 0's, written by the worker), else the job's own process."""
+        try:
+            return int((self.dir / f"{j.job_id}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return j.pid
 
     def poll(self, job_ids: list[str]) -> Snapshot:
         with self._lock:
@@ -252,28 +282,43 @@ class LocalBackend(Backend):
                 while time.time() < deadline and _group_alive(j.pid):
                     time.sleep(0.05)
 
-    def inject(self, job_id: str, fault: FaultKind, *, exit_code: int = 1, node: str | None = None) -> str:
+    def inject(self, job_id: str, fault: FaultKind, *, exit_code: int = 1, node: str | None = None,
+               pid: int | None = None) -> str:
         with self._lock:
             self._count("inject")
             j = self._jobs.get(job_id)
             if j is None:
                 raise BackendError(f"job {job_id} is not a job of this run")
-            if fault is FaultKind.CRASH:
+            target = node if node in j.all_nodes else j.node
+            if fault in (FaultKind.CRASH, FaultKind.HANG) and pid is not None:
+                self._signal_rank(j, pid, signal.SIGKILL if fault is FaultKind.CRASH else signal.SIGSTOP)
+            elif fault is FaultKind.CRASH:
                 self._signal(j, signal.SIGKILL)
             elif fault is FaultKind.HANG:
                 self._signal(j, signal.SIGSTOP)
             elif fault is FaultKind.NODE_DOWN:
-                self._set_node(j.node, state="down", until=time.time() + self.cfg.node_down_s,
+                self._set_node(target, state="down", until=time.time() + self.cfg.node_down_s,
                                reason="slurm-rl inject node-down")
                 for other in self._jobs.values():
-                    if other.node == j.node:
+                    if target in other.all_nodes:     # a node failure ends every job on it (NODE_FAIL)
                         self._signal(other, signal.SIGKILL)
             elif fault is FaultKind.DRAIN:
-                self._set_node(j.node, state="drain", reason="slurm-rl inject drain")
+                self._set_node(target, state="drain", reason="slurm-rl inject drain")
             else:
                 raise BackendError(f"the local backend cannot inject {fault.value} itself; the controller sends "
                                    "exit faults over the control plane")
-            return j.node
+            return target
+
+    def _signal_rank(self, j: _Job, pid: int, sig: int) -> None:
+        """One rank of a live multi-rank job: a process of the job's group."""
+        if not self._alive(j):
+            raise BackendError(f"job {j.job_id} is not running")
+        try:
+            if os.getpgid(pid) != j.pid:
+                raise BackendError(f"process {pid} is not part of job {j.job_id}")
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            raise BackendError(f"process {pid} of job {j.job_id} is gone") from None
 
     def resume_node(self, node: str) -> None:
         """Undo a drain or node-down (what `scontrol update state=resume` does on Slurm)."""

@@ -152,7 +152,8 @@ class SlurmBackend(Backend):
         if job_ids:
             self.client.scancel([str(j) for j in job_ids])
 
-    def inject(self, job_id: str, fault: FaultKind, *, exit_code: int = 1, node: str | None = None) -> str:
+    def inject(self, job_id: str, fault: FaultKind, *, exit_code: int = 1, node: str | None = None,
+               pid: int | None = None) -> str:
         """Inject `fault` into the running job (see the module docstring); returns the node hit."""
         if fault is FaultKind.EXIT:
             raise BackendError(
@@ -160,7 +161,9 @@ class SlurmBackend(Backend):
                 "not by Slurm", hint="the controller sends the role an exit order; use crash/hang/node-down/drain here")
         job_node = self._job_node(job_id)
         target = node or job_node
-        if fault is FaultKind.CRASH:
+        if fault in (FaultKind.CRASH, FaultKind.HANG) and pid is not None:
+            self._signal_rank(job_id, target, pid, "KILL" if fault is FaultKind.CRASH else "STOP")
+        elif fault is FaultKind.CRASH:
             self.client.scancel([job_id], signal="KILL", batch=True)
         elif fault is FaultKind.HANG:
             self.client.scancel([f"{job_id}.0"], signal="STOP")
@@ -172,6 +175,14 @@ class SlurmBackend(Backend):
             raise BackendError(f"fault {fault} is not supported by the Slurm backend")
         log.info("[inject job=%s] %s on node %s", job_id, fault.value, target)
         return target
+
+    def _signal_rank(self, job_id: str, node: str, pid: int, sig: str) -> None:
+        """One rank's process: a step inside the job's allocation on that node sends the signal (scancel
+        reaches whole steps only)."""
+        res = self.client.run(["srun", f"--jobid={job_id}", "--overlap", f"--nodelist={node}", "--nodes=1",
+                               "--ntasks=1", "--quiet", "kill", f"-{sig}", str(pid)], check=False)
+        if not res.ok:
+            raise BackendError(f"could not send SIG{sig} to process {pid} of job {job_id} on {node}: {res.describe()}")
 
     def find_run_jobs(self, run_name: str) -> list[SqueueRecord]:
         """This user's jobs of run `run_name` (named slurm-rl/<run>/...), from one squeue.

@@ -143,17 +143,20 @@ def _print_summary(rep: dict[str, Any]) -> None:
              epilog=_example("slurm-rl inject runs/demo rollout/1 --fault crash",
                              "slurm-rl inject runs/demo trainer/0 --fault exit:3",
                              "slurm-rl inject runs/demo rollout/0 --fault node-down   "
-                             "# local cluster or operator rights"))
+                             "# local cluster or operator rights",
+                             "slurm-rl inject runs/fsdp trainer/0 --fault node-down --rank 1   # a trainer rank's node"))
 @RUN_DIR
 @click.argument("target", metavar="ROLE/INDEX", shell_complete=_complete_target)
 @click.option("--fault", required=True, metavar="KIND", shell_complete=_complete_fault,
               help="crash (SIGKILL), hang (SIGSTOP), exit:N (exit with code N), node-down, drain.")
-def inject(run_dir: str, target: str, fault: str) -> None:
+@click.option("--rank", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Which rank of a multi-rank trainer: its process (crash, hang) or its node (node-down, drain).")
+def inject(run_dir: str, target: str, fault: str, rank: int) -> None:
     """Inject a fault into one role of a live run (for tests, demos and benchmarks).
 
-    node-down and drain act on the role's node. On a production Slurm cluster they need
-    operator rights (scontrol update nodename=... state=down|drain); on the local test
-    cluster node-down kills the node's namespace.
+    node-down and drain act on the role's node (with --rank, that rank's node). On a production
+    Slurm cluster they need operator rights (scontrol update nodename=... state=down|drain); on
+    the local test cluster node-down kills the node's namespace.
     """
     from slurm_rl import launcher
     from slurm_rl.report import open_store
@@ -175,7 +178,7 @@ def inject(run_dir: str, target: str, fault: str) -> None:
             raise BadInput(f"run {run.name} has ended ({state}); there is nothing to inject into")
         raise EnvironmentProblem(f"the controller of {run.name} is not running",
                                  hint=f"`slurm-rl resume {run.path}` restarts it")
-    reply = launcher.ask(run, P.InjectRequest(slot=target, fault=name, exit_code=code))
+    reply = launcher.ask(run, P.InjectRequest(slot=target, fault=name, exit_code=code, rank=rank))
     if not reply.ok:
         raise BadInput(reply.error)
     info = json.loads(reply.payload or b"{}")

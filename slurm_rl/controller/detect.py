@@ -20,7 +20,7 @@ from slurm_rl.controller.context import Context
 from slurm_rl.controller.faults import Faults
 from slurm_rl.controller.prober import Prober
 from slurm_rl.controller.registry import Registry
-from slurm_rl.controller.slot import Slot, exit_text
+from slurm_rl.controller.slot import RankSeen, Slot, exit_text
 from slurm_rl.controller.weights import Lineage
 from slurm_rl.liveness import LinkWatcher
 from slurm_rl.states import JobState, NodeHealth, Phase, RoleKind, RoleState
@@ -29,6 +29,9 @@ log = logging.getLogger("slurm_rl.controller")
 
 _ACTIVE_PHASES_READY = {Phase.IDLE, Phase.WAITING_FOR_DATA, Phase.STEPPING, Phase.CHECKPOINTING, Phase.PUBLISHING,
                         Phase.GENERATING, Phase.SYNCING_WEIGHTS}
+
+# a multi-rank role's node health is its worst node's
+_HEALTH_ORDER = [NodeHealth.OK, NodeHealth.UNKNOWN, NodeHealth.DRAIN, NodeHealth.DOWN]
 
 # CPU seconds a process must use between pulses to count as running (a deadlocked process's idle
 # threads use a few milliseconds)
@@ -126,10 +129,38 @@ class Detector:
         slot.phase_since = now
         if msg.job_id and slot.job_id is None:
             slot.job_id = msg.job_id
-        self.ctx.event("connected", f"{slot.name} connected from {msg.node} (job {msg.job_id}, pid {msg.pid})",
-                       slot=slot.name, job_id=msg.job_id, node=msg.node)
+        slot.world_size, slot.rdzv = max(1, msg.world_size), msg.rdzv
+        ranks = f", {msg.world_size} ranks" if msg.world_size > 1 else ""
+        self.ctx.event("connected", f"{slot.name} connected from {msg.node} (job {msg.job_id}, pid {msg.pid}{ranks})",
+                       slot=slot.name, job_id=msg.job_id, node=msg.node,
+                       data={"rank": 0, "node": msg.node, "world_size": msg.world_size})
         self.faults.milestone(slot, t_scheduled=now)
         self.registry.touch()
+
+    def rank_hello(self, slot: Slot, msg: P.Hello, now: float) -> None:
+        """A rank > 0 of a multi-rank role: alive from now on, watched like rank 0."""
+        seen = RankSeen(node=msg.node or None, pid=msg.pid, live_addr=msg.live_addr, last_hb=now)
+        old = slot.ranks.get(msg.rank)
+        if old is not None and old.live_addr and old.live_addr != msg.live_addr:
+            self.links.unwatch(old.live_addr)
+        slot.ranks[msg.rank] = seen
+        if msg.live_addr:
+            self.links.watch(msg.live_addr)
+        if old is None:
+            self.ctx.event("rank_connected", f"{slot.name} rank {msg.rank} connected from {msg.node} (pid {msg.pid})",
+                           slot=slot.name, job_id=msg.job_id, node=msg.node,
+                           data={"rank": msg.rank, "node": msg.node, "pid": msg.pid})
+
+    def rank_heartbeat(self, slot: Slot, msg: P.Heartbeat, now: float) -> None:
+        seen = slot.ranks.get(msg.rank)
+        if seen is None:                    # its hello was lost (a controller resume): it is alive
+            seen = slot.ranks[msg.rank] = RankSeen(node=None, pid=None)
+        seen.last_hb = now
+        if msg.live_addr and msg.live_addr != seen.live_addr:
+            if seen.live_addr:
+                self.links.unwatch(seen.live_addr)
+            seen.live_addr, seen.link_lost_at = msg.live_addr, None
+            self.links.watch(msg.live_addr)
 
     def heartbeat(self, slot: Slot, msg: P.Heartbeat, now: float) -> None:
         phase = Phase(msg.phase)
@@ -184,8 +215,14 @@ class Detector:
         self.links.watch(live_addr)
 
     def probe(self, s: Slot) -> None:
+        """Probe the rank that looks worst: the one whose link closed, else the longest silent."""
         s.probe_pending = True
-        self.prober.submit(s.name, s.incarnation, s.sync_addrs.get("tcp"))
+        addr = s.sync_addrs.get("tcp")
+        if s.ranks:
+            worst = min(s.ranks.values(), key=lambda r: (r.link_lost_at is None, r.last_hb or 0.0))
+            if worst.live_addr and (worst.link_lost_at is not None or (worst.last_hb or 0.0) < (s.last_hb or 0.0)):
+                addr = worst.live_addr
+        self.prober.submit(s.name, s.incarnation, addr)
 
     def drain(self) -> None:
         """Apply what the prober and the link watcher found since the last tick."""
@@ -198,9 +235,15 @@ class Detector:
             s.probe_at = time.time()
         for lost in drained(self.links.lost):
             for s in self.registry:
-                if s.live_addr == lost.address and s.connected and s.state.alive:
+                if not (s.connected and s.state.alive):
+                    continue
+                if s.live_addr == lost.address:
                     s.link_lost_at = lost.at
                     log.info("%s: liveness connection %s", s.name, lost.why)
+                for r, seen in s.ranks.items():
+                    if seen.live_addr == lost.address:
+                        seen.link_lost_at = lost.at
+                        log.info("%s rank %d: liveness connection %s", s.name, r, lost.why)
 
     # ---- scheduler snapshots
     def snapshot(self, snap: Snapshot) -> None:
@@ -251,16 +294,27 @@ class Detector:
         now = time.time()
         window = self.ctx.cfg.recovery.budget_window_s
         views = []
+        trainer_shape = self.ctx.cfg.trainer_shape()
         for s in self.registry:
+            # a multi-rank role is as alive as its weakest rank: the oldest heartbeat, the first
+            # closed link, the worst node
+            last_hb, link_lost_at = s.last_hb, s.link_lost_at
+            for r in s.ranks.values():
+                if r.last_hb is not None and (last_hb is None or r.last_hb < last_hb):
+                    last_hb = r.last_hb
+                if r.link_lost_at is not None and (link_lost_at is None or r.link_lost_at < link_lost_at):
+                    link_lost_at = r.link_lost_at
+            health = max((self.node_health.get(n, NodeHealth.OK) for n in s.nodes() or [""]), key=_HEALTH_ORDER.index)
             views.append(V.SlotView(
                 kind=s.kind, index=s.index, state=s.state, incarnation=s.incarnation, job_id=s.job_id, node=s.node,
-                connected=s.connected, phase=s.phase, last_hb=s.last_hb, progress_at=s.progress_at,
+                connected=s.connected, phase=s.phase, last_hb=last_hb, progress_at=s.progress_at,
                 suspect_since=s.suspect_since, suspect_reason=s.suspect_reason, probe=s.probe, probe_at=s.probe_at,
-                link_lost_at=s.link_lost_at, proc_state=s.proc_state, proc_at=s.proc_at,
+                link_lost_at=link_lost_at, proc_state=s.proc_state, proc_at=s.proc_at,
                 cpu_moved_at=s.cpu_moved_at,
                 probe_pending=s.probe_pending, job_state=s.job.state if s.job else None,
                 job_running_since=s.job_running_since,
-                job_exit=exit_text(s.job), node_health=self.node_health.get(s.node or "", NodeHealth.OK),
+                job_exit=exit_text(s.job), node_health=health,
+                shape=trainer_shape if s.kind is RoleKind.TRAINER else (1, 1),
                 version=s.version, restarts_in_window=sum(1 for t in s.restarts if now - t < window),
                 moving=s.moving, reserved_for=s.reserved_for, stop_requested=s.stop_requested, goodbye=s.goodbye,
                 extra=s.extra, starting_since=s.submitted_at if s.submitted_inc == s.incarnation
@@ -268,7 +322,8 @@ class Detector:
         return V.View(slots=views, thresholds=self.thresholds, committed_version=committed,
                       full_restarts=full_restarts, node_failures=dict(node_failures),
                       excluded_nodes=frozenset(excluded), restarting=restarting, stopping=stopping,
-                      start_s=self.start_times.estimates() if self.ctx.cfg.recovery.weigh_start_times else {})
+                      start_s=self.start_times.estimates() if self.ctx.cfg.recovery.weigh_start_times else {},
+                      trainer_shape=trainer_shape)
 
     def apply(self, a: V.Action, now: float) -> None:
         """Suspect, Clear and Probe: the detection state of one slot."""

@@ -85,12 +85,21 @@ class Faults:
                                            f"{', '.join(f.value for f in FaultKind)}")
         if not s.state.alive or not s.job_id:
             return P.Reply(ok=False, error=f"{s.name} has no running job to inject into (state {s.state.value})")
-        node = s.node
+        node, pid = s.node, None
+        if msg.rank:
+            seen = s.ranks.get(msg.rank)
+            if seen is None:
+                have = ", ".join(str(r) for r in [0, *sorted(s.ranks)])
+                return P.Reply(ok=False, error=f"{s.name} has no rank {msg.rank} (ranks connected: {have})")
+            if fault is FaultKind.EXIT:
+                return P.Reply(ok=False, error="exit faults go to rank 0 (the controller's order reaches it)")
+            node, pid = seen.node, seen.pid
         if fault is FaultKind.EXIT:
             s.commands.append(P.Command(op="exit", exit_code=msg.exit_code, reason="injected fault"))
         else:
             try:
-                node = self.ctx.backend.inject(s.job_id, fault, exit_code=msg.exit_code, node=s.node) or s.node
+                node = self.ctx.backend.inject(s.job_id, fault, exit_code=msg.exit_code, node=node,
+                                               pid=pid) or node
             except SlurmRLError as e:
                 return P.Reply(ok=False, error=str(e))
         store = self.ctx.store
@@ -98,15 +107,16 @@ class Faults:
                                data={"exit_code": msg.exit_code} if fault is FaultKind.EXIT else {})
         if fault is FaultKind.NODE_DOWN:         # every role on that node is hit
             for other in self.registry:
-                if other is not s and other.node == node and other.state.alive:
+                if other is not s and node in other.nodes() and other.state.alive:
                     self.pending.setdefault(other.name, []).append(
                         store.open_fault(other.name, fault.value, node, True, now))
         if fault is FaultKind.DRAIN:
             self.moves[s.name] = fid             # answered by the move, not by a death
         else:
             self.pending.setdefault(s.name, []).append(fid)
-        self.ctx.event("fault_injected", f"injected {fault.value} into {s.name} on {node}", slot=s.name,
-                       job_id=s.job_id, node=node, data={"fault": fault.value})
+        rank = f" rank {msg.rank}" if msg.rank else ""
+        self.ctx.event("fault_injected", f"injected {fault.value} into {s.name}{rank} on {node}", slot=s.name,
+                       job_id=s.job_id, node=node, data={"fault": fault.value, "rank": msg.rank})
         return P.Reply(payload=json.dumps({"slot": s.name, "fault": fault.value, "node": node,
                                            "job_id": s.job_id}).encode())
 

@@ -196,6 +196,8 @@ class Controller:
         slot = self.registry.get(ident.slot)
         if slot is None or slot.incarnation != ident.incarnation:
             return self._stale(msg, ident, now)
+        if isinstance(msg, (P.Hello, P.Heartbeat)) and msg.rank > 0:
+            return self._rank(slot, msg, now)
         if isinstance(msg, P.Hello):
             self.detect.hello(slot, msg, now)
             cmds = ([slot.assign] if slot.assign else []) + self.registry.take_commands(slot)
@@ -237,6 +239,15 @@ class Controller:
             self.registry.touch()
             return P.Reply()
         return P.Reply(ok=False, error=f"unexpected message {type(msg).__name__}")
+
+    def _rank(self, slot: Slot, msg: P.Hello | P.Heartbeat, now: float) -> P.Reply:
+        """A rank > 0 of a multi-rank role: alive or not, nothing more (rank 0 speaks for the role
+        and gets its commands); a hello learns where rank 0's process group is."""
+        if isinstance(msg, P.Hello):
+            self.detect.rank_hello(slot, msg, now)
+            return P.Reply(rdzv=slot.rdzv)
+        self.detect.rank_heartbeat(slot, msg, now)
+        return P.Reply()
 
     def _stale(self, msg: P.Request, ident: P.Ident, now: float) -> P.Reply:
         """A message under an identity that is not the slot's current one."""

@@ -217,6 +217,10 @@ def _trainer_standby(now: float, view: View, pool: _Pool, by_slot: Mapping[str, 
     reserved = _reserved(by_slot, dead.slot)
     if reserved is not None or t.standby == "none":
         return reserved, ""
+    if view.trainer_shape != (1, 1):
+        # only a standby of the trainer's own shape (nodes x ranks) can hold its shards
+        n, r = view.trainer_shape
+        return None, f"no warm standby has the trainer's shape ({n} node(s) x {r} rank(s))"
     standby = pool.take_spare(dead.node, peek=peek)
     if standby is None and t.standby == "spare-then-rollout":
         candidate = pool.take_rollout(dead.node, peek=True)
@@ -418,6 +422,8 @@ def _moves(view: View, pool: _Pool, dead: set[str]) -> list[Action]:
             continue
         if s.node_health is not NodeHealth.DRAIN or not s.ready:
             continue
+        if s.kind is RoleKind.TRAINER and view.trainer_shape != (1, 1):
+            continue              # no standby of its shape to hand it to: it trains on until the node goes
         reserved = next((x for x in view.slots if x.reserved_for == s.slot and x.state.alive), None)
         if reserved is not None:
             if reserved.ready:

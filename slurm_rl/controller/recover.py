@@ -154,6 +154,7 @@ class Recovery:
         target.proc_state, target.proc_at = standby.proc_state, standby.proc_at
         target.proc_cpu, target.cpu_moved_at = standby.proc_cpu, standby.cpu_moved_at
         target.version = standby.version
+        target.world_size, target.rdzv, target.ranks = standby.world_size, standby.rdzv, dict(standby.ranks)
         target.last_hb = standby.last_hb if standby.last_hb is not None else now
         target.progress_at = now
         target.phase = standby_phase

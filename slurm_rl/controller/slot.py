@@ -13,6 +13,17 @@ from slurm_rl.states import Phase, RoleKind, RoleState
 
 
 @dataclass
+class RankSeen:
+    """A rank > 0 of a multi-rank role (rank 0 is the slot's own record): what says it is alive."""
+
+    node: str | None
+    pid: int | None
+    live_addr: str = ""
+    last_hb: float | None = None
+    link_lost_at: float | None = None
+
+
+@dataclass
 class Slot:
     """Controller-side record of one role slot (mutable; the policy sees a frozen SlotView)."""
 
@@ -61,6 +72,9 @@ class Slot:
     submit_retry_at: float | None = None
     submit_failures: int = 0
     exclude: tuple[str, ...] = ()
+    world_size: int = 1               # ranks of its job (a multi-rank trainer), as rank 0 said
+    rdzv: str = ""                    # rank 0's process-group store, for the other ranks
+    ranks: dict[int, RankSeen] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -97,6 +111,18 @@ class Slot:
         self.pid = None
         self.node = None
         self.host_id = ""
+        self.world_size = 1
+        self.rdzv = ""
+        self.ranks = {}
+
+    def nodes(self) -> list[str]:
+        """The distinct nodes its ranks run on, rank 0's first."""
+        out = [self.node] if self.node else []
+        for r in sorted(self.ranks):
+            n = self.ranks[r].node
+            if n and n not in out:
+                out.append(n)
+        return out
 
 
 

@@ -58,6 +58,7 @@ class SlotView:
     goodbye: bool = False                 # it said goodbye (graceful stop done)
     extra: bool = False                   # a spare added for a move; not backfilled
     starting_since: float | None = None   # its job was submitted then and has not been ready since
+    shape: tuple[int, int] = (1, 1)       # its job: (nodes, ranks per node)
 
     @property
     def slot(self) -> str:
@@ -97,6 +98,7 @@ class View:
     # measured submission -> ready, this run (StartTimes.estimates): TRAINER a cold trainer,
     # ROLLOUT an engine (rollout or spare); absent until seen once
     start_s: Mapping[RoleKind, float] = dataclasses.field(default_factory=dict)
+    trainer_shape: tuple[int, int] = (1, 1)   # (nodes, ranks per node): a standby must have it to take over
 
 
 class StartTimes:

@@ -233,7 +233,7 @@ class RoleRuntime:
 
 def _write_exit_record(code: int) -> None:
     path = os.environ.get("SLURM_RL_EXIT_FILE")
-    if path:
+    if path and os.environ.get("SLURM_RL_RANK", "0") == "0":     # one record per job: rank 0's
         try:
             with open(path, "w") as f:
                 f.write(str(code))

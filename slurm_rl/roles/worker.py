@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from slurm_rl import protocol as P
 from slurm_rl.config import load_run_config
 from slurm_rl.logs import setup_process_logging
+from slurm_rl.rl.dist import rank_info
 from slurm_rl.rundir import RunDir
 from slurm_rl.states import RoleKind
 
@@ -55,7 +56,7 @@ def play(rt: RoleRuntime, assign: P.Command) -> int:
 def _write_pid_file() -> None:
     """Tell the job's batch agent (slurm_rl.roles.agent) which process to watch: the first task's."""
     path = os.environ.get("SLURM_RL_PID_FILE")
-    if not path or os.environ.get("SLURM_PROCID", "0") != "0":
+    if not path or not rank_info().leader:
         return
     try:
         tmp = f"{path}.{os.getpid()}.tmp"

@@ -1,0 +1,71 @@
+"""The detect room with a multi-rank trainer: ranks > 0 only heartbeat, and the policy sees the role
+as alive as its weakest rank (real liveness listeners and links, no processes)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from slurm_rl import protocol as P
+from slurm_rl.config import RunConfig
+from slurm_rl.controller.context import Context
+from slurm_rl.controller.detect import Detector
+from slurm_rl.controller.faults import Faults
+from slurm_rl.controller.registry import Registry
+from slurm_rl.controller.weights import Lineage
+from slurm_rl.liveness import LivenessListener
+from slurm_rl.rundir import RunDir
+from slurm_rl.states import NodeHealth, RoleState
+from slurm_rl.store import Store
+
+
+def _rooms(tmp_path: Path) -> tuple[Registry, Detector]:
+    cfg = RunConfig.model_validate({"trainer": {"nodes": 2, "ranks_per_node": 1}, "spare": {"replicas": 0}})
+    ctx = Context(RunDir(tmp_path), cfg, Store(tmp_path / "state.db"), None)  # type: ignore[arg-type]  (no jobs here)
+    registry = Registry(ctx)
+    registry.create()
+    faults = Faults(ctx, registry)
+    lineage = Lineage(ctx, registry, faults)
+    return registry, Detector(ctx, registry, lineage, faults, lambda: None)
+
+
+def test_the_trainer_is_as_alive_as_its_weakest_rank(tmp_path: Path) -> None:
+    registry, detect = _rooms(tmp_path)
+    trainer = registry.trainer()
+    ident = P.Ident("trainer", 0, trainer.incarnation)
+    l0, l1 = LivenessListener("127.0.0.1"), LivenessListener("127.0.0.1")
+    try:
+        t0 = time.time()
+        detect.hello(trainer, P.Hello(ident=ident, job_id="J", node="n1", pid=10, host_id="h", sync_addrs={},
+                                      live_addr=l0.address, world_size=2, rdzv="127.0.0.1:1234"), t0)
+        detect.rank_hello(trainer, P.Hello(ident=ident, job_id="J", node="n2", pid=11, host_id="h", sync_addrs={},
+                                           live_addr=l1.address, rank=1, world_size=2), t0)
+        assert trainer.world_size == 2 and trainer.rdzv == "127.0.0.1:1234" and trainer.nodes() == ["n1", "n2"]
+        # rank 0 keeps beating, rank 1 went quiet at t0: the role's last heartbeat is rank 1's
+        detect.seen(trainer, t0 + 5)
+        hb = detect.view(committed=0, full_restarts=0, node_failures={}, excluded=set(), restarting=False,
+                         stopping=False)
+        tv = next(s for s in hb.slots if s.slot == "trainer/0")
+        assert tv.last_hb == t0 and tv.shape == (2, 1) and hb.trainer_shape == (2, 1)
+        detect.rank_heartbeat(trainer, P.Heartbeat(ident=ident, phase="waiting_for_data", progress=0, version=0,
+                                                   wepoch=0, rank=1, live_addr=l1.address), t0 + 5)
+        # rank 1's node is DOWN: so is the role's
+        detect.node_health = {"n1": NodeHealth.OK, "n2": NodeHealth.DOWN}
+        v = detect.view(committed=0, full_restarts=0, node_failures={}, excluded=set(), restarting=False,
+                        stopping=False)
+        tv = next(s for s in v.slots if s.slot == "trainer/0")
+        assert tv.last_hb == t0 + 5 and tv.node_health is NodeHealth.DOWN
+        # rank 1's process ends: its link closes, which the role's view shows
+        l1.close()
+        deadline = time.time() + 5
+        while trainer.ranks[1].link_lost_at is None and time.time() < deadline:
+            time.sleep(0.02)
+            detect.drain()
+        assert trainer.ranks[1].link_lost_at is not None and trainer.link_lost_at is None
+        v = detect.view(committed=0, full_restarts=0, node_failures={}, excluded=set(), restarting=False,
+                        stopping=False)
+        assert next(s for s in v.slots if s.slot == "trainer/0").link_lost_at == trainer.ranks[1].link_lost_at
+        assert trainer.state is RoleState.STARTING
+    finally:
+        l0.close()
+        detect.close()
