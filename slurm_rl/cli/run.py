@@ -202,14 +202,17 @@ def stop(run_dir: str, reason: str, timeout: float) -> None:
 
     run = require_run(run_dir)
     if launcher.controller_alive(run):
+        addr = run.read_controller()
         launcher.ask(run, P.StopRequest(reason=reason))
         deadline = time.time() + timeout
         with _console(stderr=True).status("stopping"):
             while launcher.controller_alive(run) and time.time() < deadline:
                 time.sleep(0.2)
-        if launcher.controller_alive(run):
-            raise EnvironmentProblem(f"the run did not stop within {timeout:.0f}s",
-                                     hint="try again with a larger --timeout")
+            if launcher.controller_alive(run):
+                raise EnvironmentProblem(f"the run did not stop within {timeout:.0f}s",
+                                         hint="try again with a larger --timeout")
+            # it cleared its address first; nothing of the run is left once its process is gone too
+            launcher.wait_controller_exit(run, addr, timeout_s=max(1.0, deadline - time.time()))
     elif launcher.run_state(run) in launcher.TERMINAL_STATES:
         click.echo(f"{run.name}: already {launcher.run_state(run)}")
         return

@@ -19,12 +19,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from slurm_rl import protocol as P
 from slurm_rl.config import BackendKind, RunConfig
 from slurm_rl.controlplane import ControlClient
 from slurm_rl.errors import EnvironmentProblem, ProtocolError, SyncError
 from slurm_rl.liveness import LivenessListener
+from slurm_rl.rl.dist import RankInfo
 from slurm_rl.rundir import RunDir
 from slurm_rl.states import Phase
 from slurm_rl.sync import WeightServer, WeightSet, choose_address, host_id, pull_any
@@ -45,10 +47,14 @@ def bind_host(cfg: RunConfig) -> str:
 
 
 class RoleRuntime:
-    def __init__(self, run: RunDir, cfg: RunConfig, ident: P.Ident, *, job_id: str, node: str):
+    def __init__(self, run: RunDir, cfg: RunConfig, ident: P.Ident, *, job_id: str, node: str,
+                 rank: RankInfo | None = None, rdzv: str = "", pg_store: Any = None):
         self.run = run
         self.cfg = cfg
         self._ident = ident
+        self.rank = rank or RankInfo()      # a multi-rank trainer's rank; ranks > 0 only heartbeat
+        self.rdzv = rdzv                    # rank 0: where its process-group store listens
+        self.pg_store = pg_store
         self._lock = threading.Lock()
         self.job_id = job_id
         self.node = node
@@ -66,8 +72,10 @@ class RoleRuntime:
             transports.append("shm")
         if cfg.sync.transport in ("auto", "ucx"):
             transports.append("ucx")
-        self.server = WeightServer(host=bind_host(cfg), transports=tuple(transports), auth_key=run.sync_key())
-        self.addrs = self.server.start()
+        # ranks > 0 serve no weights: rank 0 publishes the whole model for the role
+        self.server = WeightServer(host=bind_host(cfg), transports=tuple(transports), auth_key=run.sync_key()) \
+            if self.rank.leader else None
+        self.addrs = self.server.start() if self.server is not None else {}
         self.liveness = LivenessListener(bind_host(cfg))
         self.client = ControlClient(run, name=f"{ident.slot}/main")
         self._hb_client = ControlClient(run, name=f"{ident.slot}/hb")
@@ -91,7 +99,8 @@ class RoleRuntime:
         """Say hello and get this process's assignment (which role, which step to resume)."""
         deadline = time.time() + timeout_s
         hello = P.Hello(ident=self.ident, job_id=self.job_id, node=self.node, pid=os.getpid(),
-                        host_id=self.host_id, sync_addrs=self.addrs, live_addr=self.liveness.address)
+                        host_id=self.host_id, sync_addrs=self.addrs, live_addr=self.liveness.address,
+                        world_size=self.rank.world_size, rdzv=self.rdzv)
         while True:
             try:
                 reply = self.client.request(hello, timeout_s=5.0, attempts=1)
@@ -116,15 +125,39 @@ class RoleRuntime:
         self._hb.start()
         return assign
 
+    def join_as_rank(self, timeout_s: float) -> str:
+        """A rank > 0: say hello until the controller knows where rank 0's process group is; returns
+        that address (host:port) and starts heartbeating. A replaced incarnation exits."""
+        deadline = time.time() + timeout_s
+        hello = P.Hello(ident=self.ident, job_id=self.job_id, node=self.node, pid=os.getpid(), host_id=self.host_id,
+                        sync_addrs={}, live_addr=self.liveness.address, rank=self.rank.rank,
+                        world_size=self.rank.world_size)
+        while True:
+            try:
+                reply = self.client.request(hello, timeout_s=5.0, attempts=1)
+                if not reply.ok and reply.error == "superseded":
+                    raise SystemExit(0)
+                if reply.rdzv:
+                    self._hb.start()
+                    return reply.rdzv
+            except EnvironmentProblem:
+                pass
+            if time.time() > deadline:
+                raise EnvironmentProblem(f"rank {self.rank.rank}: rank 0 of {self.ident.slot} did not say where "
+                                         f"its process group is within {timeout_s:.0f}s")
+            time.sleep(0.2)
+
     def close(self, reason: str) -> None:
         self._stop.set()
-        try:
-            self.client.request(P.Goodbye(ident=self.ident, reason=reason), timeout_s=2.0, attempts=1)
-        except (EnvironmentProblem, ProtocolError):
-            pass
+        if self.rank.leader:            # rank 0 speaks for the role; a goodbye of rank 1 would end it
+            try:
+                self.client.request(P.Goodbye(ident=self.ident, reason=reason), timeout_s=2.0, attempts=1)
+            except (EnvironmentProblem, ProtocolError):
+                pass
         self._hb.join(timeout=2)
         self.liveness.close()
-        self.server.stop()
+        if self.server is not None:
+            self.server.stop()
         self.client.close()
         self._hb_client.close()
 
@@ -176,7 +209,7 @@ class RoleRuntime:
         while not self._stop.wait(interval):
             hb = P.Heartbeat(ident=self.ident, phase=self.phase.value, progress=self.progress,
                              version=self.held_version, wepoch=self.held_wepoch, detail=self.detail[:200],
-                             sync_addrs=self.addrs, live_addr=self.liveness.address)
+                             sync_addrs=self.addrs, live_addr=self.liveness.address, rank=self.rank.rank)
             try:
                 reply = self._hb_client.request(hb, timeout_s=max(1.0, 2 * interval), attempts=1)
             except (EnvironmentProblem, ProtocolError):
