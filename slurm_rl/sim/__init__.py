@@ -9,8 +9,19 @@ and computes ETTR by the report's definition (`slurm_rl.report`); `MeasuredTimes
 feeds it the recovery times of a real benchmark, and `validate` puts the two side by side.
 """
 
-from slurm_rl.sim.config import (ChaosSchedule, ControllerRules, NodeFailures, RecoveryPolicy, RecoveryTimes,
-                                 SimConfig, Standby, Topology, Work, cluster_config, rate_for_fraction_failing)
+from slurm_rl.sim.config import (
+                                 ChaosSchedule,
+                                 ControllerRules,
+                                 NodeFailures,
+                                 RecoveryPolicy,
+                                 RecoveryTimes,
+                                 SimConfig,
+                                 Standby,
+                                 Topology,
+                                 Work,
+                                 cluster_config,
+                                 rate_for_fraction_failing,
+)
 from slurm_rl.sim.measured import LocalBenchmark, MeasuredRun, MeasuredTimes, load_reports, local_config
 from slurm_rl.sim.model import Badput, MttrRow, SimResult, Trace, simulate
 from slurm_rl.sim.sweep import DEFAULT_RATES, Stat, Table, TableRow, ValidationRow, table, validate
