@@ -86,6 +86,7 @@ class Faults(RunState):
         else:
             victims = [target]
         if any(s is self.trainer and s.job is not None and s.job.working for s in victims):
+            self._mark_trainer("detect")
             # what is committed is fixed now: no holder can pull a version from a dead trainer,
             # and its checkpoint writes in flight never finish
             self._update_commit()

@@ -51,6 +51,9 @@ class Jobs(RunState):
     def _set_rate(self) -> None:
         n = sum(1 for s in self.slots.values() if s.producing)
         rate = n * self.work.rollout_groups_per_s
+        waiting = n == 0 and any(s.syncing and s.job is not None and s.job.working for s in self.slots.values())
+        if not self.sync_marks or self.sync_marks[-1][1] != waiting:
+            self.sync_marks.append((self.env.now, waiting))
         if rate != self.buf.rate:
             self.buf.set_rate(self.env.now, rate)
             w = self.waiter
@@ -61,7 +64,7 @@ class Jobs(RunState):
         """A new job for the slot (next incarnation): queue, load, then the role's own start."""
         slot.incarnation += 1
         slot.state = RoleState.PENDING
-        slot.producing = False
+        slot.producing = slot.synced = slot.syncing = False
         slot.exclude = exclude
         slot.submitted_at, slot.submitted_inc = self.env.now, slot.incarnation
         job: Job | None = None
@@ -71,6 +74,8 @@ class Jobs(RunState):
         slot.job = job
         if slot.fault is not None and slot.fault.action != "full restart":
             slot.fault.action = f"submit {slot.name}"
+        if slot.kind is RoleKind.TRAINER:
+            self._mark_trainer("schedule")
         self.env.process(self._start(slot, slot.incarnation, job, queue_s))
 
     def _start(self, slot: Slot, inc: int, job: Job | None, queue_s: float) -> Generator[simpy.Event, Any, None]:
@@ -86,19 +91,40 @@ class Jobs(RunState):
         if slot.fault is not None:
             slot.fault.t_scheduled = self.env.now
         load = self.times.load(slot.kind)
-        if slot.kind is RoleKind.TRAINER and self.version > 0:
-            load += self.times.restore_s
+        if slot.kind is RoleKind.TRAINER:
+            self._mark_trainer("load")
+            load += self._restore_time(cold=True)
         yield self.env.timeout(load)
         if self._stale(slot, inc, job):
             return
         self._ready(slot)
         if slot.kind is RoleKind.TRAINER:
             self.env.process(self._trainer_loop(slot, inc, job))
-        else:
-            yield self.env.timeout(self.times.sync_s)
+            return
+        slot.syncing = slot.kind is RoleKind.ROLLOUT
+        self._set_rate()
+        while not self._has_holder():         # after a full restart: until the trainer is restored
+            ev = self.env.event()
+            self.holder_waiters.append(ev)
+            yield ev
             if self._stale(slot, inc, job):
                 return
-            self._synced(slot)
+        yield self.env.timeout(self.times.sync_s)
+        if self._stale(slot, inc, job):
+            return
+        self._synced(slot)
+
+    def _has_holder(self) -> bool:
+        """Someone serves the current lineage's weights: a ready trainer, or a synced rollout or spare."""
+        return any(s.job is not None and s.job.working
+                   and (s.synced if s.kind is not RoleKind.TRAINER else s.state is RoleState.READY)
+                   for s in self.slots.values())
+
+    def _wake_pullers(self) -> None:
+        waiters, self.holder_waiters = self.holder_waiters, []
+        for ev in waiters:
+            if not ev.triggered:
+                ev.succeed()
 
     def _ready(self, slot: Slot) -> None:
         slot.state = RoleState.READY
@@ -107,6 +133,8 @@ class Jobs(RunState):
             slot.submitted_inc = -1
         if slot.fault is not None:
             slot.fault.t_loaded = self.env.now
+        if slot.kind is RoleKind.TRAINER:
+            self._wake_pullers()
         if slot.reserved_for is not None:
             self._decide([])                  # a slot waits for this spare (the controller decides every tick)
         self._chaos_poll()
@@ -114,6 +142,8 @@ class Jobs(RunState):
     def _synced(self, slot: Slot) -> None:
         if slot.fault is not None:
             slot.fault.t_synced = self.env.now
+        slot.synced, slot.syncing = True, False
+        self._wake_pullers()
         if slot.kind is RoleKind.ROLLOUT:
             slot.producing = True
             self._set_rate()
@@ -123,7 +153,10 @@ class Jobs(RunState):
 
     def _resync(self, slot: Slot, inc: int, job: Job) -> Generator[simpy.Event, Any, None]:
         """After a trainer loss the lineage forks: a rollout pulls the committed version again."""
+        slot.syncing = True
+        self._set_rate()
         yield self.env.timeout(self.times.sync_s)
+        slot.syncing = False
         if not self._stale(slot, inc, job) and slot.state is RoleState.READY:
             slot.producing = True
-            self._set_rate()
+        self._set_rate()

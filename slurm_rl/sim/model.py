@@ -29,16 +29,17 @@ import simpy
 
 from slurm_rl.config import ChaosConfig, RecoveryPolicy
 from slurm_rl.controller import chaos as chaos_mod
+from slurm_rl.sim.blame import split_badput
 from slurm_rl.sim.config import ChaosSchedule, NodeFailures, SimConfig
 from slurm_rl.sim.faults import Faults
 from slurm_rl.sim.jobs import Jobs
 from slurm_rl.sim.metrics import Breakdown, ettr_breakdown, replay_between
 from slurm_rl.sim.recovery import Recovery
-from slurm_rl.sim.results import Badput, MttrRow, SimResult, Trace
+from slurm_rl.sim.results import Badput, BadputSplit, MttrRow, SimResult, Trace
 from slurm_rl.sim.trainer import Training
 from slurm_rl.states import RoleKind
 
-__all__ = ["Badput", "MttrRow", "SimResult", "Trace", "simulate"]
+__all__ = ["Badput", "BadputSplit", "MttrRow", "SimResult", "Trace", "simulate"]
 
 
 class Run(Jobs, Training, Faults, Recovery):
@@ -92,12 +93,16 @@ class Run(Jobs, Training, Faults, Recovery):
                                        startup_wait=False)
         # ... and the same definition with the wall time from the trainer's first batch of data
         # and every rolled-back step counted (a store keeps one row per step number)
+        starved: list[tuple[list[tuple[float, float]], float]] = []
         bd: Breakdown = ettr_breakdown(rows, self.faults, end=self.t_end, finished=self.finished,
-                                       t_train=self.t_data)
+                                       t_train=self.t_data, starved_out=starved)
         rolled = [r for r in rows if not r.state.kept] + self.replaced
         t0 = self.t_data if self.t_data is not None else 0.0
         replay = replay_between(rolled, t0, t0 + bd.wall_s)
         recovery = max(0.0, bd.wall_s - bd.productive_s - bd.idle_s - replay)
+        split = split_badput(kept=[r for r in rows if r.state.kept], rolled=rolled, t0=t0, t_end=t0 + bd.wall_s,
+                             recovery_s=recovery, replay_s=replay, idle_s=bd.idle_s, starved=starved,
+                             trainer_marks=self.trainer_marks, sync_marks=self.sync_marks)
         restarts = Counter(s.kind for s in self.slots.values() for _ in s.restarts)
         groups: dict[tuple[RoleKind, str], list[float]] = {}
         for f in self.faults:
@@ -113,6 +118,7 @@ class Run(Jobs, Training, Faults, Recovery):
             steps=sum(1 for r in rows if r.state.kept), steps_computed=self.computed, faults=len(self.faults),
             fault_events=self.fault_events, restarts={k: restarts.get(k, 0) for k in RoleKind},
             full_restarts=self.full_restarts, finished=self.finished, end_reason=self.end_reason, mttr=mttr,
+            split=split,
             trace=Trace(steps=tuple(rows), replaced=tuple(self.replaced), faults=tuple(self.faults), end=self.t_end,
                         finished=self.finished))
 

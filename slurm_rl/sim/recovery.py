@@ -118,10 +118,11 @@ class Recovery(RunState):
             f.t_detect = f.t_decide = now
         if s.job is not None:
             s.job.state = JobStatus.GONE       # the controller cancels the job of a dead role
-        s.producing = False
+        s.producing = s.synced = s.syncing = False
         s.fault = f
         s.reserved_for = None
         if s.kind is RoleKind.TRAINER:
+            self._mark_trainer("schedule")
             self._trainer_lost()
         self._set_rate()
 
@@ -132,7 +133,7 @@ class Recovery(RunState):
         standby.reserved_for = None
         standby.state = RoleState.STOPPED
         standby.job = None
-        standby.producing = False
+        standby.producing = standby.synced = standby.syncing = False
         if standby.pending is not None and job is not None:
             # it failed but is not declared yet (a READY standby looks fine to the policy): the
             # failure follows the job, and the controller finds it dead in its new slot
@@ -142,7 +143,9 @@ class Recovery(RunState):
         target.incarnation += 1
         target.job = job
         target.state = RoleState.STARTING
-        target.producing = False
+        target.producing = target.synced = target.syncing = False
+        if target.kind is RoleKind.TRAINER:
+            self._mark_trainer("load")
         if target.fault is not None:
             if not awaited:
                 target.fault.t_decide = now
@@ -153,8 +156,8 @@ class Recovery(RunState):
 
     def _take_over(self, slot: Slot, inc: int, job: Job | None) -> Generator[simpy.Event, Any, None]:
         took = self.times.promote(slot.kind)
-        if slot.kind is RoleKind.TRAINER and self.version > 0:
-            took += self.times.restore_s
+        if slot.kind is RoleKind.TRAINER:
+            took += self._restore_time(cold=False)
         yield self.env.timeout(took)
         if self._stale(slot, inc, job):
             return
@@ -187,7 +190,7 @@ class Recovery(RunState):
             s.job = None
             s.fault = None
             s.pending = None
-            s.producing = False
+            s.producing = s.synced = s.syncing = False
         self._set_rate()
         for s in self.slots.values():
             self._submit(s, queue)

@@ -6,10 +6,11 @@ import dataclasses
 from typing import Any
 
 from slurm_rl.config import RecoveryPolicy
+from slurm_rl.sim.blame import BadputSplit
 from slurm_rl.sim.metrics import FaultRecord, StepRecord
 from slurm_rl.states import RoleKind
 
-__all__ = ["Badput", "MttrRow", "SimResult", "Trace"]
+__all__ = ["Badput", "BadputSplit", "MttrRow", "SimResult", "Trace"]
 
 
 @dataclasses.dataclass(kw_only=True, slots=True, frozen=True)
@@ -66,6 +67,7 @@ class SimResult:
     finished: bool
     end_reason: str
     mttr: tuple[MttrRow, ...]
+    split: BadputSplit         # `badput` by cause: detect, schedule, load, sync, replay, idle
     trace: Trace | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,6 +77,7 @@ class SimResult:
             "wall_s": round(self.wall_s, 3), "productive_s": round(self.productive_s, 3),
             "badput": {"recovery_s": round(self.badput.recovery_s, 3), "replay_s": round(self.badput.replay_s, 3),
                        "idle_s": round(self.badput.idle_s, 3)},
+            "badput_split": self.split.to_dict(),
             "ettr_as_reported": round(self.ettr_as_reported, 4),
             "badput_as_reported": {"recovery_s": round(self.as_reported.recovery_s, 3),
                                    "replay_s": round(self.as_reported.replay_s, 3),

@@ -64,6 +64,8 @@ class Slot:
     submitted_at: float | None = None
     submitted_inc: int = -1                # the incarnation submitted then, until it is ready
     reserved_for: str | None = None        # a spare a dead rollout slot waits for (AwaitSpare)
+    synced: bool = False                   # a rollout or spare holding the current lineage's weights
+    syncing: bool = False                  # a rollout waiting for a holder or pulling weights
 
     @property
     def name(self) -> str:
@@ -168,6 +170,13 @@ class RunState:
         self.plan_next = 0
         self.restarting_until = -NEVER
         self.dying: set[str] = set()
+        # rollouts and spares waiting for someone to pull the weights from (after a full restart:
+        # the restored trainer)
+        self.holder_waiters: list[simpy.Event] = []
+        # what the trainer is doing, (since, label), and whether every rollout is pulling weights
+        # (since, flag): the badput split reads these (slurm_rl.sim.blame)
+        self.trainer_marks: list[tuple[float, str]] = []
+        self.sync_marks: list[tuple[float, bool]] = []
 
 
     def _stale(self, slot: Slot, inc: int, job: Job | None) -> bool:
@@ -181,3 +190,8 @@ class RunState:
             self.end_reason = reason
             self.t_end = self.env.now
             self.done.succeed()
+
+    def _mark_trainer(self, label: str) -> None:
+        """The trainer's activity from now on (one of slurm_rl.sim.blame.TRAINER_LABELS)."""
+        if not self.trainer_marks or self.trainer_marks[-1][1] != label:
+            self.trainer_marks.append((self.env.now, label))

@@ -30,6 +30,7 @@ class Training(RunState):
             self.t_train = env.now
             if self.work.duration_s is not None:
                 env.process(self._deadline(self.work.duration_s))
+        self._mark_trainer("work")
         while True:
             if (total is not None and self.version >= total) or self._stale(slot, inc, job):
                 return
@@ -124,6 +125,19 @@ class Training(RunState):
         if held:
             return self.committed
         return min(self.committed, max((st for st, _ in self.checkpoints), default=0))
+
+    def _restore_time(self, *, cold: bool) -> float:
+        """A trainer's restore past its start: optimizer state from the checkpoint and, for a cold
+        start, its weights (pulled from a live holder, else read from the checkpoint). Step 0 has
+        nothing to restore; a promoted standby already holds the weights."""
+        if self.version <= 0:
+            return 0.0
+        if not cold:
+            return self.times.restore_s
+        held = any(s.kind is not RoleKind.TRAINER and s.synced and s.job is not None and s.job.working
+                   for s in self.slots.values())
+        return self.times.restore_s + (self.times.weights_from_holder_s if held
+                                       else self.times.weights_from_checkpoint_s)
 
     def _trainer_lost(self) -> None:
         """The controller's _trainer_lost: roll back to the newest restorable committed step."""
