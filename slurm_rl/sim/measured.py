@@ -34,16 +34,8 @@ from typing import Any
 
 from slurm_rl.config import RecoveryPolicy, RunConfig, load_config
 from slurm_rl.errors import BadInput
-from slurm_rl.sim.config import (
-    ChaosSchedule,
-    ControllerRules,
-    RecoveryTimes,
-    SimConfig,
-    Standby,
-    Topology,
-    Work,
-    frozen_map,
-)
+from slurm_rl.sim.config import (ChaosSchedule, ControllerRules, RecoveryTimes, SimConfig, Standby, Topology, Work,
+                                 frozen_map)
 from slurm_rl.states import FaultKind, RoleKind
 
 __all__ = ["LocalBenchmark", "MeasuredRun", "MeasuredTimes", "load_reports", "local_config"]

@@ -24,17 +24,8 @@ from typing import Any
 from slurm_rl.config import RecoveryPolicy
 from slurm_rl.errors import BadInput
 from slurm_rl.sim.blame import BadputSplit
-from slurm_rl.sim.config import (
-    ChaosSchedule,
-    ControllerRules,
-    NodeFailures,
-    RecoveryTimes,
-    SimConfig,
-    Standby,
-    Topology,
-    Work,
-    rate_for_fraction_failing,
-)
+from slurm_rl.sim.config import (ChaosSchedule, ControllerRules, NodeFailures, RecoveryTimes, SimConfig, Standby,
+                                 Topology, Work, rate_for_fraction_failing)
 from slurm_rl.sim.model import SimResult, simulate
 from slurm_rl.states import FaultKind, RoleKind
 

@@ -13,7 +13,7 @@ from slurm_rl.sim.sweep import Table, ValidationRow
 __all__ = ["format_paper", "format_table", "format_validation"]
 
 ROLE, FULL = RecoveryPolicy.ROLE_BASED, RecoveryPolicy.FULL_RESTART
-BadputSplitParts = BadputSplit.PARTS
+_PARTS = BadputSplit.PARTS
 
 
 def format_validation(pairs: Sequence[tuple[str, MeasuredTimes, LocalBenchmark, Sequence[ValidationRow]]],
@@ -102,9 +102,9 @@ def format_paper(rep: PaperReport) -> str:
                    f"paper: {paper[r.policy]}")
     alt = " / ".join(f"{r.policy.value} {r.ettr[0]:.3f}" for r in rep.paper_sync_rows)
     out += [f"at the paper's weight sync ({st.paper_sync_gbps:.1f} GB/s: 235B in ~6 s), same rows: {alt}", "",
-            "badput, minutes per run: " + " / ".join(BadputSplitParts)]
+            "badput, minutes per run: " + " / ".join(_PARTS)]
     for r in rep.rows:
-        parts = " / ".join(f"{getattr(r.split, p + '_s') / 60:.1f}" for p in BadputSplitParts)
+        parts = " / ".join(f"{getattr(r.split, p + '_s') / 60:.1f}" for p in _PARTS)
         out.append(f"  {r.policy.value:<13} spares {r.label:<14} {parts}   (wall {r.wall_s / 3600:.1f} h, "
                    f"{r.faults:.1f} faults, {r.full_restarts:.1f} full restarts)")
     return "\n".join(out)
