@@ -4,6 +4,8 @@
     python bench/simulate.py --measured ROLE.json FULL.json --bench-config runs/NAME/config.yaml
     python bench/simulate.py --no-validate --spares 4 --days 7 --rates 0.01,0.05,0.1 --trials 10
     python bench/simulate.py --json > sim.json
+    python bench/simulate.py --scenario paper      # validation + the paper's setting (Qwen3-8B, 256 GPUs)
+    python bench/simulate.py --scenario paper --no-validate --paper-set fs_total_gbps=5 --trials 20
 
 (1) Validation: the local benchmark (role-based and full-restart runs on one seed and fault plan,
     `slurm-rl report RUN --json`) simulated with the recovery times measured in those same runs,
@@ -13,6 +15,10 @@
     N spares, mean ± std over --trials seeds. Defaults (docs/simulation.md justifies each): 8 GPUs
     per node, a 16-node trainer, 16 one-node rollouts (256 GPUs), 3 days, checkpoint every 20
     steps of ~94 s (~30 min), queue waits and loads of minutes.
+(3) --scenario paper, instead of (2): the paper's setting (RobustRL, arXiv 2512.22492: Qwen3-8B
+    GRPO on 256 GPUs, "10% failure injection frequency"), every component time from a cited
+    source or our measurements (slurm_rl/sim/paper.py, docs/simulation.md): which reading of the
+    fault frequency puts full restart at the paper's 0.60, then role-based with and without spares.
 
 Exit codes: 0 done, 2 bad input (arguments, files).
 """
@@ -33,7 +39,8 @@ from slurm_rl.sim import (DEFAULT_RATES, LocalBenchmark, NodeFailures, RecoveryT
                           Standby, Topology, Work, load_reports, table, validate)
 from slurm_rl.sim.config import ControllerRules, config_dict  # noqa: E402
 from slurm_rl.sim.measured import MeasuredTimes  # noqa: E402
-from slurm_rl.sim.render import format_table, format_validation  # noqa: E402
+from slurm_rl.sim.paper import PaperSetting, paper_report  # noqa: E402
+from slurm_rl.sim.render import format_paper, format_table, format_validation  # noqa: E402
 from slurm_rl.states import FaultKind, RoleKind  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "sim" / "data"
@@ -75,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-table", action="store_true", help="skip the cluster table")
     g.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     g.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    g.add_argument("--trials", type=int, default=5, help="seeds per table cell: mean ± std (default 5)")
+    g.add_argument("--trials", type=int, default=None,
+                   help="seeds per table cell: mean ± std (default 5; 10 for --scenario paper)")
+    g.add_argument("--scenario", choices=["paper"], default=None,
+                   help="print this scenario instead of the cluster table (paper: docs/simulation.md)")
+    g.add_argument("--paper-set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override one field of the paper setting (slurm_rl.sim.paper.PaperSetting), repeatable")
 
     g = p.add_argument_group("cluster topology")
     g.add_argument("--gpus-per-node", type=int, default=d_top.gpus_per_node)
@@ -161,8 +173,32 @@ def measured_pairs(a: argparse.Namespace) -> list[tuple[str, MeasuredTimes, Loca
     return out
 
 
+def paper_setting(items: list[str]) -> PaperSetting:
+    """PaperSetting with FIELD=VALUE overrides (numbers; a pair as A,B)."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(PaperSetting)}
+    over: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or name not in fields:
+            raise BadInput(f"--paper-set {item!r}: write FIELD=VALUE with FIELD one of {', '.join(fields)}")
+        default = getattr(PaperSetting(), name)
+        try:
+            if isinstance(default, tuple):
+                over[name] = tuple(float(x) for x in text.split(","))
+            else:
+                over[name] = type(default)(text)
+        except ValueError:
+            raise BadInput(f"--paper-set {item!r}: {text!r} is not a {type(default).__name__}") from None
+    return PaperSetting(**over)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    if a.trials is None:
+        a.trials = 10 if a.scenario == "paper" else 5
     if a.trials < 1:
         print("error: --trials must be at least 1", file=sys.stderr)
         return 2
@@ -179,7 +215,15 @@ def main(argv: list[str] | None = None) -> int:
             out["validation_s"] = round(time.perf_counter() - t0, 2)
             if not a.json:
                 print(format_validation(pairs), end="\n\n")
-        if not a.no_table:
+        if a.scenario == "paper":
+            t0 = time.perf_counter()
+            rep = paper_report(paper_setting(a.paper_set), trials=a.trials, seed=a.seed)
+            out["paper"] = rep.to_dict()
+            out["paper_s"] = round(time.perf_counter() - t0, 2)
+            if not a.json:
+                print(format_paper(rep))
+                print(f"({out['paper_s']:.1f} s)")
+        elif not a.no_table:
             base = cluster_from_args(a)
             t0 = time.perf_counter()
             t = table(base, rates=a.rates, fraction_failing=a.fraction_failing or None, spares=(0, a.spares),

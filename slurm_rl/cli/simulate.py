@@ -42,7 +42,8 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
                              "slurm-rl simulate --rates 0.01,0.05,0.1 --spares 4 --trials 10 --days 7",
                              "slurm-rl report runs/rb --json > rb.json; slurm-rl report runs/fr --json > fr.json",
                              "slurm-rl simulate --measured rb.json fr.json --bench-config runs/rb/config.yaml",
-                             "slurm-rl simulate --json | jq '.table.rows[] | {label, policy, spares, ettr}'"))
+                             "slurm-rl simulate --json | jq '.table.rows[] | {label, policy, spares, ettr}'",
+                             "slurm-rl simulate --scenario paper           # Qwen3-8B, 256 GPUs: the paper's setting"))
 @click.option("--rates", callback=_floats, metavar="R1,R2,...",
               help="Failures per node per day, one table row each (default 0,0.005,0.01,0.02,0.05,0.1,0.2).")
 @click.option("--fraction-failing", type=click.FloatRange(0, 1, max_open=True), default=0.10, show_default=True,
@@ -50,7 +51,8 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
 @click.option("--kinds", callback=_kinds, metavar="KIND=W,...", help="Fault kind mix, e.g. node-down=0.6,crash=0.4.")
 @click.option("--spares", type=click.IntRange(min=0), default=2, show_default=True,
               help="N in the 'with N spares' columns.")
-@click.option("--trials", type=click.IntRange(min=1), default=5, show_default=True, help="Seeds per cell (mean ± std).")
+@click.option("--trials", type=click.IntRange(min=1), default=None,
+              help="Seeds per cell (mean ± std); default 5, 10 for --scenario paper.")
 @click.option("--seed", type=int, default=0, show_default=True, help="First seed.")
 @click.option("--days", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True,
               help="Wall time of each simulated run.")
@@ -69,11 +71,15 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
 @click.option("--bench-config", type=click.Path(dir_okay=False),
               help="The measured runs' resolved config (runs/NAME/config.yaml); default: the demo benchmark.")
 @click.option("--no-table", is_flag=True, help="Only the validation (needs --measured).")
+@click.option("--scenario", type=click.Choice(["paper"]), default=None,
+              help="Instead of the table: the paper's setting (Qwen3-8B GRPO, 256 GPUs, cited component times; "
+                   "docs/simulation.md). --trials and --seed apply.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/schemas/simulate.json).")
 def simulate(rates: list[float] | None, fraction_failing: float, kinds: dict[Any, float] | None, spares: int,
-             trials: int, seed: int, days: float, gpus_per_node: int, trainer_nodes: int, rollouts: int,
+             trials: int | None, seed: int, days: float, gpus_per_node: int, trainer_nodes: int, rollouts: int,
              rollout_nodes: int, standby: str, step_s: float | None, checkpoint_every: int | None,
-             measured: tuple[str, str] | None, bench_config: str | None, no_table: bool, as_json: bool) -> None:
+             measured: tuple[str, str] | None, bench_config: str | None, no_table: bool, scenario: str | None,
+             as_json: bool) -> None:
     """ETTR at cluster scale: a discrete-event simulation of a run (the real recovery policy, the
     report's ETTR) over node failure rates, role-based vs full restart, with 0 and N spares.
 
@@ -95,6 +101,21 @@ def simulate(rates: list[float] | None, fraction_failing: float, kinds: dict[Any
     from slurm_rl.sim.config import cluster_config, config_dict
     from slurm_rl.sim.render import format_table, format_validation
 
+    if trials is None:
+        trials = 10 if scenario == "paper" else 5
+    if scenario == "paper":
+        from slurm_rl.sim.paper import paper_report
+        from slurm_rl.sim.render import format_paper
+
+        t0 = time.perf_counter()
+        with _progress(_console(stderr=True), "simulating", enabled=not as_json) as tick:
+            rep = paper_report(trials=trials, seed=seed, progress=tick)
+        if as_json:
+            click.echo(json.dumps({"schema": 1, "paper": rep.to_dict(),
+                                   "paper_s": round(time.perf_counter() - t0, 2)}, indent=1))
+        else:
+            click.echo(format_paper(rep))
+        return
     if no_table and not measured:
         raise BadInput("--no-table leaves nothing to do without --measured ROLE.json FULL.json")
     out: dict[str, Any] = {"schema": 1}

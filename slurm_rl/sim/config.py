@@ -188,6 +188,11 @@ class RecoveryTimes:
     promote_s: Mapping[RoleKind, float] = dataclasses.field(default_factory=lambda: frozen_map(
         {RoleKind.ROLLOUT: 5.0, RoleKind.TRAINER: 60.0}))
     restore_s: float = 180.0               # trainer: optimizer state and data cursor from a checkpoint
+    # a restored trainer's weights, on top of restore_s: its ranks pull their shards of the committed
+    # version from a live holder (a rollout or spare has them), or, when no holder has it (a full
+    # restart, every holder lost), read them from the checkpoint
+    weights_from_holder_s: float = 0.0
+    weights_from_checkpoint_s: float = 0.0
     teardown_s: float = 60.0               # full restart: cancel every job and let it end
     full_queue_s: float = 900.0            # full restart: queue wait until the whole allocation runs again
 
@@ -197,7 +202,8 @@ class RecoveryTimes:
             if any(v < 0 for v in m.values()):
                 raise BadInput(f"times.{name}: every time must be >= 0")
             object.__setattr__(self, name, frozen_map(m))
-        for name in ("queue_cv", "sync_s", "restore_s", "teardown_s", "full_queue_s"):
+        for name in ("queue_cv", "sync_s", "restore_s", "weights_from_holder_s", "weights_from_checkpoint_s",
+                     "teardown_s", "full_queue_s"):
             if getattr(self, name) < 0:
                 raise BadInput(f"times.{name} must be >= 0 (got {getattr(self, name)})")
 

@@ -110,7 +110,8 @@ def _covered(x: float, starts: list[float], ends: list[float], cum: list[float])
 
 
 def ettr_breakdown(steps: Sequence[StepRecord], faults: Sequence[FaultRecord], *, end: float,
-                   finished: bool, t_train: float | None = None, startup_wait: bool = True) -> Breakdown:
+                   finished: bool, t_train: float | None = None, startup_wait: bool = True,
+                   starved_out: list[tuple[list[tuple[float, float]], float]] | None = None) -> Breakdown:
     """Productive time and badput (definitions in slurm_rl/report.py's docstring).
 
     `steps` in step order, one row per step number; `end` is when the run ended (stop or
@@ -118,7 +119,9 @@ def ettr_breakdown(steps: Sequence[StepRecord], faults: Sequence[FaultRecord], *
     when training started (the trainer had its first batch); None takes the earliest step row's
     data arrival, as the report does (later than the first batch once a rollback to step 0
     overwrote step 1's row). `startup_wait=False` is the definition of schema-1 reports: training
-    started when the earliest row first asked for data, its wait for the rollouts included."""
+    started when the earliest row first asked for data, its wait for the rollouts included.
+    `starved_out`, when given, receives per starved step the fault-covered spans of its wait and
+    the seconds of idle charged to them (for the badput split, `slurm_rl.sim.blame`)."""
     kept = [s for s in steps if s.state.kept]
     rolled = [s for s in steps if not s.state.kept]
     if not steps:
@@ -144,6 +147,8 @@ def ettr_breakdown(steps: Sequence[StepRecord], faults: Sequence[FaultRecord], *
         if wait > med and starts:
             inside = _covered(w0 + wait, starts, ends, cum) - _covered(w0, starts, ends, cum)
             starved = min(inside, wait - med, dur)
+            if starved_out is not None and starved > 0:
+                starved_out.append((_spans(w0, w0 + wait, starts, ends), starved))
         productive += dur - starved
         idle += starved
         prev = s
@@ -151,6 +156,18 @@ def ettr_breakdown(steps: Sequence[StepRecord], faults: Sequence[FaultRecord], *
     recovery = max(0.0, wall - productive - idle - replay)
     return Breakdown(wall_s=wall, productive_s=productive, ettr=min(1.0, productive / wall), replay_s=replay,
                      idle_s=idle, recovery_s=recovery)
+
+
+def _spans(a: float, b: float, starts: list[float], ends: list[float]) -> list[tuple[float, float]]:
+    """The parts of [a, b] inside the merged spans."""
+    out = []
+    i = max(0, bisect.bisect_right(starts, a) - 1)
+    while i < len(starts) and starts[i] < b:
+        lo, hi = max(a, starts[i]), min(b, ends[i])
+        if hi > lo:
+            out.append((lo, hi))
+        i += 1
+    return out
 
 
 def replay_between(rolled: Iterable[StepRecord], start: float, end: float) -> float:

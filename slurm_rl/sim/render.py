@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from slurm_rl.config import RecoveryPolicy
+from slurm_rl.sim.blame import BadputSplit
 from slurm_rl.sim.measured import LocalBenchmark, MeasuredTimes
+from slurm_rl.sim.paper import PAPER_ETTR, PaperReport
 from slurm_rl.sim.sweep import Table, ValidationRow
 
-__all__ = ["format_table", "format_validation"]
+__all__ = ["format_paper", "format_table", "format_validation"]
 
 ROLE, FULL = RecoveryPolicy.ROLE_BASED, RecoveryPolicy.FULL_RESTART
+_PARTS = BadputSplit.PARTS
 
 
 def format_validation(pairs: Sequence[tuple[str, MeasuredTimes, LocalBenchmark, Sequence[ValidationRow]]],
@@ -68,4 +71,40 @@ def format_table(t: Table, spares: int) -> str:
             c = t.cell(label, p, spares)
             parts.append(f"{c.recovery_s.mean / 3600:.2f} / {c.replay_s.mean / 3600:.2f} / {c.idle_s.mean / 3600:.2f}")
         out.append(f"{label:<20} {parts[0]:>22} {parts[1]:>22}")
+    return "\n".join(out)
+
+
+def format_paper(rep: PaperReport) -> str:
+    """The paper scenario: the component times, the readings of "10% failure injection frequency",
+    then one line per policy under the chosen reading, and the badput split."""
+    st = rep.setting
+    paper = {ROLE: f">{PAPER_ETTR[ROLE]:.2f} (RobustRL)", FULL: f"{PAPER_ETTR[FULL]:.2f} (ByteRobust)"}
+    out = [f"The paper's setting (RobustRL, arXiv 2512.22492): Qwen3-8B GRPO on {st.nodes * st.gpus_per_node} GPUs "
+           f"({st.trainer_nodes} trainer nodes, {st.rollouts} rollout nodes, {st.gpus_per_node} GPUs each), "
+           f"{st.steps} steps of ~{st.step_s:.0f} s; mean ± std over {rep.trials} seeds", "",
+           "component times (s)"]
+    for c in st.components():
+        value = f"{c.seconds:8.2f}" if c.seconds else " " * 8
+        out.append(f"  {c.name:<32} {value}  {c.derivation}  [{c.source}]")
+    out += ["", 'which reading of "10% failure injection frequency" puts full restart at the paper\'s '
+            f"{PAPER_ETTR[FULL]:.2f} (no spares):"]
+    hdr = f"  {'reading':<32} {'faults/run':>10} {'full-restart':>15} {'role-based':>15} {'|full - 0.60|':>14}"
+    out += [hdr, "  " + "-" * (len(hdr) - 2)]
+    for r in rep.readings:
+        mark = ""
+        if r.reading is rep.chosen:
+            mark = "  <- chosen, " + ("within 0.05" if rep.lands else "NOT within 0.05")
+        out.append(f"  {r.reading.value:<32} {r.faults:>10.1f} {r.full_restart[0]:>7.3f} ± {r.full_restart[1]:.3f} "
+                   f"{r.role_based[0]:>7.3f} ± {r.role_based[1]:.3f} {r.off_by:>14.3f}{mark}")
+    out += ["", f'under "{rep.chosen.value}", weight sync at our {st.sync_gbps:g} GB/s:']
+    for r in rep.rows:
+        out.append(f"{r.policy.value:<13} ETTR {r.ettr[0]:.3f} ± {r.ettr[1]:.3f}   spares: {r.label:<14} "
+                   f"paper: {paper[r.policy]}")
+    alt = " / ".join(f"{r.policy.value} {r.ettr[0]:.3f}" for r in rep.paper_sync_rows)
+    out += [f"at the paper's weight sync ({st.paper_sync_gbps:.1f} GB/s: 235B in ~6 s), same rows: {alt}", "",
+            "badput, minutes per run: " + " / ".join(_PARTS)]
+    for r in rep.rows:
+        parts = " / ".join(f"{getattr(r.split, p + '_s') / 60:.1f}" for p in _PARTS)
+        out.append(f"  {r.policy.value:<13} spares {r.label:<14} {parts}   (wall {r.wall_s / 3600:.1f} h, "
+                   f"{r.faults:.1f} faults, {r.full_restarts:.1f} full restarts)")
     return "\n".join(out)

@@ -325,3 +325,68 @@ def test_bad_config_is_reported() -> None:
     assert Work().duration_s == 3 * DAY and Work(total_steps=10).duration_s is None
     with pytest.raises(BadInput, match="per_node_per_day"):
         NodeFailures(per_node_per_day=-1)
+
+
+# --------------------------------------------------------------------------- badput by cause
+
+
+def test_badput_split_of_the_hand_checked_timelines() -> None:
+    """The exact cases above, by cause: a role-based cold restart is detect 7, queue 50, load 30 +
+    restore 6; a full restart is detect 7, teardown 11 + queue 13, the same load, and the 5 steps
+    since checkpoint 20 replayed."""
+    cfg = tiny(failures=one_fault(RoleKind.TRAINER, FaultKind.CRASH, 25))
+    rb, fr = simulate(cfg, ROLE, 0), simulate(cfg, FULL, 0)
+    assert rb.split.to_dict() == {"detect_s": 7.0, "schedule_s": 50.0, "load_s": 36.0, "sync_s": 0.0,
+                                  "replay_s": 0.0, "idle_s": 0.0}
+    assert fr.split.to_dict() == {"detect_s": 7.0, "schedule_s": 24.0, "load_s": 36.0, "sync_s": 0.0,
+                                  "replay_s": 50.0, "idle_s": 0.0}
+    for r in (rb, fr):
+        assert r.split.total_s == pytest.approx(r.badput.total_s)
+
+
+def test_a_restored_trainer_takes_its_weights_from_a_holder_else_from_the_checkpoint() -> None:
+    """Role-based: the rollouts hold the committed step, so the new trainer pulls its shards (2 s);
+    a full restart leaves no holder, so it reads them from the checkpoint (9 s). A promoted standby
+    already holds them (only the optimizer, 6 s)."""
+    times = dataclasses.replace(tiny().times, weights_from_holder_s=2.0, weights_from_checkpoint_s=9.0)
+    cfg = tiny(failures=one_fault(RoleKind.TRAINER, FaultKind.CRASH, 25), times=times)
+    assert simulate(cfg, ROLE, 0).split.load_s == pytest.approx(30.0 + 6.0 + 2.0)
+    assert simulate(cfg, FULL, 0).split.load_s == pytest.approx(30.0 + 6.0 + 9.0)
+    spare = cfg.replace(topology=dataclasses.replace(cfg.topology, spare_replicas=1),
+                        rules=ControllerRules(standby=Standby.SPARE_THEN_ROLLOUT))
+    r = simulate(spare, ROLE, 0)
+    assert r.split.load_s == pytest.approx(4.0 + 6.0) and r.split.schedule_s == 0
+
+
+def test_after_a_full_restart_rollouts_pull_from_the_restored_trainer() -> None:
+    """Nobody holds the restart point's weights until the trainer has restored it: rollouts that
+    loaded sooner wait for it, then pull (sync 1 s) before they generate."""
+    from slurm_rl.sim.model import Run
+
+    cfg = tiny(failures=one_fault(RoleKind.TRAINER, FaultKind.CRASH, 25))
+    run = Run(cfg, FULL, 0)
+    run.run()
+    (ready,) = [t for t, label in run.trainer_marks if label == "work"][-1:]     # the restored trainer's start
+    pulling = [t for t, waiting in run.sync_marks if waiting]
+    done = [t for t, waiting in run.sync_marks if not waiting]
+    # every rollout was loaded (load 5 s) long before the trainer (30 + 6 s) and waited for it
+    assert pulling[-1] < ready and done[-1] == pytest.approx(ready + cfg.times.sync_s)
+
+
+def test_split_badput_attributes_gaps_and_starvation() -> None:
+    """By hand: steps 1-2 kept (0-20), the trainer dies at 25 while computing step 3 (started 20),
+    is detected at 27, queues to 37, loads to 47, then waits 13 s for data while the rollouts pull
+    weights for the first 5 s of it; the starved part (10 s) is split 5/13 sync, 8/13 idle."""
+    from slurm_rl.sim.blame import split_badput
+
+    kept = [StepRecord(step=1, trainer="t#1", t_start=0.0, t_end=10.0, wait_s=0.0),
+            StepRecord(step=2, trainer="t#1", t_start=10.0, t_end=20.0, wait_s=0.0),
+            StepRecord(step=3, trainer="t#2", t_start=47.0, t_end=70.0, wait_s=13.0)]
+    marks = [(0.0, "work"), (25.0, "detect"), (27.0, "schedule"), (37.0, "load"), (47.0, "work")]
+    sync = [(0.0, False), (47.0, True), (52.0, False)]
+    s = split_badput(kept=kept, rolled=[], t0=0.0, t_end=70.0, recovery_s=27.0, replay_s=0.0, idle_s=10.0,
+                     starved=[([(47.0, 60.0)], 10.0)], trainer_marks=marks, sync_marks=sync)
+    assert s.replay_s == pytest.approx(5.0)             # step 3's first attempt, 20-25
+    assert (s.detect_s, s.schedule_s, s.load_s) == pytest.approx((2.0, 10.0, 10.0))
+    assert s.sync_s == pytest.approx(10.0 * 5 / 13) and s.idle_s == pytest.approx(10.0 * 8 / 13)
+    assert s.total_s == pytest.approx(37.0)
