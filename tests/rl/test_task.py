@@ -76,11 +76,11 @@ def test_gsm8k_shaped_file(tmp_path: Path) -> None:
         ('{"prompt": "1+1="}\n', r"p\.jsonl:1: missing key 'answer'"),
         ('\n{"answer": "2"}\n', r"p\.jsonl:2: missing key 'prompt'"),
         ('["1+1=", "2"]\n', r"p\.jsonl:1: expected a JSON object"),
-        ('{"prompt": "", "answer": "2"}\n', r"p\.jsonl:1: 'prompt' must be"),
-        ('{"prompt": "a", "answer": [2]}\n', r"p\.jsonl:1: 'answer' must be"),
+        ('{"prompt": "", "answer": "2"}\n', r"p\.jsonl:1: field 'prompt' \(the prompt\) must be"),
+        ('{"prompt": "a", "answer": [2]}\n', r"p\.jsonl:1: field 'answer' \(the answer\) must be"),
         ('{"id": 1, "prompt": "a", "answer": 1}\n{"id": 1, "prompt": "b", "answer": 2}\n', r"p\.jsonl:2: duplicate id"),
-        ("", r"p\.jsonl: problem file is empty"),
-        ("\n  \n", r"p\.jsonl: problem file is empty"),
+        ("", r"p\.jsonl: no problems in it"),
+        ("\n  \n", r"p\.jsonl: no problems in it"),
     ],
 )
 def test_bad_files_name_file_and_line(tmp_path: Path, content: str, match: str) -> None:
