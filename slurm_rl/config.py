@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from slurm_rl.backends.base import Resources
 from slurm_rl.errors import ConfigError
@@ -133,7 +140,7 @@ class ModelConfig(_Section):
     max_model_len: int = Field(default=128, ge=16)
 
     @model_validator(mode="after")
-    def _heads(self) -> "ModelConfig":
+    def _heads(self) -> ModelConfig:
         if self.path is None:
             if self.hidden % self.heads:
                 raise ValueError(f"model.hidden ({self.hidden}) must be divisible by model.heads ({self.heads})")
@@ -177,6 +184,8 @@ class TaskConfig(_Section):
     max_operand: int = Field(default=9, ge=1)
     ops: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+"])
     max_answer: int | None = Field(default=None, description="redraw problems whose answer is larger")
+    max_second_operand: int | None = Field(default=None, ge=1, description="word problems: the largest second "
+                                           "operand (default max_operand; 1: 'gets 1 more')")
     template: str = Field(default="{prompt}", description="the user message; {prompt} is replaced by the problem, "
                           "every other brace is kept as written")
     chat: bool = Field(default=False, description="apply the tokenizer's chat template (system prompt, user "
@@ -199,7 +208,7 @@ class TaskConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _path(self) -> "TaskConfig":
+    def _path(self) -> TaskConfig:
         if self.kind in ("jsonl", "dataset") and not self.path:
             raise ValueError(f"task.kind is {self.kind!r} but task.path is not set; point it at a .jsonl or "
                              ".parquet file or a datasets directory")
@@ -321,7 +330,7 @@ class RecoveryConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _order(self) -> "RecoveryConfig":
+    def _order(self) -> RecoveryConfig:
         if self.hang_idle_after_s <= self.suspect_after_s:
             raise ValueError(f"recovery.hang_idle_after_s ({self.hang_idle_after_s}) must be longer than "
                              f"recovery.suspect_after_s ({self.suspect_after_s})")
@@ -408,7 +417,7 @@ class RunConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _cross(self) -> "RunConfig":
+    def _cross(self) -> RunConfig:
         if self.trainer.nodes not in (None, 1):
             raise ValueError("trainer.nodes > 1 is not supported yet: the trainer role runs one process; set trainer.nodes: 1")
         if self.algorithm.eval_every and not self.task.has_eval:
@@ -506,8 +515,7 @@ def _explain(err: dict[str, Any], source: str, lines: dict[tuple[str, ...], int]
         sugg = f" Did you mean '{'.'.join(loc[:-1] + (close[0],))}'?" if close else ""
         return f"{where}: unknown key '{key}'.{sugg} Allowed here: {', '.join(allowed)}"
     msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+    msg = msg.removeprefix("Value error, ")
     if err["type"] in ("enum", "literal_error"):
         msg = msg.replace("Input should be", "must be")
     got = err.get("input")

@@ -26,7 +26,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from slurm_rl.report_eval import eval_summary, latest_eval, reward_errors, write_eval_plot
+from slurm_rl.report_eval import (
+    eval_summary,
+    latest_eval,
+    reward_errors,
+    write_eval_plot,
+)
 from slurm_rl.rundir import RunDir
 from slurm_rl.store import connect, group_ids_in_store, read_counts, read_events
 

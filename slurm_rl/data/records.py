@@ -96,8 +96,7 @@ def _jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     # split on \n alone: str.splitlines() also splits on U+2028/U+2029 and other separators that
     # valid JSON may hold raw inside a string
     for lineno, line in enumerate(data.split("\n"), start=1):
-        if line.endswith("\r"):
-            line = line[:-1]
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         where = f"{path}:{lineno}"

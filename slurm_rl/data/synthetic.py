@@ -22,9 +22,9 @@ THINGS = ("apples", "books", "cats", "coins")
 
 # (question, worked solution) per operation; {r} is the result
 _TEMPLATES = {
-    "+": ("{name} has {a} {thing}. {pron} gets {b} more. How many {thing} does {name} have now?",
+    "+": ("{name} has {a} {thing} and gets {b} more. How many {thing} now?",
           "{name} has {a} + {b} = {r} {thing}."),
-    "-": ("{name} has {a} {thing}. {pron} gives {b} away. How many {thing} does {name} have left?",
+    "-": ("{name} has {a} {thing} and gives {b} away. How many {thing} are left?",
           "{name} has {a} - {b} = {r} {thing} left."),
     "*": ("{name} has {a} bags with {b} {thing} in each bag. How many {thing} does {name} have?",
           "{name} has {a} * {b} = {r} {thing}."),
@@ -33,27 +33,29 @@ STYLES = ("gsm8k", "math")
 
 
 def word_problems(n: int, *, seed: int, style: str = "gsm8k", ops: Sequence[str] = ("+", "-"),
-                  max_operand: int = 9, max_answer: int | None = 9) -> list[dict[str, Any]]:
+                  max_operand: int = 9, max_answer: int | None = 9, max_second: int | None = None
+                  ) -> list[dict[str, Any]]:
     """`n` records of `style` (gsm8k or math); the same arguments give the same records."""
     return word_problem_splits(n, 0, seed=seed, style=style, ops=ops, max_operand=max_operand,
-                               max_answer=max_answer)[0]
+                               max_answer=max_answer, max_second=max_second)[0]
 
 
 def word_problem_splits(n_train: int, n_eval: int, *, seed: int, style: str = "gsm8k",
-                        ops: Sequence[str] = ("+", "-"), max_operand: int = 9,
-                        max_answer: int | None = 9) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                        ops: Sequence[str] = ("+", "-"), max_operand: int = 9, max_answer: int | None = 9,
+                        max_second: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, eval) records of `style` whose problems never share a text: every distinct problem
     (operation, operands, name, thing) is drawn once into a seeded order, the first `n_eval` are the
     eval split and the training records come from the rest (repeating when `n_train` is larger).
-    Subtraction never goes below zero; `max_answer` leaves larger results out. Ids: `wp-<seed>-<i>`
-    (train) and `wp-<seed>-eval-<i>`."""
+    Subtraction never goes below zero; `max_answer` leaves larger results out; `max_second` bounds
+    the second operand alone (1: "gets 1 more", counting on, which a tiny policy learns from scratch
+    in about a hundred GRPO steps). Ids: `wp-<seed>-<i>` (train) and `wp-<seed>-eval-<i>`."""
     if style not in STYLES:
         raise BadInput(f"word problems: unknown style {style!r}", hint=f"use one of {list(STYLES)}")
     bad = [op for op in ops if op not in _TEMPLATES]
     if bad or not ops:
         raise BadInput(f"word problems: unknown ops {bad or list(ops)}", hint=f"use some of {list(_TEMPLATES)}")
     cases = [(op, a, b, who, thing) for op in ops for a in range(1, max_operand + 1)
-             for b in range(1, max_operand + 1) for who in NAMES for thing in THINGS
+             for b in range(1, (max_second or max_operand) + 1) for who in NAMES for thing in THINGS
              if (r := _result(op, a, b)) >= 0 and (max_answer is None or r <= max_answer)]
     if len(cases) <= n_eval:
         raise BadInput(f"word problems: only {len(cases)} distinct problems with operands up to {max_operand} and "
@@ -70,7 +72,7 @@ def _record(case: tuple[str, int, int, tuple[str, str], str], style: str, rid: s
     op, a, b, (name, pron), thing = case
     q, sol = _TEMPLATES[op]
     r = _result(op, a, b)
-    kw = dict(name=name, pron=pron, thing=thing, a=a, b=b, r=r)
+    kw = dict(name=name, pron=pron, pron_l=pron.lower(), thing=thing, a=a, b=b, r=r)
     text, worked = q.format(**kw), sol.format(**kw)
     if style == "gsm8k":
         return {"id": rid, "question": text, "answer": f"{worked}\n#### {r}"}
@@ -95,9 +97,17 @@ def write_records(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(list(records)), path)
+        pq.write_table(pa.table(columns(records)), path)
     else:
         import datasets
 
-        datasets.Dataset.from_list(list(records)).save_to_disk(str(path))
+        datasets.disable_progress_bars()
+        datasets.Dataset.from_dict(columns(records)).save_to_disk(str(path))
     return path
+
+
+def columns(records: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Records as columns over the union of their keys (a missing field is None): pyarrow and datasets
+    would otherwise take the columns of the first record alone."""
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    return {k: [r.get(k) for r in records] for k in keys}

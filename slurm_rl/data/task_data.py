@@ -42,7 +42,8 @@ def load_task_data(task, seed: int) -> TaskData:
     if task.kind == "word-problems":
         style = "math" if fmt is AnswerFormat.MATH else "gsm8k"
         tr, ev = word_problem_splits(task.num_problems, task.eval_size or 0, seed=seed, style=style, ops=task.ops,
-                                     max_operand=task.max_operand, max_answer=task.max_answer)
+                                     max_operand=task.max_operand, max_answer=task.max_answer,
+                                     max_second=task.max_second_operand)
         fmt = AnswerFormat(style)
         return TaskData(to_problems(((f"word-problems[{i}]", r) for i, r in enumerate(tr)), source="word-problems",
                                     fmt=fmt),

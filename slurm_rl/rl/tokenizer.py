@@ -33,7 +33,7 @@ DEFAULT_ALPHABET = "0123456789+-*=() "
 ASCII_ALPHABET = "0123456789" + "".join(c for c in string.printable if c not in string.digits and c not in "\r\x0b\x0c")
 
 # words: a word with the space before it, a digit (with its space), one other symbol, one whitespace char
-WORD_PATTERN = r" ?[A-Za-z]+| ?[0-9]| ?[^A-Za-z0-9\s]|\s"
+WORD_PATTERN = r" ?[A-Za-z]+|[0-9]| ?[^A-Za-z0-9\s]|\s"
 
 
 class Family(str, enum.Enum):
@@ -139,7 +139,14 @@ def build_tokenizer(family: str | Family = Family.LLAMA, *, kind: str | Tokenize
     then the ordinary tokens, then the family's chat markers. chat=False (Llama only; the demo's
     vocabulary) leaves the markers and the template out.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+    )
     from transformers import PreTrainedTokenizerFast
 
     fam = family_of(family)
@@ -198,7 +205,14 @@ _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?
 def _qwen2_bpe(ft: FamilyTokens, words: list[str] | None):
     """A byte-level BPE laid out as Qwen2's: every byte is a token (no text is ever lost), and with
     `words` one merge chain per corpus piece, so each piece is one token."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+    )
 
     byte_chars = pre_tokenizers.ByteLevel.alphabet()
     digits = [c for c in string.digits]

@@ -9,15 +9,64 @@ and computes ETTR by the report's definition (`slurm_rl.report`); `MeasuredTimes
 feeds it the recovery times of a real benchmark, and `validate` puts the two side by side.
 """
 
-from slurm_rl.sim.config import (ChaosSchedule, ControllerRules, NodeFailures, RecoveryPolicy, RecoveryTimes,
-                                 SimConfig, Standby, Topology, Work, cluster_config, rate_for_fraction_failing)
-from slurm_rl.sim.measured import LocalBenchmark, MeasuredRun, MeasuredTimes, load_reports, local_config
+from slurm_rl.sim.config import (
+                                 ChaosSchedule,
+                                 ControllerRules,
+                                 NodeFailures,
+                                 RecoveryPolicy,
+                                 RecoveryTimes,
+                                 SimConfig,
+                                 Standby,
+                                 Topology,
+                                 Work,
+                                 cluster_config,
+                                 rate_for_fraction_failing,
+)
+from slurm_rl.sim.measured import (
+                                 LocalBenchmark,
+                                 MeasuredRun,
+                                 MeasuredTimes,
+                                 load_reports,
+                                 local_config,
+)
 from slurm_rl.sim.model import Badput, MttrRow, SimResult, Trace, simulate
-from slurm_rl.sim.sweep import DEFAULT_RATES, Stat, Table, TableRow, ValidationRow, table, validate
+from slurm_rl.sim.sweep import (
+                                 DEFAULT_RATES,
+                                 Stat,
+                                 Table,
+                                 TableRow,
+                                 ValidationRow,
+                                 table,
+                                 validate,
+)
 
 __all__ = [
-    "DEFAULT_RATES", "Badput", "ChaosSchedule", "ControllerRules", "LocalBenchmark", "MeasuredRun", "MeasuredTimes",
-    "MttrRow", "NodeFailures", "RecoveryPolicy", "RecoveryTimes", "SimConfig", "SimResult", "Stat", "Standby",
-    "Table", "TableRow", "Topology", "Trace", "ValidationRow", "Work", "cluster_config", "load_reports",
-    "local_config", "rate_for_fraction_failing", "simulate", "table", "validate",
+                                 "DEFAULT_RATES",
+                                 "Badput",
+                                 "ChaosSchedule",
+                                 "ControllerRules",
+                                 "LocalBenchmark",
+                                 "MeasuredRun",
+                                 "MeasuredTimes",
+                                 "MttrRow",
+                                 "NodeFailures",
+                                 "RecoveryPolicy",
+                                 "RecoveryTimes",
+                                 "SimConfig",
+                                 "SimResult",
+                                 "Standby",
+                                 "Stat",
+                                 "Table",
+                                 "TableRow",
+                                 "Topology",
+                                 "Trace",
+                                 "ValidationRow",
+                                 "Work",
+                                 "cluster_config",
+                                 "load_reports",
+                                 "local_config",
+                                 "rate_for_fraction_failing",
+                                 "simulate",
+                                 "table",
+                                 "validate",
 ]

@@ -239,7 +239,7 @@ class SimConfig:
     rules: ControllerRules = dataclasses.field(default_factory=ControllerRules)
     max_sim_s: float | None = None         # give up (run not finished) after this much simulated time
 
-    def replace(self, **changes: object) -> "SimConfig":
+    def replace(self, **changes: object) -> SimConfig:
         return dataclasses.replace(self, **changes)
 
 

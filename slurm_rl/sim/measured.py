@@ -34,8 +34,16 @@ from typing import Any
 
 from slurm_rl.config import RecoveryPolicy, RunConfig, load_config
 from slurm_rl.errors import BadInput
-from slurm_rl.sim.config import (ChaosSchedule, ControllerRules, RecoveryTimes, SimConfig, Standby, Topology, Work,
-                                 frozen_map)
+from slurm_rl.sim.config import (
+    ChaosSchedule,
+    ControllerRules,
+    RecoveryTimes,
+    SimConfig,
+    Standby,
+    Topology,
+    Work,
+    frozen_map,
+)
 from slurm_rl.states import FaultKind, RoleKind
 
 __all__ = ["LocalBenchmark", "MeasuredRun", "MeasuredTimes", "load_reports", "local_config"]
@@ -124,7 +132,7 @@ class MeasuredRun:
         return self.productive_s / self.steps if self.steps and self.productive_s > 0 else None
 
     @classmethod
-    def from_report(cls, r: Mapping[str, Any], policy: str) -> "MeasuredRun":
+    def from_report(cls, r: Mapping[str, Any], policy: str) -> MeasuredRun:
         bad = r.get("badput") or {}
         pace = r.get("pace") if isinstance(r.get("pace"), Mapping) else {}
         faults = [f for f in (r.get("faults") or []) if isinstance(f, Mapping)]
@@ -159,7 +167,7 @@ class MeasuredTimes:
 
     @classmethod
     def from_reports(cls, role_based_report: Mapping[str, Any], full_restart_report: Mapping[str, Any]
-                     ) -> "MeasuredTimes":
+                     ) -> MeasuredTimes:
         """Components from a role-based and a full-restart report of the same benchmark."""
         for name, rep in (("role-based", role_based_report), ("full-restart", full_restart_report)):
             if not isinstance(rep, Mapping) or "faults" not in rep and "ettr" not in rep:
@@ -325,7 +333,7 @@ class LocalBenchmark:
     rules: ControllerRules = dataclasses.field(default_factory=lambda: ControllerRules(max_full_restarts=100))
 
     @classmethod
-    def from_run_config(cls, cfg: RunConfig) -> "LocalBenchmark":
+    def from_run_config(cls, cfg: RunConfig) -> LocalBenchmark:
         c = cfg.chaos
         r = cfg.recovery
         return cls(steps=cfg.algorithm.steps, rollouts=cfg.rollout.replicas, spares=cfg.spare.replicas,
@@ -341,7 +349,7 @@ class LocalBenchmark:
                                          weigh_start_times=r.weigh_start_times))
 
     @classmethod
-    def from_config_file(cls, path: str | Path) -> "LocalBenchmark":
+    def from_config_file(cls, path: str | Path) -> LocalBenchmark:
         """From a run's resolved config (`runs/<name>/config.yaml`)."""
         return cls.from_run_config(load_config(path))
 

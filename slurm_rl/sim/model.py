@@ -34,8 +34,14 @@ from slurm_rl.config import ChaosConfig, RecoveryPolicy
 from slurm_rl.controller import chaos as chaos_mod
 from slurm_rl.controller import policy as pol
 from slurm_rl.sim.config import ChaosSchedule, NodeFailures, SimConfig, Standby
-from slurm_rl.sim.metrics import (Breakdown, FaultRecord, StepRecord, StepState, ettr_breakdown,
-                                  replay_between)
+from slurm_rl.sim.metrics import (
+    Breakdown,
+    FaultRecord,
+    StepRecord,
+    StepState,
+    ettr_breakdown,
+    replay_between,
+)
 from slurm_rl.states import FaultKind, JobState, Phase, RoleKind, RoleState
 
 __all__ = ["Badput", "MttrRow", "SimResult", "Trace", "simulate"]
@@ -174,7 +180,7 @@ class _Slot:
 class _Buffer:
     """Trajectory groups waiting for the trainer: a level that grows at `rate` up to `cap`."""
 
-    __slots__ = ("level", "t", "rate", "cap")
+    __slots__ = ("cap", "level", "rate", "t")
 
     def __init__(self, cap: float):
         self.level = 0.0

@@ -8,8 +8,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from slurm_rl.config import RecoveryPolicy
-from slurm_rl.sim.config import ChaosSchedule, NodeFailures, SimConfig, cluster_config, rate_for_fraction_failing
-from slurm_rl.sim.measured import LocalBenchmark, MeasuredRun, MeasuredTimes, local_config
+from slurm_rl.sim.config import (
+    ChaosSchedule,
+    NodeFailures,
+    SimConfig,
+    cluster_config,
+    rate_for_fraction_failing,
+)
+from slurm_rl.sim.measured import (
+    LocalBenchmark,
+    MeasuredRun,
+    MeasuredTimes,
+    local_config,
+)
 from slurm_rl.sim.model import SimResult, simulate
 
 __all__ = ["DEFAULT_RATES", "Stat", "Table", "TableRow", "ValidationRow", "table", "validate"]
@@ -28,7 +39,7 @@ class Stat:
     n: int
 
     @classmethod
-    def of(cls, xs: Sequence[float]) -> "Stat":
+    def of(cls, xs: Sequence[float]) -> Stat:
         return cls(mean=statistics.fmean(xs), std=statistics.stdev(xs) if len(xs) > 1 else 0.0, n=len(xs))
 
     def fmt(self, digits: int = 3) -> str:
