@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from slurm_rl.cli.base import _example, _quiet_hf, cli
-from slurm_rl.errors import BadInput
+from slurm_rl.errors import BadInput, EnvironmentProblem
 
 
 @cli.command("make-tiny-model", short_help="Write a tiny random HF model (Llama, Qwen2, Qwen3).",
@@ -49,8 +49,11 @@ def make_tiny_model(out_dir: str, family: str, kind: str, corpus: str | None, hi
         for p in load_problems(corpus):
             texts += [p.prompt, p.answer, str(p.meta.get("solution", ""))]
     _quiet_hf()
-    build_tiny_model(out, family=family, tokenizer=kind, corpus=texts, chat=True, hidden=hidden, layers=layers,
-                     heads=heads, kv_heads=kv_heads, seed=seed, max_position_embeddings=max_len)
+    try:
+        build_tiny_model(out, family=family, tokenizer=kind, corpus=texts, chat=True, hidden=hidden, layers=layers,
+                         heads=heads, kv_heads=kv_heads, seed=seed, max_position_embeddings=max_len)
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot write the model to {out}: {e.strerror or e}") from None
     click.echo(f"wrote a tiny {family} model ({kind} tokenizer, chat template) to {out}")
 
 
@@ -68,16 +71,28 @@ def make_tiny_model(out_dir: str, family: str, kind: str, corpus: str | None, hi
 @click.option("--ops", multiple=True, type=click.Choice(["+", "-", "*"]), default=("+", "-"), show_default=True)
 @click.option("--max-operand", default=9, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-answer", default=None, type=click.IntRange(min=0), help="Leave larger results out.")
+@click.option("--max-second", default=None, type=click.IntRange(min=1),
+              help="Largest second operand (1: 'gets 1 more', what the tiny config learns).")
 @click.option("--seed", default=0, show_default=True, type=int)
 def make_dataset(out: str, style: str, n: int, n_eval: int, ops: tuple[str, ...], max_operand: int,
-                 max_answer: int | None, seed: int) -> None:
+                 max_answer: int | None, max_second: int | None, seed: int) -> None:
     """Write generated word problems to OUT: a .jsonl or .parquet file, or any other path as a
     Hugging Face datasets directory (save_to_disk)."""
-    from slurm_rl.data.synthetic import columns, word_problem_splits, write_records
+    from slurm_rl.data.synthetic import word_problem_splits
 
     train, ev = word_problem_splits(n, n_eval, seed=seed, style=style, ops=ops, max_operand=max_operand,
-                                    max_answer=max_answer)
-    path = Path(out)
+                                    max_answer=max_answer, max_second=max_second)
+    try:
+        written = _write_splits(Path(out), train, ev)
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot write {out}: {e.strerror or e}") from None
+    click.echo(f"wrote {len(train)} training" + (f" and {len(ev)} eval" if ev else "") + f" {style} records: "
+               + ", ".join(map(str, written)))
+
+
+def _write_splits(path: Path, train: list, ev: list) -> list[Path]:
+    from slurm_rl.data.synthetic import columns, write_records
+
     if path.suffix in (".jsonl", ".parquet"):
         write_records(train, path)
         written = [path]
@@ -92,5 +107,4 @@ def make_dataset(out: str, style: str, n: int, n_eval: int, ops: tuple[str, ...]
             splits["test"] = datasets.Dataset.from_dict(columns(ev))
         datasets.DatasetDict(splits).save_to_disk(str(path))
         written = [path]
-    click.echo(f"wrote {len(train)} training" + (f" and {len(ev)} eval" if ev else "") + f" {style} records: "
-               + ", ".join(map(str, written)))
+    return written
