@@ -39,3 +39,29 @@ def test_gsm8k_tiny_learns_and_is_evaluated(tmp_path):
     assert st["eval"]["version"] == versions[-1]
     out = CliRunner().invoke(cli, ["report", str(run.path), "--plot", str(tmp_path / "plots")])
     assert out.exit_code == 0 and (tmp_path / "plots" / "eval.png").exists()
+
+
+def test_a_failing_user_reward_is_reported_with_record_ids_and_evals_run(tmp_path):
+    """A reward that raises on some records: those samples score 0, every failure is counted in the
+    report with the record ids, the run goes on; the arithmetic task's eval split runs too."""
+    (tmp_path / "flaky.py").write_text(
+        "def score(prompt, completion, record):\n"
+        "    if record['answer'] == '3':\n"
+        "        raise ValueError('no reward for threes')\n"
+        "    return float(completion.strip()[:1] == record['answer'])\n")
+    run = runs.launch(tmp_path, "algorithm.steps=6", f"task.reward={tmp_path}/flaky.py:score", "task.eval_size=16",
+                      "algorithm.eval_every=3", "task.max_answer=5", name="flaky")
+    rep = runs.wait_done(run)
+    assert rep["state"] == "finished", rep["end_reason"]
+    errs = rep["reward_errors"]
+    assert errs["count"] > 0 and errs["by_split"].get("training", 0) > 0
+    assert "ValueError: no reward for threes" in errs["first_error"]
+    threes = {json.loads(x)["id"] for x in run.problems.read_text().splitlines() if json.loads(x)["answer"] == "3"}
+    threes |= {json.loads(x)["id"] for x in run.eval_problems.read_text().splitlines()
+               if json.loads(x)["answer"] == "3"}
+    assert errs["records"] and set(errs["records"]) <= threes
+    assert [h["version"] for h in rep["eval"]["history"]][:1] == [0]
+    ev = json.loads(CliRunner().invoke(cli, ["events", str(run.path), "--json", "--kind", "reward_error"]).output
+                    .splitlines()[0])
+    assert "records" in ev["msg"] and "no reward for threes" in ev["msg"]
+    runs.assert_accounted(rep)
