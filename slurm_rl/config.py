@@ -129,6 +129,12 @@ class SlurmResources(_Section):
 
 class ModelConfig(_Section):
     path: str | None = Field(default=None, description="HF model dir; unset builds the tiny demo model")
+    family: Literal["llama", "qwen2", "qwen3"] = Field(
+        default="llama", description="family of the tiny model built when path is unset (qwen2: qkv bias and tied "
+        "embeddings; qwen3: q/k norm)")
+    tokenizer: Literal["char", "words"] = Field(
+        default="char", description="tokenizer of the tiny model: one token per character, or per word of the "
+        "task's data (shorter sequences)")
     hidden: int = Field(default=128, ge=32)
     layers: int = Field(default=2, ge=1)
     heads: int = Field(default=4, ge=1)
@@ -137,7 +143,7 @@ class ModelConfig(_Section):
     max_model_len: int = Field(default=128, ge=16)
 
     @model_validator(mode="after")
-    def _heads(self) -> "ModelConfig":
+    def _heads(self) -> ModelConfig:
         if self.path is None:
             if self.hidden % self.heads:
                 raise ValueError(f"model.hidden ({self.hidden}) must be divisible by model.heads ({self.heads})")
@@ -150,14 +156,51 @@ class ModelConfig(_Section):
         return self
 
 
+class TaskFields(_Section):
+    """Record fields of a dataset; unset: the first present of the usual names."""
+
+    prompt: str | None = Field(default=None, description="default: prompt, question or problem")
+    answer: str | None = Field(default=None, description="default: answer or solution")
+    id: str | None = Field(default=None, description="default: id if present, else <file stem>:<line or row>")
+
+
 class TaskConfig(_Section):
-    kind: Literal["arithmetic", "jsonl"] = "arithmetic"
-    path: str | None = Field(default=None, description="JSONL file with prompt/answer records (kind: jsonl)")
+    kind: Literal["arithmetic", "word-problems", "dataset", "jsonl"] = Field(
+        default="arithmetic", description="arithmetic: generated a<op>b= prompts; word-problems: generated "
+        "one-operation word problems in GSM8K (or MATH) format; dataset (or jsonl): records from task.path")
+    path: str | None = Field(default=None, description="records: a .jsonl or .parquet file, or a Hugging Face "
+                             "datasets save_to_disk directory (kind: dataset)")
+    split: str | None = Field(default=None, description="split of a datasets directory (default: train)")
+    eval_path: str | None = Field(default=None, description="held-out records for evaluation (a file or dir)")
+    eval_split: str | None = Field(default=None, description="eval split of a datasets directory (e.g. test); "
+                                   "read from eval_path, else from path")
+    eval_size: int | None = Field(
+        default=None, ge=1, description="eval problems: with eval_path/eval_split at most this many of them "
+        "(a seeded sample); without, this many held out of the training data (or generated apart)")
+    format: Literal["auto", "gsm8k", "math", "plain"] = Field(
+        default="auto", description="how the gold answer is read from the answer field: gsm8k (after the last "
+        "####), math (the last \\boxed{}), plain (the whole field), auto (whichever the field has)")
+    fields: TaskFields = Field(default_factory=TaskFields)
+    shuffle: bool = Field(default=True, description="each epoch hands the problems out in a fresh order drawn "
+                          "from the seed (off: file order)")
     num_problems: int = Field(default=2000, ge=1)
     max_operand: int = Field(default=9, ge=1)
     ops: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+"])
     max_answer: int | None = Field(default=None, description="redraw problems whose answer is larger")
-    template: str = Field(default="{prompt}", description="prompt text the policy sees; {prompt} is replaced")
+    max_second_operand: int | None = Field(default=None, ge=1, description="word problems: the largest second "
+                                           "operand (default max_operand; 1: 'gets 1 more')")
+    template: str = Field(default="{prompt}", description="the user message; {prompt} is replaced by the problem, "
+                          "every other brace is kept as written")
+    chat: bool = Field(default=False, description="apply the tokenizer's chat template (system prompt, user "
+                       "message, generation prompt)")
+    system_prompt: str | None = Field(default=None, description="a system message (chat), else text put before "
+                                      "the prompt")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra variables for the chat template, e.g. {enable_thinking: false}")
+    reward: str | None = Field(
+        default=None, description="math (the final answer verified with math-verify), exact (the demo's rule), "
+        "package.module:function or path/to/file.py:function, called as f(prompt, completion, record) -> float; "
+        "default: exact for arithmetic, math otherwise")
     seed: int | None = None
 
     @field_validator("template")
@@ -168,10 +211,24 @@ class TaskConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _path(self) -> "TaskConfig":
-        if self.kind == "jsonl" and not self.path:
-            raise ValueError("task.kind is 'jsonl' but task.path is not set; point it at a JSONL file")
+    def _path(self) -> TaskConfig:
+        if self.kind in ("jsonl", "dataset") and not self.path:
+            raise ValueError(f"task.kind is {self.kind!r} but task.path is not set; point it at a .jsonl or "
+                             ".parquet file or a datasets directory")
+        if self.kind in ("arithmetic", "word-problems") and (self.path or self.eval_path or self.eval_split):
+            raise ValueError(f"task.path/eval_path/eval_split are for datasets, but task.kind is {self.kind!r} "
+                             "(its problems are generated); set task.kind: dataset")
+        if self.kind == "word-problems" and self.format == "plain":
+            raise ValueError("word problems are written in gsm8k or math format; set task.format to one of them")
         return self
+
+    @property
+    def reward_spec(self) -> str:
+        return self.reward or ("exact" if self.kind == "arithmetic" else "math")
+
+    @property
+    def has_eval(self) -> bool:
+        return bool(self.eval_path or self.eval_split or self.eval_size)
 
 
 class AlgorithmConfig(_Section):
@@ -187,6 +244,8 @@ class AlgorithmConfig(_Section):
     temperature: float = Field(default=1.0, gt=0)
     max_staleness: int = Field(default=2, ge=0, description="drop trajectories more versions behind than this")
     buffer_steps: float = Field(default=2.0, gt=0, description="rollouts pause when this many steps of data wait")
+    eval_every: int = Field(default=0, ge=0, description="greedy pass@1 on the task's eval split whenever a "
+                            "multiple of this many steps is reached (0: never); rollout/0 runs it")
 
 
 class TrainerConfig(SlurmResources):
@@ -280,7 +339,7 @@ class RecoveryConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _order(self) -> "RecoveryConfig":
+    def _order(self) -> RecoveryConfig:
         if self.hang_idle_after_s <= self.suspect_after_s:
             raise ValueError(f"recovery.hang_idle_after_s ({self.hang_idle_after_s}) must be longer than "
                              f"recovery.suspect_after_s ({self.suspect_after_s})")
@@ -323,6 +382,18 @@ class ChaosConfig(_Section):
     seed: int = 0
 
 
+class LoggingConfig(_Section):
+    """Where metrics go besides the state store (slurm_rl.metrics)."""
+
+    jsonl: bool = Field(default=True, description="metrics.jsonl in the run directory, one line per step and eval")
+    tensorboard: bool = Field(default=True, description="TensorBoard event files in <run dir>/tb")
+    wandb: bool = Field(default=False, description="also log to Weights & Biases")
+    wandb_project: str = "slurm-rl"
+    wandb_entity: str | None = None
+    wandb_mode: Literal["online", "offline"] = Field(
+        default="online", description="offline writes the run under <run dir>/wandb for `wandb sync` later")
+
+
 class LocalConfig(_Section):
     nodes: int = Field(default=4, ge=1, description="fake node names the local backend spreads roles over")
     node_down_s: float = Field(default=30.0, ge=0, description="how long an injected node-down lasts locally")
@@ -345,6 +416,7 @@ class RunConfig(_Section):
     sync: SyncConfig = Field(default_factory=SyncConfig)
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
     chaos: ChaosConfig = Field(default_factory=ChaosConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @field_validator("name")
     @classmethod
@@ -354,12 +426,15 @@ class RunConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _cross(self) -> "RunConfig":
+    def _cross(self) -> RunConfig:
         gpus = self.trainer.gpus_per_node if self.trainer.gpus_per_node is not None else self.slurm.gpus_per_node
         rpn = self.trainer.ranks_per_node
         if rpn is not None and gpus and rpn != gpus:
             raise ValueError(f"trainer.ranks_per_node={rpn} differs from trainer.gpus_per_node={gpus}: a GPU trainer "
                              "runs one rank per GPU; drop ranks_per_node (it is for CPU nodes)")
+        if self.algorithm.eval_every and not self.task.has_eval:
+            raise ValueError("algorithm.eval_every is set but the task has no eval split; set task.eval_path, "
+                             "task.eval_split or task.eval_size")
         if self.recovery.standby == "spare-only" and self.spare.replicas == 0:
             raise ValueError("recovery.standby is 'spare-only' but spare.replicas is 0; add a spare or use 'spare-then-rollout'")
         return self
@@ -464,8 +539,7 @@ def _explain(err: dict[str, Any], source: str, lines: dict[tuple[str, ...], int]
         sugg = f" Did you mean '{'.'.join(loc[:-1] + (close[0],))}'?" if close else ""
         return f"{where}: unknown key '{key}'.{sugg} Allowed here: {', '.join(allowed)}"
     msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+    msg = msg.removeprefix("Value error, ")
     if err["type"] in ("enum", "literal_error"):
         msg = msg.replace("Input should be", "must be")
     got = err.get("input")

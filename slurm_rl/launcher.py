@@ -53,39 +53,124 @@ def prepare(cfg: RunConfig, run: RunDir, *, config_source: str | None) -> None:
         raise
 
 
-def _prepare(cfg: RunConfig, run: RunDir, *, config_source: str | None) -> None:
-    from slurm_rl.rl.task import generate_arithmetic, read_jsonl, write_jsonl
-    from slurm_rl.store import Store
+def _check_model_path(cfg: RunConfig) -> Path | None:
+    if not cfg.model.path:
+        return None
+    src = Path(cfg.model.path).expanduser()
+    if not (src / "config.json").is_file():
+        raise BadInput(f"model.path {src} is not a Hugging Face model directory (no config.json)",
+                       hint="point model.path at a directory written by save_pretrained, or unset it "
+                            "to use the built-in tiny model")
+    return src
 
-    # user files are checked before anything is written
-    if cfg.task.kind == "jsonl":
-        assert cfg.task.path is not None
-        problems = read_jsonl(Path(cfg.task.path))
-    else:
-        problems = generate_arithmetic(cfg.task.num_problems, seed=cfg.task.seed if cfg.task.seed is not None
-                                       else cfg.seed, ops=cfg.task.ops, max_operand=cfg.task.max_operand,
-                                       max_answer=cfg.task.max_answer)
+
+def _checked_task(cfg: RunConfig) -> tuple[Any, str]:
+    """The task's problems (TaskData) and its reward spec, both checked: nothing is written."""
+    from slurm_rl.data.task_data import load_task_data
+    from slurm_rl.rl.reward import load_reward, resolve_reward_spec
+
+    data = load_task_data(cfg.task, cfg.seed)
+    if cfg.algorithm.eval_every and not data.eval:
+        raise BadInput("algorithm.eval_every is set but the task's eval split is empty")
+    spec = resolve_reward_spec(cfg.task.reward_spec)
+    load_reward(spec)
+    return data, spec
+
+
+def _check_prompts(cfg: RunConfig, model_dir: Path, data: Any) -> None:
+    """Every prompt renders with the model's tokenizer (chat template) and fits in max_model_len."""
+    from slurm_rl.rl.model import load_tokenizer
+    from slurm_rl.rl.prompts import builder_for, check_lengths
+
+    builder = builder_for(load_tokenizer(model_dir), cfg.task)
+    for split, problems in (("training", data.train), ("eval", data.eval)):
+        check_lengths(builder, problems, max_new_tokens=cfg.algorithm.max_new_tokens,
+                      max_model_len=cfg.model.max_model_len, split=split)
+
+
+def _tiny_model_text(cfg: RunConfig, data: Any) -> list[str]:
+    """The text a tiny model's tokenizer is built for: every prompt as the template renders it, the
+    system prompt, the gold answers (a words tokenizer knows only these pieces)."""
+    from slurm_rl.rl.prompts import render
+
+    texts = [render(cfg.task.template, p) for p in (*data.train, *data.eval)]
+    texts += [p.answer for p in (*data.train, *data.eval)]
+    return texts + ([cfg.task.system_prompt] if cfg.task.system_prompt else [])
+
+
+def check(cfg: RunConfig) -> list[str]:
+    """`launch --check`: everything `launch` checks before it submits (config, data files, reward,
+    sbatch options, the scheduler where its commands are here, prompts when the model dir exists),
+    writing nothing. Returns notes on what could not be checked here."""
+    import shutil
+
+    notes: list[str] = []
+    data, _ = _checked_task(cfg)
+    notes.append(f"task: {len(data.train)} training and {len(data.eval)} eval problems, reward "
+                 f"{cfg.task.reward_spec}")
     if cfg.model.path:
         src = Path(cfg.model.path).expanduser()
-        if not (src / "config.json").is_file():
-            raise BadInput(f"model.path {src} is not a Hugging Face model directory (no config.json)",
-                           hint="point model.path at a directory written by save_pretrained, or unset it "
-                                "to use the built-in tiny model")
+        if (src / "config.json").is_file():
+            _check_prompts(cfg, src, data)
+            notes.append(f"model {src}: every prompt fits in {cfg.model.max_model_len} tokens")
+        else:
+            notes.append(f"model {src} not checked (not here; launch needs it)")
+    if cfg.backend is BackendKind.SLURM:
+        from slurm_rl.backends.slurm import REQUIRED_COMMANDS, SlurmBackend
+
+        if all(shutil.which(c) for c in REQUIRED_COMMANDS):
+            SlurmBackend.check(cfg)
+            notes.append("slurm: sbatch options and partitions checked")
+        else:
+            from slurm_rl.backends.base import LaunchSpec
+            from slurm_rl.backends.slurm import _config_roles
+            from slurm_rl.slurm.submit import render_script
+
+            for role in _config_roles(cfg):
+                render_script(LaunchSpec(run_name=cfg.name or "check", run_dir=Path("/nonexistent/slurm-rl-check"),
+                                         role=role, index=0, incarnation=0, argv=("true",),
+                                         resources=cfg.resources(role)))
+            notes.append("slurm: sbatch options checked; partitions not checked (no Slurm commands here)")
+    return notes
+
+
+def _prepare(cfg: RunConfig, run: RunDir, *, config_source: str | None) -> None:
+    from slurm_rl.rl.task import write_jsonl
+    from slurm_rl.store import Store
+
+    # user files (data, reward, model dir) are checked before anything is written
+    data, reward_spec = _checked_task(cfg)
+    src = _check_model_path(cfg)
     run.create()
-    cfg = cfg.model_copy(update={"name": run.name})
+    cfg = cfg.model_copy(update={"name": run.name,
+                                 "task": cfg.task.model_copy(update={"reward": reward_spec})})
     run.config.write_text(cfg.to_yaml())
-    if cfg.model.path:
-        os.symlink(Path(cfg.model.path).expanduser().resolve(), run.model)
+    if src is not None:
+        os.symlink(src.resolve(), run.model)
     else:
         from slurm_rl.rl.model import build_tiny_model
 
-        build_tiny_model(run.model, hidden=cfg.model.hidden, layers=cfg.model.layers, heads=cfg.model.heads,
-                         kv_heads=cfg.model.kv_heads, seed=cfg.seed,
-                         max_position_embeddings=max(cfg.model.max_model_len, 64))
-    write_jsonl(problems, run.problems)
+        m = cfg.model
+        chat = cfg.task.chat or m.family != "llama" or m.tokenizer != "char"
+        text = _tiny_model_text(cfg, data)
+        alphabet = None
+        if m.tokenizer == "char":
+            from slurm_rl.rl.tokenizer import DEFAULT_ALPHABET
+
+            # the demo's alphabet, then any other character the data uses
+            extra = sorted({c for t in text for c in t} - set(DEFAULT_ALPHABET))
+            alphabet = DEFAULT_ALPHABET + "".join(extra)
+        build_tiny_model(run.model, family=m.family, tokenizer=m.tokenizer, corpus=text, alphabet=alphabet,
+                         chat=chat, hidden=m.hidden, layers=m.layers, heads=m.heads, kv_heads=m.kv_heads,
+                         seed=cfg.seed, max_position_embeddings=max(m.max_model_len, 64))
+    _check_prompts(cfg, run.model, data)
+    write_jsonl(data.train, run.problems)
+    if data.eval:
+        write_jsonl(data.eval, run.eval_problems)
     store = Store(run.db)
     try:
-        store.load_problems((p.prompt, p.answer) for p in problems)
+        store.load_problems(((p.prompt, p.answer) for p in data.train), shuffle=cfg.task.shuffle,
+                            seed=cfg.task.seed if cfg.task.seed is not None else cfg.seed)
         store.set_metas(run_state="created", created=time.time(), trainer_version=0, committed=0, wepoch=0,
                         epoch_bases=[0])
     finally:

@@ -26,6 +26,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from slurm_rl.report_eval import (
+    eval_summary,
+    latest_eval,
+    reward_errors,
+    write_eval_plot,
+)
 from slurm_rl.rundir import RunDir
 from slurm_rl.store import connect, group_ids_in_store, read_counts, read_events
 
@@ -324,6 +330,8 @@ def report_dict(run: RunDir, *, now: float | None = None) -> dict[str, Any]:
                          "spare": restarts.get("spare", 0), "full": full_restarts},
             "scheduler_calls": meta.get("scheduler_calls", {}),
             "pace": pace(conn, kept),
+            "eval": eval_summary(conn),
+            "reward_errors": reward_errors(conn),
         }
     finally:
         conn.close()
@@ -400,6 +408,7 @@ def status_dict(run: RunDir, *, live: bool, n_events: int = 10) -> dict[str, Any
             "reward": round(sum(rewards) / len(rewards), 4) if rewards else None,
             "staleness": round(sum(staleness) / len(staleness), 3) if staleness else None,
             "ettr": round(br["ettr"], 4),
+            "eval": latest_eval(conn),
             "queue": {"groups_waiting": counts.groups_queued, "leases": counts.items_leased,
                       "generated": counts.samples_generated, "consumed": counts.samples_consumed},
             "roles": roles, "events": events,
@@ -443,8 +452,9 @@ _PART_COLOURS = {"detect": "#d62728", "schedule": "#9467bd", "load": "#8c564b", 
 
 
 def write_plots(run: RunDir, out_dir: Path) -> list[Path]:
-    """reward.png (reward per step), goodput.png (steps kept over wall time, fault windows shaded)
-    and, when the run had faults, recovery.png (each fault's recovery split into its parts)."""
+    """reward.png (reward per step), goodput.png (steps kept over wall time, fault windows shaded),
+    eval.png when the run had held-out evals, and, when the run had faults, recovery.png (each
+    fault's recovery split into its parts)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -460,10 +470,11 @@ def write_plots(run: RunDir, out_dir: Path) -> list[Path]:
         faults = _fault_rows(conn, t0)
         attributed = fault_badput(conn, meta)
         br = ettr_breakdown(conn, meta)
+        eval_png = write_eval_plot(run.name, conn, out_dir)
     finally:
         conn.close()
     kept = [s for s in steps if s["state"] in ("done", "committed") and s["reward"] is not None]
-    paths = []
+    paths = [eval_png] if eval_png is not None else []
 
     # --- reward per step, with the step each fault hit at
     fig, ax = plt.subplots(figsize=(8, 4))

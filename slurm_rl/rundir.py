@@ -7,7 +7,8 @@
       controller.json    where the live controller listens (written by the controller)
       state.db           SQLite state store, written by the controller alone
       model/             the model every role loads (tiny demo model, or a pointer)
-      data/problems.jsonl
+      data/problems.jsonl  training problems (every format is stored as JSONL)
+      data/eval.jsonl      held-out eval problems, when the task has an eval split
       logs/              controller.log and one log per role job incarnation
       acks/              per-rollout journal of acknowledged trajectory groups (loss audit)
       checkpoints/       step-NNNNNN/ (atomic renames)
@@ -79,6 +80,10 @@ class RunDir:
     @property
     def problems(self) -> Path:
         return self.path / "data" / "problems.jsonl"
+
+    @property
+    def eval_problems(self) -> Path:
+        return self.path / "data" / "eval.jsonl"
 
     @property
     def logs(self) -> Path:

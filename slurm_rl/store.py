@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from slurm_rl import protocol as P
+from slurm_rl.data.order import problem_at
 
 SCHEMA_VERSION = 1
 
@@ -157,13 +158,16 @@ class Store:
                           [(k, json.dumps(v)) for k, v in values.items()])
 
     # ------------------------------------------------------------------ problems
-    def load_problems(self, problems: Iterable[tuple[str, str]]) -> int:
+    def load_problems(self, problems: Iterable[tuple[str, str]], *, shuffle: bool = False, seed: int = 0) -> int:
+        """The training problems, in file order; with `shuffle`, each epoch hands them out in a
+        fresh order drawn from `seed` (slurm_rl.data.order)."""
         with self.tx() as c:
             c.execute("DELETE FROM problems")
             c.executemany("INSERT INTO problems(idx, prompt, answer) VALUES(?, ?, ?)",
                           ((i, p, a) for i, (p, a) in enumerate(problems)))
             n = c.execute("SELECT COUNT(*) FROM problems").fetchone()[0]
-            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('cursor', '0')")
+            c.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)",
+                          [("cursor", "0"), ("shuffle", json.dumps(shuffle)), ("order_seed", json.dumps(seed))])
         return n
 
     def problem_count(self) -> int:
@@ -180,10 +184,15 @@ class Store:
             if need > 0:
                 total = c.execute("SELECT COUNT(*) FROM problems").fetchone()[0]
                 if total:
-                    cursor = int(json.loads(c.execute("SELECT value FROM meta WHERE key='cursor'").fetchone()[0]))
+                    meta = dict(c.execute("SELECT key, value FROM meta WHERE key IN "
+                                          "('cursor', 'shuffle', 'order_seed')").fetchall())
+                    cursor = int(json.loads(meta["cursor"]))
+                    shuffle = bool(json.loads(meta.get("shuffle", "false")))
+                    seed = int(json.loads(meta.get("order_seed", "0")))
                     for k in range(need):
+                        idx = problem_at(cursor + k, total, shuffle=shuffle, seed=seed)
                         cur = c.execute("INSERT INTO items(problem_idx, state, created) VALUES(?, 'queued', ?)",
-                                        ((cursor + k) % total, now))
+                                        (idx, now))
                         ids.append(cur.lastrowid)
                     c.execute("UPDATE meta SET value=? WHERE key='cursor'", (json.dumps(cursor + need),))
             for item_id in ids:

@@ -199,9 +199,10 @@ def _params() -> tuple[list[str], list[str]]:
         for p in cmd.params:
             opts.update(getattr(p, "opts", []))
             opts.update(getattr(p, "secondary_opts", []))
-    # these follow a run forever (until its controller ends it), start processes or simulate for minutes
+    # these follow a run forever (until its controller ends it), start processes or simulate for minutes;
+    # make-tiny-model and make-dataset write wherever they are told (tests/test_task_launch.py covers them)
     opts -= {"--follow", "-f", "--watch", "-w", "--plot"}
-    cmds = [c for c in cmds if c not in ("resume", "simulate", "sweep", "launch")]
+    cmds = [c for c in cmds if c not in ("resume", "simulate", "sweep", "launch", "make-tiny-model", "make-dataset")]
     return cmds, sorted(opts)
 
 

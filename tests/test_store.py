@@ -163,3 +163,32 @@ def test_full_restart_drops_rolled_back_groups_and_requeues_their_problems(store
     assert identity_holds(store)
     again = store.lease("rollout/0#1", 4, NOW, 60)
     assert sorted(x.problem_idx for x in again) == [2, 3, 4, 5]        # the rolled-back problems come back
+
+
+def test_shuffled_epochs_hand_out_each_problem_once_per_epoch_in_a_seeded_order(tmp_path):
+    def order(seed, path):
+        s = Store(path)
+        s.load_problems([(f"{i}+1=", str(i + 1)) for i in range(10)], shuffle=True, seed=seed)
+        try:
+            return [x.problem_idx for x in s.lease("rollout/0#1", 7, NOW, 60) + s.lease("rollout/1#1", 13, NOW, 60)]
+        finally:
+            s.close()
+
+    a = order(3, tmp_path / "a.db")
+    assert sorted(a[:10]) == list(range(10)) and sorted(a[10:]) == list(range(10))   # each epoch: all, once
+    assert a[:10] != list(range(10)) and a[:10] != a[10:]                             # shuffled, anew per epoch
+    assert order(3, tmp_path / "b.db") == a and order(4, tmp_path / "c.db") != a    # seeded
+
+
+def test_a_restarted_store_continues_the_same_shuffled_order(tmp_path):
+    s = Store(tmp_path / "s.db")
+    s.load_problems([(f"p{i}", str(i)) for i in range(8)], shuffle=True, seed=1)
+    first = [x.problem_idx for x in s.lease("rollout/0#1", 5, NOW, 60)]
+    s.close()
+    s = Store(tmp_path / "s.db")                       # a controller restart reopens the store
+    rest = [x.problem_idx for x in s.lease("rollout/0#2", 11, NOW, 60)]
+    s.close()
+    s = Store(tmp_path / "t.db")
+    s.load_problems([(f"p{i}", str(i)) for i in range(8)], shuffle=True, seed=1)
+    assert first + rest == [x.problem_idx for x in s.lease("rollout/0#1", 16, NOW, 60)]
+    s.close()

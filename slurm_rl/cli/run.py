@@ -31,7 +31,8 @@ from slurm_rl.errors import BadInput, EnvironmentProblem, SlurmRLError
 @cli.command(short_help="Start a run (live view until it ends).",
              epilog=_example("slurm-rl launch configs/demo.yaml --set rollout.replicas=4 "
                              "--set recovery.policy=full-restart",
-                             "slurm-rl launch configs/demo.yaml --backend slurm --detach"))
+                             "slurm-rl launch configs/demo.yaml --backend slurm --detach",
+                             "slurm-rl launch configs/qwen3-8b-gsm8k.yaml --check   # validate, submit nothing"))
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--backend", type=click.Choice(["local", "slurm"]), help="Override the config's backend.")
 @click.option("--run-dir", help="Directory for this run (default: <runs_dir>/<name>).")
@@ -40,8 +41,10 @@ from slurm_rl.errors import BadInput, EnvironmentProblem, SlurmRLError
               help="Override a config value, e.g. --set algorithm.steps=50 (repeatable).")
 @click.option("--detach", is_flag=True, help="Start the run and return; follow it with `slurm-rl status --watch`.")
 @click.option("--quiet", is_flag=True, help="No live view; print one line per 10 steps instead.")
+@click.option("--check", is_flag=True, help="Validate the config, data, reward and sbatch options (the model "
+              "dir too when it is here), then exit 0 (ok) or 2 (bad input) without starting anything.")
 def launch(config: str, backend: str | None, run_dir: str | None, name: str | None, overrides: tuple[str, ...],
-           detach: bool, quiet: bool) -> None:
+           detach: bool, quiet: bool, check: bool) -> None:
     """Start a run from CONFIG (YAML): controller, trainer, rollouts and spares.
 
     In a terminal it shows the live status view until the run ends (Ctrl-C stops the run);
@@ -51,6 +54,13 @@ def launch(config: str, backend: str | None, run_dir: str | None, name: str | No
     from slurm_rl.config import load_config
 
     cfg = load_config(config, overrides, backend=backend)
+    if check:
+        _quiet_hf()
+        notes = launcher.check(cfg)
+        click.echo(f"{config}: ok, nothing submitted")
+        for note in notes:
+            click.echo(f"  {note}")
+        return
     run = launcher.resolve_run_dir(cfg, config, name=name, run_dir=run_dir)
     launcher.preflight(cfg)
     err = _console(stderr=True)

@@ -32,6 +32,7 @@ from slurm_rl.controller.slot import Slot
 from slurm_rl.controller.weights import Lineage
 from slurm_rl.controlplane import ControlServer
 from slurm_rl.errors import SlurmRLError
+from slurm_rl.metrics import MetricsSink
 from slurm_rl.rundir import ControllerAddress, RunDir
 from slurm_rl.states import RoleState
 from slurm_rl.store import Store
@@ -61,6 +62,7 @@ class Controller:
         self.recover = Recovery(self.ctx, self.registry, self.lineage, self.broker, self.faults, self.results,
                                 on_jobs_changed=self._jobs_changed,
                                 stop_run=lambda reason, failed: self._begin_stop(reason, failed=failed))
+        self.metrics = MetricsSink(run, cfg)     # metrics.jsonl, TensorBoard (and wandb) beside the store
         self.server: ControlServer | None = None
         self.stopping: tuple[str, bool] | None = None
         self.stop_deadline: float | None = None
@@ -101,6 +103,7 @@ class Controller:
         finally:
             self.poller.stop()
             self._flush(force=True)
+            self.metrics.close()
             self.detect.close()
             self.recover.close()
             self.run.clear_controller()
@@ -218,6 +221,7 @@ class Controller:
             return self._reply(slot, groups=self.broker.fetch(slot, msg))
         if isinstance(msg, P.StepDone):
             self.broker.step_done(slot, msg, now)
+            self.metrics.log(msg.version, msg.metrics, wall_time=msg.t_end)
             self.registry.touch()
             return self._reply(slot)
         if isinstance(msg, P.VersionHeld):
@@ -231,6 +235,8 @@ class Controller:
             return self._reply(slot)
         if isinstance(msg, P.RoleEvent):
             self.ctx.event(msg.kind, msg.msg, slot=slot.name, data=dict(msg.data))
+            if msg.kind == "eval":
+                self.metrics.log_eval(msg.data)
             return self._reply(slot)
         if isinstance(msg, P.Goodbye):
             slot.goodbye = True

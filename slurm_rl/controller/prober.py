@@ -40,7 +40,7 @@ def probe_endpoint(address: str, timeout_s: float) -> ProbeResult:
             return ProbeResult.OK
     except ConnectionRefusedError:
         return ProbeResult.REFUSED
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return ProbeResult.TIMEOUT
     except OSError:
         # unreachable host/network: as good as a timeout for our purpose

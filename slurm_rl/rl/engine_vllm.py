@@ -71,7 +71,9 @@ def _refresh_tied_lm_head(model: torch.nn.Module) -> None:
     logprobs off by ~10 nats after one sync). Only the unquantized method is re-run:
     re-processing a quantized head would quantize it twice.
     """
-    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+    from vllm.model_executor.layers.vocab_parallel_embedding import (
+        UnquantizedEmbeddingMethod,
+    )
 
     cfg = getattr(model, "config", None)
     head = getattr(model, "lm_head", None)

@@ -1,13 +1,14 @@
-"""Verifiable arithmetic prompts, GSM8K-shaped JSONL files, and the exact-answer reward.
+"""Verifiable arithmetic prompts, the `Problem` record, and the exact-answer reward.
 
 A problem file is JSON Lines, one object per line, in GSM8K shape:
 
     {"prompt": "3+4=", "answer": "7", "id": "arith-0-0"}
 
-`prompt` (or GSM8K's own `question`) and `answer` are required; `id` is optional (the
-default is `<file stem>:<line>`); any other field is kept in `Problem.meta` and written
-back. An answer may carry GSM8K's worked solution: only the text after the last `####`
-is the gold answer.
+`prompt` (or GSM8K's own `question`, MATH's `problem`) and `answer` (or `solution`) are
+required; `id` is optional (the default is `<file stem>:<line>`); any other field is kept in
+`Problem.meta` and written back. An answer may carry GSM8K's worked solution or MATH's
+`\\boxed{}` one: `Problem.answer` is then the gold answer alone and the full text is kept as
+`meta["solution"]` (readers of every format: slurm_rl.data.records).
 """
 
 from __future__ import annotations
@@ -99,52 +100,6 @@ def write_jsonl(problems: Iterable[Problem], path: Path) -> Path:
     return path
 
 
-def read_jsonl(path: Path) -> list[Problem]:
-    """Read a problem file; a bad line raises `BadInput` naming the file and line."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise BadInput(f"{path}: problem file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"{path}: cannot read problem file: {e}") from None
-    problems: list[Problem] = []
-    seen: dict[str, int] = {}
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BadInput(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(rec, dict):
-            raise BadInput(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        rec = dict(rec)
-        prompt = rec.pop("prompt", None)
-        if prompt is None:
-            prompt = rec.pop("question", None)  # GSM8K's own key
-        if "answer" not in rec or prompt is None:
-            missing = [k for k, ok in (("prompt", prompt is not None), ("answer", "answer" in rec)) if not ok]
-            raise BadInput(
-                f"{where}: missing key {' and '.join(repr(k) for k in missing)} (keys present: {sorted(rec)})",
-                hint='each line needs {"prompt": ..., "answer": ...}',
-            )
-        answer = rec.pop("answer")
-        if not isinstance(prompt, str) or not prompt:
-            raise BadInput(f"{where}: 'prompt' must be a non-empty string")
-        if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
-            raise BadInput(f"{where}: 'answer' must be a string or a number, got {type(answer).__name__}")
-        pid = str(rec.pop("id", f"{path.stem}:{lineno}"))
-        if pid in seen:
-            raise BadInput(f"{where}: duplicate id {pid!r} (first on line {seen[pid]})")
-        seen[pid] = lineno
-        problems.append(Problem(id=pid, prompt=prompt, answer=str(answer), meta=rec))
-    if not problems:
-        raise BadInput(f"{path}: problem file is empty", hint="write one JSON object per line")
-    return problems
-
-
 def gold_answer(answer: str) -> str:
     """The gold answer string: the text after the last `####` if present, stripped."""
     return answer.rsplit(_MARKER, 1)[-1].strip()
@@ -190,8 +145,8 @@ def reward(completion_text: str, answer: str) -> float:
 def format_prompt(problem: Problem, template: str = "{prompt}") -> str:
     """The text the policy sees: `template` with `{prompt}` filled in (identity by default,
     which is what the tiny model trains on; a real instruct model wants e.g.
-    "Question: {prompt}\\nAnswer:")."""
-    return template.format(prompt=problem.prompt)
+    "Question: {prompt}\\nAnswer:"). Only `{prompt}` is replaced: other braces (`\\boxed{}`) stay."""
+    return template.replace("{prompt}", problem.prompt)
 
 
 def encode_prompts(tokenizer: Any, problems: Sequence[Problem], template: str = "{prompt}") -> list[list[int]]:

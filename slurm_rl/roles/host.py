@@ -35,6 +35,9 @@ class RoleHost:
         self._tokenizer = None
         self._staged_trainer = None     # built by a standby ahead of a promotion (stage_trainer)
         self._closing: threading.Thread | None = None
+        self._scorer = None
+        self._records = None
+        self._eval = None
 
     @property
     def tokenizer(self):
@@ -43,6 +46,30 @@ class RoleHost:
 
             self._tokenizer = load_tokenizer(self.rt.run.model)
         return self._tokenizer
+
+    def reward_scorer(self):
+        """The task's reward, imported once per process (kept across promotions)."""
+        if self._scorer is None:
+            from slurm_rl.rl.reward import RewardScorer, load_reward
+
+            self._scorer = RewardScorer(load_reward(self.rt.cfg.task.reward_spec))
+        return self._scorer
+
+    def problem_records(self):
+        """The run's training problems by index, with every field they were loaded with."""
+        if self._records is None:
+            from slurm_rl.data.records import load_problems
+
+            self._records = dict(enumerate(load_problems(self.rt.run.problems, fmt="plain")))
+        return self._records
+
+    def eval_problems(self):
+        if self._eval is None:
+            from slurm_rl.data.records import load_problems
+
+            path = self.rt.run.eval_problems
+            self._eval = load_problems(path, fmt="plain") if path.exists() else []
+        return self._eval
 
     def ensure_engine(self):
         """Start the rollout engine once (phase `loading`), with the weights this process holds."""

@@ -12,7 +12,13 @@ See docs/weight-sync.md for the contract, the transports and the measured bandwi
 """
 
 from slurm_rl.sync.base import (
-    DEFAULT_BUCKET_BYTES, Manifest, SyncAuthError, TensorMeta, Transport, TransportUnavailable, VersionNotHeld,
+    DEFAULT_BUCKET_BYTES,
+    Manifest,
+    SyncAuthError,
+    TensorMeta,
+    Transport,
+    TransportUnavailable,
+    VersionNotHeld,
     WeightSet,
 )
 from slurm_rl.sync.buffers import trim_buffer_pool

@@ -198,7 +198,7 @@ class WeightSet:
     recycled for the next version (see `buffers.BufferPool`); copy tensors out if you keep them longer.
     """
 
-    __slots__ = ("manifest", "_flat", "_host", "__weakref__")
+    __slots__ = ("__weakref__", "_flat", "_host", "manifest")
 
     def __init__(self, manifest: Manifest, flat: np.ndarray, host: HostBuffer):
         """Internal: use `from_state_dict` or `pull`. `flat` is a uint8 array of total_bytes over `host`."""

@@ -8,7 +8,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from slurm_rl.errors import SyncError
-from slurm_rl.sync.base import Deadline, ProgressFn, Transport, VersionNotHeld, WeightSet
+from slurm_rl.sync.base import (
+    Deadline,
+    ProgressFn,
+    Transport,
+    VersionNotHeld,
+    WeightSet,
+)
 from slurm_rl.sync.shm import pull_shm
 from slurm_rl.sync.tcp import pull_tcp
 from slurm_rl.sync.ucx import pull_ucx, ucx_status

@@ -13,8 +13,17 @@ from slurm_rl.errors import SyncError
 from slurm_rl.sync.base import Deadline, Manifest, WeightSet
 from slurm_rl.sync.holdings import Holdings
 from slurm_rl.sync.wire import (
-    DONE_SIZE, HELLO_SIZE, REPLY_SIZE, REQUEST_SIZE, Hello, Outcome, Reply, Request, Status,
-    pack_done, unpack_done,
+    DONE_SIZE,
+    HELLO_SIZE,
+    REPLY_SIZE,
+    REQUEST_SIZE,
+    Hello,
+    Outcome,
+    Reply,
+    Request,
+    Status,
+    pack_done,
+    unpack_done,
 )
 
 

@@ -16,7 +16,14 @@ import time
 from slurm_rl.errors import SyncError
 from slurm_rl.sync.base import Assembler, Deadline, ProgressFn, WeightSet
 from slurm_rl.sync.holdings import Holdings
-from slurm_rl.sync.stream import client_handshake, recv_done, recv_into_exact, send_all, send_done, server_handshake
+from slurm_rl.sync.stream import (
+    client_handshake,
+    recv_done,
+    recv_into_exact,
+    send_all,
+    send_done,
+    server_handshake,
+)
 from slurm_rl.sync.wire import Outcome
 
 log = logging.getLogger("slurm_rl.sync")

@@ -40,11 +40,28 @@ from typing import Any
 import numpy as np
 
 from slurm_rl.errors import SyncError
-from slurm_rl.sync.base import Assembler, Deadline, Manifest, ProgressFn, TransportUnavailable, WeightSet
+from slurm_rl.sync.base import (
+    Assembler,
+    Deadline,
+    Manifest,
+    ProgressFn,
+    TransportUnavailable,
+    WeightSet,
+)
 from slurm_rl.sync.holdings import Holdings
 from slurm_rl.sync.wire import (
-    DONE_SIZE, HELLO_SIZE, MAX_PAYLOAD, REPLY_SIZE, REQUEST_SIZE, Hello, Outcome, Reply, Request, Status,
-    pack_done, unpack_done,
+    DONE_SIZE,
+    HELLO_SIZE,
+    MAX_PAYLOAD,
+    REPLY_SIZE,
+    REQUEST_SIZE,
+    Hello,
+    Outcome,
+    Reply,
+    Request,
+    Status,
+    pack_done,
+    unpack_done,
 )
 
 log = logging.getLogger("slurm_rl.sync")

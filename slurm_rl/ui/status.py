@@ -192,6 +192,8 @@ class StatusView:
             _kv("staleness", _fmt(stale, ".2f")),
             _kv("queue", f"{q.get('groups_waiting', 0)} groups, {q.get('leases', 0)} leases"),
             _kv("trajectories", f"{q.get('generated', 0)} made / {q.get('consumed', 0)} trained"),
+            *([_kv("eval", f"pass@1 {_fmt(ev.get('pass_at_1'), '.3f')} at v{ev.get('version')}", "bold")]
+              if (ev := st.get("eval")) else []),
         ], inner)
         return Panel(Group(*lines), title="slurm-rl status", title_align="left", box=box.ROUNDED,
                      padding=(0, 1))

@@ -12,10 +12,10 @@ RUN_STYLE = {"running": "bold green", "finished": "bold green", "failed": "bold 
 EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "failure": ("dead", "run_failed", "submit_failed", "cancel_failed", "commit_lost"),
     "warning": ("suspect", "fault_injected", "leases_requeued", "leases_expired", "node_excluded", "move_started",
-                "trainer_rollback", "full_restart", "chaos_skipped", "run_stopped", "stopping"),
+                "trainer_rollback", "full_restart", "chaos_skipped", "run_stopped", "stopping", "reward_error"),
     "recovery": ("recovered", "promoted", "trainer_restored", "cleared", "moved", "ready", "run_finished"),
     "lifecycle": ("run_started", "controller_resumed", "submitted", "connected", "goodbye", "checkpoint",
-                  "job_ended"),
+                  "job_ended", "eval"),
 }
 _KIND_STYLE = {"failure": "bold red", "warning": "yellow", "recovery": "green", "lifecycle": "cyan"}
 KNOWN_EVENT_KINDS: tuple[str, ...] = tuple(k for ks in EVENT_KINDS.values() for k in ks)

@@ -208,3 +208,32 @@ def test_tied_embeddings_sync(kind: str, tmp_path: Path) -> None:
         (comps,) = eng.generate([prompts[0]], n=2, max_tokens=4, temperature=1.0, seed=0)
         for c in comps:
             assert _max_diff(c.logprobs, tr.logprobs(prompts[0] + c.token_ids)[len(prompts[0]) - 1 :]) < TOL
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("kind", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_each_family_matches_the_trainer_after_weight_sync(kind: str, family: str, tmp_path: Path) -> None:
+    """Llama, Qwen2 (qkv bias, tied head) and Qwen3 (q/k norm) with their chat templates: the engine's
+    logprobs are the trainer's before and after a sync of trained weights."""
+    from slurm_rl.rl.model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / family, family=family, seed=2, chat=True)
+    tok = load_tokenizer(model)
+    chat = tok.apply_chat_template([{"role": "user", "content": "What is 3+4?"}], tokenize=False,
+                                   add_generation_prompt=True)
+    prompts = [tok(chat, add_special_tokens=False)["input_ids"], *_prompts(model)]
+    tr = _trainer(model)
+    with make_engine(kind, model, seed=0, max_model_len=128) as eng:
+        (comps,) = eng.generate([prompts[0]], n=2, max_tokens=4, temperature=1.0, seed=0)
+        for c in comps:
+            assert _max_diff(c.logprobs, tr.logprobs(prompts[0] + c.token_ids)[len(prompts[0]) - 1 :]) < TOL
+        before = eng.prompt_logprobs(prompts[0])
+        _train_a_little(tr, prompts)
+        eng.load_weights(tr.state_dict_for_sync())
+        after = eng.prompt_logprobs(prompts[0])
+        assert _max_diff(after, tr.logprobs(prompts[0])) < TOL
+        assert _max_diff(after, before) > 1e-2
+        (comps,) = eng.generate([prompts[0]], n=2, max_tokens=4, temperature=1.0, seed=3)
+        for c in comps:
+            assert _max_diff(c.logprobs, tr.logprobs(prompts[0] + c.token_ids)[len(prompts[0]) - 1 :]) < TOL
+            assert c.text == tok.decode(c.token_ids, skip_special_tokens=True)

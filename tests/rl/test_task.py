@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from slurm_rl.data.records import load_problems
 from slurm_rl.errors import BadInput
 from slurm_rl.rl.task import (
     Problem,
@@ -15,7 +16,6 @@ from slurm_rl.rl.task import (
     format_prompt,
     generate_arithmetic,
     gold_answer,
-    read_jsonl,
     reward,
     write_jsonl,
 )
@@ -48,7 +48,7 @@ def test_max_answer_and_modulo() -> None:
 def test_jsonl_roundtrip_keeps_extra_fields(tmp_path: Path) -> None:
     probs = generate_arithmetic(5, seed=1) + [Problem(id="x", prompt="2*3=", answer="6", meta={"level": 2})]
     path = write_jsonl(probs, tmp_path / "sub" / "p.jsonl")
-    assert read_jsonl(path) == probs
+    assert load_problems(path) == probs
     assert json.loads(path.read_text().splitlines()[-1]) == {"level": 2, "id": "x", "prompt": "2*3=", "answer": "6"}
 
 
@@ -60,7 +60,7 @@ def test_gsm8k_shaped_file(tmp_path: Path) -> None:
         + json.dumps({"prompt": "1+1=", "answer": 2})
         + "\n"
     )
-    p1, p2 = read_jsonl(path)
+    p1, p2 = load_problems(path)
     assert (p1.id, p2.id) == ("gsm8k:1", "gsm8k:3")  # default id: file stem and line
     assert p2.answer == "2"
     assert reward("So she has #### 42", p1.answer) == 1.0
@@ -76,24 +76,24 @@ def test_gsm8k_shaped_file(tmp_path: Path) -> None:
         ('{"prompt": "1+1="}\n', r"p\.jsonl:1: missing key 'answer'"),
         ('\n{"answer": "2"}\n', r"p\.jsonl:2: missing key 'prompt'"),
         ('["1+1=", "2"]\n', r"p\.jsonl:1: expected a JSON object"),
-        ('{"prompt": "", "answer": "2"}\n', r"p\.jsonl:1: 'prompt' must be"),
-        ('{"prompt": "a", "answer": [2]}\n', r"p\.jsonl:1: 'answer' must be"),
+        ('{"prompt": "", "answer": "2"}\n', r"p\.jsonl:1: field 'prompt' \(the prompt\) must be"),
+        ('{"prompt": "a", "answer": [2]}\n', r"p\.jsonl:1: field 'answer' \(the answer\) must be"),
         ('{"id": 1, "prompt": "a", "answer": 1}\n{"id": 1, "prompt": "b", "answer": 2}\n', r"p\.jsonl:2: duplicate id"),
-        ("", r"p\.jsonl: problem file is empty"),
-        ("\n  \n", r"p\.jsonl: problem file is empty"),
+        ("", r"p\.jsonl: no problems in it"),
+        ("\n  \n", r"p\.jsonl: no problems in it"),
     ],
 )
 def test_bad_files_name_file_and_line(tmp_path: Path, content: str, match: str) -> None:
     path = tmp_path / "p.jsonl"
     path.write_text(content)
     with pytest.raises(BadInput, match=match) as e:
-        read_jsonl(path)
+        load_problems(path)
     assert e.value.exit_code == 2
 
 
 def test_missing_file_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="not found"):
-        read_jsonl(tmp_path / "nope.jsonl")
+        load_problems(tmp_path / "nope.jsonl")
 
 
 @pytest.mark.parametrize(
