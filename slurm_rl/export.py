@@ -152,7 +152,7 @@ def _reference_shapes(model_dir: Path) -> dict[str, tuple[int, ...]] | None:
     shapes: dict[str, tuple[int, ...]] = {}
     for name in files:
         with safe_open(str(model_dir / name), framework="pt") as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 shapes[key] = tuple(f.get_slice(key).get_shape())
     return shapes
 

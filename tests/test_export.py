@@ -92,7 +92,7 @@ def test_export_loads_in_transformers_with_the_trainers_logprobs(tmp_path: Path,
 def test_bf16_run_exports_bf16_and_shards_with_an_index(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    run, tr, saved = make_run(tmp_path, dtype="bfloat16", save_at=(1,))
+    run, _, saved = make_run(tmp_path, dtype="bfloat16", save_at=(1,))
     res = export_run(run.path, tmp_path / "out", max_shard_size="200KB")
     out = tmp_path / "out"
     assert res.dtype == "bfloat16" and res.shards > 1

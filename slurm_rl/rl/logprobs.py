@@ -15,6 +15,7 @@ costs no vocabulary-sized work at all.
 from __future__ import annotations
 
 import inspect
+
 import torch
 from torch.utils.checkpoint import checkpoint
 

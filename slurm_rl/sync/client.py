@@ -58,7 +58,7 @@ class StallDeadline(Deadline):
 
     Transports read `end` before every blocking call, so moving it on progress is all it takes."""
 
-    __slots__ = ("total_end", "stall_s")
+    __slots__ = ("stall_s", "total_end")
 
     def __init__(self, seconds: float, stall_s: float):
         super().__init__(seconds)

@@ -9,7 +9,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from slurm_rl.rl.grpo import PolicyTrainer, load_policy_model
-from slurm_rl.rl.logprobs import forward_hidden, head_logprobs, sequence_logprobs, token_logprobs
+from slurm_rl.rl.logprobs import (
+    forward_hidden,
+    head_logprobs,
+    sequence_logprobs,
+    token_logprobs,
+)
 from slurm_rl.rl.model import build_tiny_model
 
 

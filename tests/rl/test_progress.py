@@ -109,6 +109,13 @@ def test_generate_reports_tokens_while_it_runs(engine: Engine, long_model: Path)
     half = next(t for i, (t, _) in enumerate(calls) if sum(k for _, k in calls[: i + 1]) >= total / 2)
     assert half - t0 < 0.8 * (t1 - t0)
 
+    # counting does not change what is sampled: the same seed gives the same completions without it
+    prompts = _prompts(long_model)
+    a = engine.generate(prompts, n=2, max_tokens=40, temperature=1.0, seed=5, progress=lambda k: None)
+    b = engine.generate(prompts, n=2, max_tokens=40, temperature=1.0, seed=5)
+    assert [[c.token_ids for c in comps] for comps in a] == [[c.token_ids for c in comps] for comps in b]
+    assert [[c.logprobs for c in comps] for comps in a] == [[c.logprobs for c in comps] for comps in b]
+
 
 def test_heartbeats_carry_progress_during_a_generate(engine: Engine, long_model: Path) -> None:
     rt, beats = bare_runtime()

@@ -86,7 +86,7 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_step(tiny_m
         layer = tr.model.get_decoder().layers[0]
         # a pre-hook: the recompute stops early once it has what the backward needs (torch's
         # checkpoint early stop), so the layer's post-forward hooks may not run a second time
-        handle = layer.register_forward_pre_hook(lambda *a: calls.append(1))
+        handle = layer.register_forward_pre_hook(lambda *a, calls=calls: calls.append(1))
         s = tr.step([g])
         handle.remove()
         results.append((s.loss, s.grad_norm, len(calls)))
@@ -118,3 +118,56 @@ def test_trainer_config_fields_are_validated_with_real_size_defaults() -> None:
         load_config(None, ["trainer.micro_batch_size=0"])
     with pytest.raises(ConfigError, match="trainer.logprob_chunk_tokens"):
         load_config(None, ["trainer.logprob_chunk_tokens=0"])
+
+
+_FSDP_ONE_RANK = r'''
+import json, os, sys, torch, torch.distributed as dist
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from slurm_rl.rl.grpo import Group, PolicyTrainer, Sample
+from slurm_rl.rl.model import load_tokenizer
+
+model_dir = sys.argv[1]
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
+
+def shard(m):
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for layer in m.get_decoder().layers:
+        fully_shard(layer, mp_policy=mp)
+    return fully_shard(m, mp_policy=mp)
+
+prompt = load_tokenizer(model_dir)("3+4=")["input_ids"]
+out = {}
+for name, kw in (("autocast", {}), ("fsdp", {"autocast": False, "wrap_model": shard})):
+    tr = PolicyTrainer(model_dir, lr=1e-2, dtype="bfloat16", micro_batch_size=2, gradient_checkpointing=True, **kw)
+    comps = [[10, 2], [6, 2], [10, 11, 2], [7, 7, 2]]
+    g = Group("p", [Sample(prompt, c, tr.logprobs(prompt + c)[len(prompt) - 1:], float(i == 0), 0)
+                    for i, c in enumerate(comps)])
+    s = tr.step([g])
+    out[name] = {"loss": s.loss, "grad_norm": s.grad_norm, "param": type(next(tr.model.parameters())).__name__,
+                 "dtypes": sorted({str(p.dtype) for p in tr.model.parameters()})}
+print("RESULT " + json.dumps(out), flush=True)
+dist.destroy_process_group()
+os._exit(0)   # torch 2.13 CPU may abort in FSDP/gloo teardown after all work is done
+'''
+
+
+def test_wrap_model_takes_an_fsdp2_mixed_precision_model(tiny_model: Path, tmp_path: Path) -> None:
+    """The seam the sharded trainer uses: fully_shard with MixedPrecisionPolicy(bf16 params, fp32
+    reduce) through `wrap_model`, `autocast=False`, on one gloo rank: the step runs (chunked
+    log-probs, gradient checkpointing, micro-batches) on fp32 DTensor masters and matches the
+    autocast trainer."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run([sys.executable, "-c", _FSDP_ONE_RANK, str(tiny_model)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads(line[0][len("RESULT "):])
+    assert res["fsdp"]["param"] == "DTensor" and res["fsdp"]["dtypes"] == ["torch.float32"]
+    assert res["fsdp"]["loss"] == pytest.approx(res["autocast"]["loss"], abs=1e-4)
+    # FSDP also runs the norms in bf16 (autocast keeps them fp32): close, not equal
+    assert res["fsdp"]["grad_norm"] == pytest.approx(res["autocast"]["grad_norm"], rel=0.05)

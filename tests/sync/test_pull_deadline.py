@@ -12,7 +12,14 @@ from slurm_rl.config import RunConfig
 from slurm_rl.errors import SyncError
 from slurm_rl.roles.runtime import RoleRuntime
 from slurm_rl.states import Phase
-from slurm_rl.sync import BandwidthMeter, StallDeadline, WeightServer, WeightSet, pull, pull_any
+from slurm_rl.sync import (
+    BandwidthMeter,
+    StallDeadline,
+    WeightServer,
+    WeightSet,
+    pull,
+    pull_any,
+)
 from tests.sync._holder import Holder, HolderSpec, make_state
 
 pytestmark = pytest.mark.timeout(120)
