@@ -258,6 +258,15 @@ class TrainerConfig(SlurmResources):
         "the trainer waits for data included) before torch.distributed gives up")
     checkpoint_every: int = Field(default=10, ge=1)
     keep_checkpoints: int = Field(default=3, ge=1)
+    micro_batch_size: int = Field(
+        default=4, ge=1, description="sequences per forward/backward; gradients accumulate over the step's "
+        "micro-batches (the step equals the full-batch one). Raise it for short sequences, lower it for long ones")
+    gradient_checkpointing: bool = Field(
+        default=True, description="recompute each transformer layer's activations in the backward instead of "
+        "keeping them (Hugging Face gradient_checkpointing_enable): ~30% more compute, far less memory")
+    logprob_chunk_tokens: int = Field(
+        default=1024, ge=1, description="tokens whose lm_head + log_softmax are computed at once; the "
+        "[tokens, vocab] logits of one chunk are the largest tensor a step makes (1024 x 152k fp32: 0.6 GB)")
 
 
 class RolloutConfig(SlurmResources):
@@ -357,7 +366,16 @@ class SyncConfig(_Section):
     transport: Literal["auto", "tcp", "ucx", "shm"] = "auto"
     host: str = Field(default="auto", description="address a role serves weights on (auto: loopback locally, "
                                                    "the node's address on Slurm)")
-    deadline_s: float = Field(default=30.0, gt=0)
+    deadline_s: float = Field(
+        default=30.0, gt=0, description="the least time a weight pull gets (all holders together); more when "
+        "the bytes to move need it (deadline_slack x bytes / measured bandwidth). A holder that sends nothing "
+        "for 0.6 x the syncing_weights phase timeout is given up on whatever the deadline")
+    deadline_slack: float = Field(
+        default=3.0, ge=1, description="a pull may take this many times as long as its bytes need at the "
+        "bandwidth this process measured on its earlier pulls")
+    assumed_gbps: float = Field(
+        default=1.0, gt=0, description="bandwidth (GB/s) assumed for a process's first pull, before it has "
+        "measured one")
     bucket_mb: float = Field(default=64.0, gt=0)
 
 

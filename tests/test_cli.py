@@ -33,7 +33,7 @@ from slurm_rl.ui.status import StatusView, activity
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 SIM_DATA = Path(__file__).resolve().parent / "sim" / "data" / "pair-a"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-COMMANDS = ("launch", "status", "events", "inject", "stop", "resume", "report", "ls", "sweep", "simulate")
+COMMANDS = ("launch", "status", "events", "inject", "stop", "resume", "report", "export", "ls", "sweep", "simulate")
 
 
 def schema_check(name: str, obj: Any) -> None:

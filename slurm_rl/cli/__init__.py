@@ -12,7 +12,7 @@ Shell completion (bash; zsh and fish alike with zsh_source / fish_source):
 from __future__ import annotations
 
 # each command module registers its commands on `cli` when imported
-from slurm_rl.cli import run, simulate, sweep, tools, view  # noqa: F401
+from slurm_rl.cli import export, run, simulate, sweep, tools, view  # noqa: F401
 from slurm_rl.cli.base import cli, main
 
 __all__ = ["cli", "main"]

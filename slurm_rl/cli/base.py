@@ -30,8 +30,8 @@ EPILOG_EXIT = "Exit codes: 0 ok, 1 run failed/stopped, 2 bad input, 3 environmen
 INTERRUPTED = 130
 FAULTS = ("crash", "hang", "exit:N", "node-down", "drain")
 ROLE_KINDS = ("trainer", "rollout", "spare")
-COMMAND_ORDER = ("launch", "status", "events", "inject", "stop", "resume", "report", "ls", "sweep", "simulate",
-                 "make-tiny-model", "make-dataset")
+COMMAND_ORDER = ("launch", "status", "events", "inject", "stop", "resume", "report", "export", "ls", "sweep",
+                 "simulate", "make-tiny-model", "make-dataset")
 
 
 def _console(stderr: bool = False) -> Console:

@@ -10,6 +10,10 @@ so a trainer must compute its ratio with the same T (`PolicyTrainer(temperature=
 Temperature 0 is greedy decoding and the logprobs are the raw (T=1) model logprobs.
 `token_ids` include the EOS token when the completion stopped on it (finish_reason
 "stop"); `text` is the decoded completion without special tokens.
+
+Progress: `generate(progress=fn)` (or `engine.on_progress = fn` for every call) calls `fn(n)`
+with the number of tokens generated since its last call, while the call runs, so a role's
+heartbeat shows a generate of thousands of tokens moving.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from __future__ import annotations
 import enum
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 log = logging.getLogger("slurm_rl.rl")
+
+TokenProgress = Callable[[int], None]
 
 
 class EngineKind(str, enum.Enum):
@@ -47,6 +53,7 @@ class Engine(ABC):
     """A generation engine holding one set of policy weights."""
 
     kind: EngineKind
+    on_progress: TokenProgress | None = None  # the default `progress` of every generate call
 
     @abstractmethod
     def generate(
@@ -57,12 +64,14 @@ class Engine(ABC):
         max_tokens: int,
         temperature: float,
         seed: int | None,
+        progress: TokenProgress | None = None,
     ) -> list[list[Completion]]:
         """`n` completions for each prompt, in prompt order.
 
         The seed is per call: the same prompts, `n`, `seed` and weights give the same
         completions; `seed=None` continues the engine's own random stream (seeded once
-        at start-up from `make_engine(seed=...)`).
+        at start-up from `make_engine(seed=...)`). `progress(k)`: k more tokens generated
+        (default `self.on_progress`), called while the call runs.
         """
 
     @abstractmethod

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from slurm_rl.rl.engine import Completion, Engine, EngineKind, check_generate_args
-from slurm_rl.rl.grpo import torch_dtype
+from slurm_rl.rl.engine import Completion, Engine, EngineKind, TokenProgress, check_generate_args
+from slurm_rl.rl.precision import torch_dtype
 from slurm_rl.rl.model import load_tokenizer
 
 log = logging.getLogger("slurm_rl.rl")
@@ -65,8 +65,10 @@ class HFEngine(Engine):
         max_tokens: int,
         temperature: float,
         seed: int | None,
+        progress: TokenProgress | None = None,
     ) -> list[list[Completion]]:
         check_generate_args(prompt_token_ids, n, max_tokens, temperature)
+        progress = progress or self.on_progress
         too_long = [i for i, p in enumerate(prompt_token_ids) if len(p) + max_tokens > self.max_model_len]
         if too_long:
             raise ValueError(f"prompt {too_long[0]}: prompt + max_tokens exceeds max_model_len={self.max_model_len}")
@@ -78,11 +80,12 @@ class HFEngine(Engine):
         flat = [list(p) for p in prompt_token_ids for _ in range(n)]
         out: list[Completion] = []
         for lo in range(0, len(flat), self.batch_size):
-            out.extend(self._sample(flat[lo : lo + self.batch_size], max_tokens, temperature, gen))
+            out.extend(self._sample(flat[lo : lo + self.batch_size], max_tokens, temperature, gen, progress))
         return [out[i * n : (i + 1) * n] for i in range(len(prompt_token_ids))]
 
     def _sample(
-        self, prompts: list[list[int]], max_tokens: int, temperature: float, gen: torch.Generator
+        self, prompts: list[list[int]], max_tokens: int, temperature: float, gen: torch.Generator,
+        progress: TokenProgress | None = None,
     ) -> list[Completion]:
         b, width = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((b, width), self.pad_id, dtype=torch.long)
@@ -111,6 +114,8 @@ class HFEngine(Engine):
             logps[:, t] = lp.gather(-1, tok[:, None]).squeeze(-1).cpu()
             hit = torch.isin(tok, eos).cpu() & ~done
             lengths[hit] = t + 1
+            if progress is not None:
+                progress(int((~done).sum()))  # a token for every row still going
             done |= hit
             if bool(done.all()) or t == max_tokens - 1:
                 break

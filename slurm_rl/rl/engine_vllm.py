@@ -9,6 +9,9 @@ differ by platform. Facts this file relies on (measured, shared/reference/vllm-c
   silently keeps the old weights.
 * Only full state dicts: loading one shard of a fused module (q_proj without k/v) corrupts it.
 * The prefix cache keeps KV computed with old weights; it is reset after every load.
+* `generate` drives the engine itself (`LLM.enqueue`, then `llm_engine.step()` until done: what
+  `LLM.generate` does inside) so that it can count the tokens of running requests between steps
+  and report them to a progress callback while a long generation runs.
 * In-process mode (`VLLM_ENABLE_V1_MULTIPROCESSING=0` + the "uni" executor) starts in
   ~2 s on CPU and passes tensors to the worker by reference. The default multi-process
   mode (~12 s) cannot carry tensors in RPCs (msgpack turns them into lists), so weights
@@ -27,11 +30,12 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from slurm_rl.errors import BadInput, EnvironmentProblem
-from slurm_rl.rl.engine import Completion, Engine, EngineKind, check_generate_args
+from slurm_rl.rl.engine import Completion, Engine, EngineKind, TokenProgress, check_generate_args
 
 log = logging.getLogger("slurm_rl.rl")
 
@@ -242,6 +246,7 @@ class VllmEngine(Engine):
         max_tokens: int,
         temperature: float,
         seed: int | None,
+        progress: TokenProgress | None = None,
     ) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -260,7 +265,7 @@ class VllmEngine(Engine):
             skip_special_tokens=True,
         )
         with self._seeded(seed):
-            outs = self.llm.generate(prompts, params, use_tqdm=False)
+            outs = self._run(prompts, params, progress or self.on_progress)
         result: list[list[Completion]] = []
         for out in outs:
             comps = []
@@ -270,6 +275,47 @@ class VllmEngine(Engine):
                 comps.append(Completion(token_ids=toks, logprobs=lps, text=c.text, finish_reason=str(c.finish_reason)))
             result.append(comps)
         return result
+
+    def _run(self, prompts: list[Any], params: Any, progress: TokenProgress | None) -> list[Any]:
+        """`LLM.generate`, stepped here so that `progress` hears of tokens while they are made.
+
+        Between engine steps the output processor's live request states say how many tokens each
+        running sequence has; `progress` gets what is new. A sequence that finishes leaves the
+        states with its last step's token uncounted, which the final reconciliation adds.
+        """
+        engine = self.llm.llm_engine
+        states = getattr(getattr(engine, "output_processor", None), "request_states", None)
+        if progress is None or not isinstance(states, dict) or not hasattr(self.llm, "enqueue"):
+            return self.llm.generate(prompts, params, use_tqdm=False)
+        if engine.has_unfinished_requests():
+            raise RuntimeError("the vLLM engine still has requests of an earlier call")
+        ids = self.llm.enqueue(prompts, params, use_tqdm=False)
+        finished: list[Any] = []
+        seen: dict[str, int] = {}
+        counted = 0
+        try:
+            while engine.has_unfinished_requests():
+                finished.extend(o for o in engine.step() if o.finished)
+                new = 0
+                for rid, st in list(states.items()):
+                    det = getattr(st, "detokenizer", None)
+                    k = det.num_output_tokens() if det is not None else seen.get(rid, 0) + 1
+                    new += k - seen.get(rid, 0)
+                    seen[rid] = k
+                if new > 0:
+                    counted += new
+                    progress(new)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                engine.abort_request(list(ids), internal=True)
+            raise
+        if len(finished) != len(prompts):
+            raise RuntimeError(f"vLLM returned {len(finished)} outputs for {len(prompts)} prompts")
+        finished.sort(key=lambda o: int(o.request_id))  # what LLM.generate returns: prompt order
+        total = sum(len(c.token_ids) for o in finished for c in o.outputs)
+        if total > counted:
+            progress(total - counted)
+        return finished
 
     @contextlib.contextmanager
     def _seeded(self, seed: int | None) -> Iterator[None]:

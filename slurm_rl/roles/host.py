@@ -88,6 +88,8 @@ class RoleHost:
         self.engine = make_engine(cfg.rollout.engine.value, self.rt.run.model, dtype=cfg.model.dtype,
                                   device=resolve_device("auto"), seed=cfg.seed, max_model_len=cfg.model.max_model_len,
                                   **opts)
+        # tokens reach the heartbeat while a generate runs (the rollout's bump after it counts them once)
+        self.engine.on_progress = self.rt.advance
         if self.rt.held is not None:
             self.engine.load_weights(self.rt.held.tensors())
         elif self.rt.held_version < 0:

@@ -1,7 +1,10 @@
 """What every role process has: identity, controller connection, heartbeats, commands, weights.
 
 The heartbeat thread runs beside the role's work loop, carrying the current phase and a progress
-counter, so a rollout waiting for prompts or a trainer writing a checkpoint still looks alive.
+counter, so a rollout waiting for prompts or a trainer writing a checkpoint still looks alive. Long
+calls (a generate of thousands of tokens, a trainer step of many micro-batches, a weight pull) move
+the counter while they run (`advance`), so the controller's no-progress rule (the phase timeout)
+stays short for a wedged loop and never fires on a long healthy one.
 Commands from the controller (assign, become, stop, exit) arrive in any reply and are queued
 for the work loop; `exit` (an injected fault) ends the process at once.
 
@@ -29,7 +32,7 @@ from slurm_rl.liveness import LivenessListener
 from slurm_rl.rl.dist import RankInfo
 from slurm_rl.rundir import RunDir
 from slurm_rl.states import Phase
-from slurm_rl.sync import WeightServer, WeightSet, choose_address, host_id, pull_any
+from slurm_rl.sync import BandwidthMeter, WeightServer, WeightSet, choose_address, host_id, pull_any
 
 log = logging.getLogger("slurm_rl.roles")
 
@@ -59,7 +62,9 @@ class RoleRuntime:
         self.job_id = job_id
         self.node = node
         self.phase = Phase.LOADING
-        self.progress = 0
+        self.progress = 0               # units of work done: a rollout's tokens, a trainer's micro-batches
+        self._partial = 0               # progress inside the call under way, not yet bumped for
+        self._progress_lock = threading.Lock()
         self.detail = ""
         self.commands: queue.SimpleQueue[P.Command] = queue.SimpleQueue()
         self.newest: P.WeightsInfo | None = None
@@ -82,6 +87,8 @@ class RoleRuntime:
         self._stop = threading.Event()
         self._hb = threading.Thread(target=self._hb_loop, name="heartbeat", daemon=True)
         self.controller_reachable = True
+        self.pull_meter = BandwidthMeter()
+        self._model_bytes: int | None = None
 
     # ---------------------------------------------------------------- identity
     @property
@@ -169,7 +176,21 @@ class RoleRuntime:
         self.detail = detail
 
     def bump(self, n: int = 1) -> None:
-        self.progress += n
+        """`n` units of work done. Counts what `advance` reported for the same call once: the larger."""
+        with self._progress_lock:
+            self.progress += max(n, self._partial)
+            self._partial = 0
+
+    def advance(self, n: int = 1) -> None:
+        """Progress inside a long call whose caller bumps when it ends (an engine's generate reports
+        tokens as they come): heartbeats carry it at once."""
+        with self._progress_lock:
+            self._partial += n
+
+    @property
+    def progress_now(self) -> int:
+        with self._progress_lock:
+            return self.progress + self._partial
 
     # ---------------------------------------------------------------- controller calls
     def call(self, msg: P.Request, *, timeout_s: float = 10.0, attempts: int = 3) -> P.Reply | None:
@@ -207,7 +228,7 @@ class RoleRuntime:
     def _hb_loop(self) -> None:
         interval = self.cfg.recovery.heartbeat_interval_s
         while not self._stop.wait(interval):
-            hb = P.Heartbeat(ident=self.ident, phase=self.phase.value, progress=self.progress,
+            hb = P.Heartbeat(ident=self.ident, phase=self.phase.value, progress=self.progress_now,
                              version=self.held_version, wepoch=self.held_wepoch, detail=self.detail[:200],
                              sync_addrs=self.addrs, live_addr=self.liveness.address, rank=self.rank.rank)
             try:
@@ -246,13 +267,11 @@ class RoleRuntime:
             self.detail = f"v{w.version} {100 * done // max(total, 1)}%"
             self.bump(1)
 
-        # A silent (hung) holder must cost us less than our own syncing phase timeout, or the
-        # controller would take this healthy puller for hung too: bound all attempts together.
-        phase_limit = float(self.cfg.recovery.phase_timeouts.get(Phase.SYNCING_WEIGHTS, 30.0))
-        total = min(self.cfg.sync.deadline_s, 0.6 * phase_limit)
+        deadline, stall = self.pull_deadline()
         try:
-            ws, addr = pull_any(addrs, w.version, deadline_s=max(0.5, total / min(2, len(addrs))), progress=progress,
-                                auth_key=self.run.sync_key(), total_deadline_s=total)
+            # one holder that hangs before a good one is cut at `stall` and the next gets the rest
+            ws, addr = pull_any(addrs, w.version, deadline_s=deadline, progress=progress, auth_key=self.run.sync_key(),
+                                total_deadline_s=deadline + stall, stall_s=stall, meter=self.pull_meter)
         except SyncError as e:
             log.warning("could not pull version %d from %d holder(s): %s", w.version, len(addrs), e)
             self.set_phase(Phase.IDLE, f"v{w.version} unavailable; keeping v{self.held_version}")
@@ -262,6 +281,33 @@ class RoleRuntime:
         self.hold(ws, w.wepoch)
         log.info("now holding version %d (from %s)", ws.version, addr)
         return True
+
+
+    def pull_deadline(self) -> tuple[float, float]:
+        """(total, stall) seconds for pulling the next version.
+
+        total: `sync.deadline_slack` times the bytes to move over the bandwidth this process
+        measured on its earlier pulls (`sync.assumed_gbps` before the first), at least
+        `sync.deadline_s`. stall: a holder that delivers no bucket for 0.6 x the syncing phase timeout
+        is given up on, so the controller never takes this healthy puller for hung (each bucket
+        that arrives is progress).
+        """
+        sc = self.cfg.sync
+        phase_limit = float(self.cfg.recovery.phase_timeouts.get(Phase.SYNCING_WEIGHTS, 30.0))
+        total = self.pull_meter.deadline_s(self.expected_pull_bytes(), floor_s=sc.deadline_s, slack=sc.deadline_slack,
+                                           assumed_bytes_per_s=sc.assumed_gbps * 1e9)
+        return total, 0.6 * phase_limit
+
+    def expected_pull_bytes(self) -> int:
+        """Bytes of one version: what this process holds, else the model's weight files on disk."""
+        if self.held is not None:
+            return int(self.held.nbytes)
+        if self._model_bytes is None:
+            try:
+                self._model_bytes = sum(p.stat().st_size for p in self.run.model.glob("*.safetensors"))
+            except OSError:
+                self._model_bytes = 0
+        return self._model_bytes
 
 
 def _write_exit_record(code: int) -> None:

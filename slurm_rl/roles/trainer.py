@@ -62,7 +62,8 @@ def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Comma
             groups, t_wait0 = _next_batch(rt, version, alg.prompts_per_step, ckpt)
             t0 = time.time()
             rt.set_phase(Phase.STEPPING, f"step {version + 1}")
-            stats = trainer.step([_to_group(g) for g in groups])
+            # every micro-batch moves the heartbeat's progress: a long step is never taken for a hang
+            stats = trainer.step([_to_group(g) for g in groups], progress=rt.advance)
             version = trainer.version
             rt.bump()
             rt.set_phase(Phase.PUBLISHING, f"v{version}")
@@ -108,10 +109,13 @@ def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Comma
 def make_trainer(rt: RoleRuntime) -> PolicyTrainer:
     """The policy trainer this run's config asks for (fresh weights from the run's model)."""
     cfg, alg = rt.cfg, rt.cfg.algorithm
+    tc = cfg.trainer
     return PolicyTrainer(rt.run.model, lr=alg.lr, clip_eps=alg.clip_eps, kl_coef=alg.kl_coef,
-                         max_grad_norm=alg.max_grad_norm, device=resolve_device(cfg.trainer.device),
+                         max_grad_norm=alg.max_grad_norm, device=resolve_device(tc.device),
                          dtype=cfg.model.dtype, seed=cfg.seed, temperature=alg.temperature,
-                         scale_adv_by_std=alg.normalize_std)
+                         scale_adv_by_std=alg.normalize_std, micro_batch_size=tc.micro_batch_size,
+                         gradient_checkpointing=tc.gradient_checkpointing,
+                         logprob_chunk_tokens=tc.logprob_chunk_tokens)
 
 
 def _check_stop(rt: RoleRuntime) -> None:
@@ -178,7 +182,8 @@ def _restore(rt: RoleRuntime, trainer: PolicyTrainer, ckpt: Checkpointer, step: 
             raise RuntimeError(f"cannot restore version {step}: no holder, no checkpoint")
         source = "a live holder"
     if best is not None:
-        trainer.load_optimizer_state(ckpt.load_optimizer(best.step))
+        # the fp32 master weights saved with an older optimizer state would roll the weights back
+        trainer.load_optimizer_state(ckpt.load_optimizer(best.step), master_weights=best.step == step)
         opt = f"optimizer from checkpoint {best.step}" + (f" ({step - best.step} steps older)" if best.step < step else "")
     else:
         opt = "fresh optimizer (no checkpoint yet)"

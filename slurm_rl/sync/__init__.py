@@ -22,7 +22,7 @@ from slurm_rl.sync.base import (
     WeightSet,
 )
 from slurm_rl.sync.buffers import trim_buffer_pool
-from slurm_rl.sync.client import Address, choose_address, pull, pull_any
+from slurm_rl.sync.client import Address, BandwidthMeter, StallDeadline, choose_address, pull, pull_any
 from slurm_rl.sync.fanout import RelayStep, relay_plan, star_plan
 from slurm_rl.sync.hostid import host_id
 from slurm_rl.sync.server import WeightServer
@@ -37,7 +37,7 @@ def release_cached_memory() -> int:
 
 
 __all__ = [
-    "DEFAULT_BUCKET_BYTES", "Address", "Manifest", "RelayStep", "SyncAuthError", "TensorMeta", "Transport",
-    "TransportUnavailable", "VersionNotHeld", "WeightServer", "WeightSet", "choose_address", "host_id", "pull",
+    "DEFAULT_BUCKET_BYTES", "Address", "BandwidthMeter", "Manifest", "RelayStep", "StallDeadline", "SyncAuthError",
+    "TensorMeta", "Transport", "TransportUnavailable", "VersionNotHeld", "WeightServer", "WeightSet", "choose_address", "host_id", "pull",
     "pull_any", "relay_plan", "release_cached_memory", "shm_status", "star_plan", "trim_buffer_pool", "ucx_status",
 ]
