@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from slurm_rl import protocol as P
 from slurm_rl.config import RunConfig
-from slurm_rl.rl.engine import Engine
 from slurm_rl.rl.dist import RankInfo
+from slurm_rl.rl.engine import Engine
 from slurm_rl.rl.engines import make_engine
 from slurm_rl.rl.grpo import Group, PolicyTrainer, Sample
 from slurm_rl.rl.model import build_tiny_model, load_tokenizer
