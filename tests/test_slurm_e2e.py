@@ -59,10 +59,10 @@ def slurm_run(tmp_path, slurm_cluster):
     slurm_cluster.reset()
 
 
-def _launch_slurm(tmp_path, name, *sets):
-    args = ["launch", "configs/demo.yaml", "--backend", "slurm", "--name", name, "--detach",
+def _launch_slurm(tmp_path, name, *sets, config="configs/demo.yaml", fast=True):
+    args = ["launch", config, "--backend", "slurm", "--name", name, "--detach",
             "--set", f"runs_dir={tmp_path}"]
-    for s in runs.FAST + sets:
+    for s in (runs.FAST if fast else ()) + sets:
         args += ["--set", s]
     res = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
@@ -92,6 +92,25 @@ def test_demo_runs_on_slurm_one_job_per_role_on_distinct_nodes(slurm_run):
     # the scheduler was polled in batches: squeue calls stay near one per poll, not one per job
     calls = rep["scheduler_calls"]
     assert calls.get("sbatch") == 4 and calls.get("squeue", 0) <= calls.get("sinfo", 0) + 2
+
+
+def test_gsm8k_tiny_runs_on_slurm(tmp_path, slurm_cluster):
+    # the real-data path (GSM8K records, chat template, math-verify, held-out eval) as Slurm jobs
+    slurm_cluster.reset()
+    run = _launch_slurm(tmp_path, "gsm", *SLURM, "algorithm.steps=20", config="configs/gsm8k-tiny.yaml", fast=False)
+    try:
+        rep = runs.wait_done(run, timeout=420)
+        assert rep["state"] == "finished" and rep["steps"] == 20, rep["end_reason"]
+        assert rep["backend"] == "slurm"
+        assert [h["version"] for h in rep["eval"]["history"]][:2] == [0, 10], rep["eval"]
+        assert rep["trajectories"]["lost"] == 0 and rep["reward_errors"]["count"] == 0
+        runs.assert_accounted(rep)
+        jobs = runs.q(run, "SELECT job_id, nodes FROM jobs")
+        assert len({j["job_id"] for j in jobs}) == 4 and len({j["nodes"] for j in jobs}) >= 3
+    finally:
+        runs.cleanup(run)
+    assert jobs_left() == []
+    slurm_cluster.reset()
 
 
 def test_rollout_node_crash_replaced_before_slurm_marks_the_node_down(slurm_run, slurm_cluster):
