@@ -27,7 +27,8 @@ from slurm_rl.sync.base import (
 )
 from slurm_rl.sync.shm import pull_shm
 from slurm_rl.sync.tcp import pull_tcp
-from slurm_rl.sync.ucx import pull_ucx, ucx_status
+from slurm_rl.sync.ucx import ucx_status
+from slurm_rl.sync.ucx_client import pull_ucx
 
 log = logging.getLogger("slurm_rl.sync")
 

@@ -14,7 +14,8 @@ from slurm_rl.sync.holdings import Holdings
 from slurm_rl.sync.hostid import host_id
 from slurm_rl.sync.shm import ShmServer, shm_status
 from slurm_rl.sync.tcp import TcpServer
-from slurm_rl.sync.ucx import UcxServer, ucx_status
+from slurm_rl.sync.ucx import ucx_status
+from slurm_rl.sync.ucx_server import UcxServer
 
 log = logging.getLogger("slurm_rl.sync")
 
