@@ -86,3 +86,8 @@ def test_no_import_cycle_among_slurm_rl_modules() -> None:
     graph = import_graph()
     assert len(graph) > 50 and graph["slurm_rl.controller.loop"], "the walk found the package"
     assert cycles(graph) == []
+
+
+def test_no_module_is_past_600_lines() -> None:
+    long = {m: n for m, p in _modules().items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules past {MAX_LINES} lines hold more than one mechanism, split them: {long}"
