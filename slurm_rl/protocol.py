@@ -158,6 +158,7 @@ class RoleEvent(msgspec.Struct, tag="event", frozen=True):
 class Goodbye(msgspec.Struct, tag="bye", frozen=True):
     ident: Ident
     reason: str
+    fatal: str = ""      # "input" / "environment": the role cannot run and no restart would help
 
 
 # CLI requests (authenticated like roles; the CLI reads the same run keys)

@@ -302,6 +302,7 @@ def report_dict(run: RunDir, *, now: float | None = None) -> dict[str, Any]:
             "run": run.name,
             "state": meta.get("run_state", "unknown"),
             "end_reason": meta.get("end_reason"),
+            "fatal": meta.get("fatal"),         # {kind, slot, message}: a role that could not run ended it
             "backend": (run.read_meta().get("backend")),
             "recovery": (run.read_meta().get("recovery")),
             "steps": int(meta.get("committed", 0)),

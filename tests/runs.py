@@ -161,11 +161,12 @@ def assert_no_prompt_done_twice(run: RunDir) -> None:
     assert not dup, [tuple(r) for r in dup]
 
 
-def python_launch(tmp_path: Path, *sets: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def python_launch(tmp_path: Path, *sets: str, timeout: float = 300,
+                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     args = [sys.executable, "launch.py", "configs/demo.yaml", "--quiet", "--set", f"runs_dir={tmp_path}"]
     for s in FAST + sets:
         args += ["--set", s]
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
 
 

@@ -24,7 +24,7 @@ from click.shell_completion import CompletionItem
 from rich.console import Console
 
 from slurm_rl import __version__
-from slurm_rl.errors import BadInput, EnvironmentProblem, SlurmRLError
+from slurm_rl.errors import FATAL_ROLE_EXITS, BadInput, EnvironmentProblem, SlurmRLError
 
 EPILOG_EXIT = "Exit codes: 0 ok, 1 run failed/stopped, 2 bad input, 3 environment problem, 130 interrupted."
 INTERRUPTED = 130
@@ -137,6 +137,9 @@ def _parse_fault(fault: str) -> tuple[str, int]:
         _, _, n = fault.partition(":")
         if not (n.isascii() and n.isdigit()) or not 0 <= int(n) <= 255:
             raise BadInput(f"--fault {fault!r}: write exit:N with an exit code N from 0 to 255, e.g. exit:3")
+        if int(n) in FATAL_ROLE_EXITS:
+            raise BadInput(f"--fault {fault!r}: exit {n} means a role cannot run at all (it ends the run, no "
+                           "recovery)", hint="inject another code, e.g. exit:3")
         return "exit", int(n)
     if fault not in FAULTS:
         import difflib

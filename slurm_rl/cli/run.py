@@ -25,7 +25,7 @@ from slurm_rl.cli.base import (
     cli,
 )
 from slurm_rl.cli.view import _LiveStatus
-from slurm_rl.errors import BadInput, EnvironmentProblem, SlurmRLError
+from slurm_rl.errors import BadInput, EnvironmentProblem, SlurmRLError, fatal_exit_code
 
 
 @cli.command(short_help="Start a run (live view until it ends).",
@@ -124,6 +124,12 @@ def _attach(run: Any, *, quiet: bool) -> int:
     if rep["state"] not in launcher.TERMINAL_STATES:
         err.print(f"the controller exited without ending the run; see {run.logs / 'controller.log'}, then "
                   f"`slurm-rl resume {run.path}`", soft_wrap=True, markup=False)
+    fatal = rep.get("fatal")
+    if fatal and rep["state"] == "failed":
+        # a role could not run (a broken model dir, vLLM missing): its message and hint, and the
+        # input/environment exit code, as if launch had found it itself
+        err.print(f"error: {fatal['slot']} cannot run: {fatal['message']}", soft_wrap=True, markup=False)
+        return fatal_exit_code(fatal["kind"])
     return 0 if rep["state"] == "finished" else 1
 
 

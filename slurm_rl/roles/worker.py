@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from slurm_rl import protocol as P
 from slurm_rl.config import load_run_config
+from slurm_rl.errors import FATAL_ROLE_EXITS, role_exit_code
 from slurm_rl.logs import setup_process_logging
 from slurm_rl.rl.dist import rank_info
 from slurm_rl.rundir import RunDir
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     job_id = os.environ.get("SLURM_RL_JOB_ID") or os.environ.get("SLURM_JOB_ID", "")
     node = os.environ.get("SLURM_RL_NODE") or os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
+    from slurm_rl.rl.modeldir import check_model_dir
     from slurm_rl.roles.runtime import RoleRuntime, write_exit_record
 
     holder: dict[str, RoleRuntime] = {}
@@ -100,17 +102,23 @@ def main(argv: list[str] | None = None) -> int:
     rt = RoleRuntime(run, cfg, P.Ident(args.role, args.index, args.incarnation), job_id=job_id, node=node)
     holder["rt"] = rt
     log.info("started on %s (pid %d), weights served at %s", node, os.getpid(), ", ".join(rt.addrs.values()))
-    code = 0
+    code, fatal, why = 0, "", ""
     try:
         assign = rt.start()
+        check_model_dir(run.model)
         code = play(rt, assign)
     except SystemExit as e:
         code = int(e.code or 0)
-    except Exception:
-        log.exception("role failed")
-        code = 1
+    except Exception as e:
+        code = role_exit_code(e)
+        fatal = FATAL_ROLE_EXITS.get(code, "")
+        if fatal:
+            why = str(e)            # message and hint; the cause is deterministic, a traceback adds nothing
+            log.error("cannot run (%s): %s", fatal, why)
+        else:
+            log.exception("role failed")
     write_exit_record(code)
-    rt.close("finished" if code == 0 else f"failed with exit {code}")
+    rt.close(why or ("finished" if code == 0 else f"failed with exit {code}"), fatal=fatal)
     # vLLM's engine threads can abort interpreter teardown; the work is done, so leave now.
     logging.shutdown()
     sys.stdout.flush()

@@ -10,7 +10,7 @@ RUN_STYLE = {"running": "bold green", "finished": "bold green", "failed": "bold 
 
 # event kinds by what they mean to someone watching a run (the controller's `event(...)` calls)
 EVENT_KINDS: dict[str, tuple[str, ...]] = {
-    "failure": ("dead", "run_failed", "submit_failed", "cancel_failed", "commit_lost"),
+    "failure": ("dead", "fatal", "run_failed", "submit_failed", "cancel_failed", "commit_lost"),
     "warning": ("suspect", "fault_injected", "leases_requeued", "leases_expired", "node_excluded", "move_started",
                 "trainer_rollback", "full_restart", "chaos_skipped", "run_stopped", "stopping", "reward_error"),
     "recovery": ("recovered", "promoted", "trainer_restored", "cleared", "moved", "ready", "run_finished"),
