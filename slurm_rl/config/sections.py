@@ -385,6 +385,8 @@ class ControllerConfig(_Section):
     poll_interval_s: float | None = Field(default=None, gt=0, description="scheduler poll period, one squeue+sinfo "
                                           "per poll (default: 0.2 s local, 2 s Slurm)")
     max_message_mb: float = Field(default=64.0, gt=0)
+    stop_grace_s: float = Field(default=20.0, gt=0, description="how long roles get to stop before their jobs are "
+                                "cancelled; a role writing a checkpoint gets its checkpointing phase timeout")
 
 
 class ChaosConfig(_Section):

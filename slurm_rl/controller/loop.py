@@ -34,13 +34,10 @@ from slurm_rl.controlplane import ControlServer
 from slurm_rl.errors import FATAL_ROLE_EXITS, SlurmRLError
 from slurm_rl.metrics import MetricsSink
 from slurm_rl.rundir import ControllerAddress, RunDir
-from slurm_rl.states import RoleState
+from slurm_rl.states import Phase, RoleState
 from slurm_rl.store import Store
 
 log = logging.getLogger("slurm_rl.controller")
-
-# how long the end of a run waits for roles to stop by themselves before cancelling their jobs
-_STOP_GRACE_S = 20.0
 
 
 class Controller:
@@ -277,6 +274,16 @@ class Controller:
                                            f"{ident.incarnation} was replaced")])
 
     # ================================================================== completion, stop
+    def _stop_wait_until(self, alive: list[Slot]) -> float:
+        """Roles get `controller.stop_grace_s` to stop; a role still writing a checkpoint (a trainer's last
+        one: every step it took) gets up to its checkpointing phase timeout, heartbeats permitting."""
+        assert self.stop_deadline is not None
+        writing = [s for s in alive if s.phase is Phase.CHECKPOINTING and s.connected]
+        if not writing:
+            return self.stop_deadline
+        return (self.stop_deadline - self.cfg.controller.stop_grace_s
+                + self.cfg.recovery.phase_timeouts[Phase.CHECKPOINTING])
+
     def _fatal(self, slot: str, kind: str, message: str) -> None:
         """A role cannot run for a reason no restart fixes: end the run now, with its message."""
         if self.stopping is not None:
@@ -304,7 +311,7 @@ class Controller:
             return
         self.stopping = (reason, failed)
         self.final_state = "finished" if finished else ("failed" if failed else "stopped")
-        self.stop_deadline = time.time() + _STOP_GRACE_S
+        self.stop_deadline = time.time() + self.cfg.controller.stop_grace_s
         for s in self.registry:
             if s.state.alive:
                 s.stop_requested = True
@@ -316,7 +323,7 @@ class Controller:
         assert self.stopping is not None
         alive = [s for s in self.registry if s.state.alive and s.job_id and not s.goodbye
                  and not (s.job and s.job.state.terminal)]
-        if alive and self.stop_deadline is not None and now < self.stop_deadline:
+        if alive and self.stop_deadline is not None and now < self._stop_wait_until(alive):
             self._flush()
             return
         reason, _ = self.stopping
