@@ -207,7 +207,8 @@ class Recovery:
             self.submit(spare, f"backfill {spare.name} after the move")
 
     def _full_restart(self, reason: str, now: float) -> None:
-        step = self.lineage.newest_checkpoint()
+        # at or before the committed step: a newer checkpoint holds steps that were rolled back
+        step = self.lineage.newest_checkpoint(at_most=self.lineage.committed)
         self.full_restarts += 1
         self.cancel([s.job_id for s in self.registry if s.job_id])
         lost, groups, replay = self.lineage.restart_from(step, now)
