@@ -199,6 +199,8 @@ class Controller:
             return self._stale(msg, ident, now)
         if isinstance(msg, (P.Hello, P.Heartbeat)) and msg.rank > 0:
             return self._rank(slot, msg, now)
+        if isinstance(msg, P.Hello) and slot.job_id and msg.job_id and msg.job_id != slot.job_id:
+            return self._duplicate_job(slot, msg)
         if isinstance(msg, P.Hello):
             self.detect.hello(slot, msg, now)
             cmds = ([slot.assign] if slot.assign else []) + self.registry.take_commands(slot)
@@ -254,6 +256,15 @@ class Controller:
             return P.Reply(rdzv=slot.rdzv)
         self.detect.rank_heartbeat(slot, msg, now)
         return P.Reply()
+
+    def _duplicate_job(self, slot: Slot, msg: P.Hello) -> P.Reply:
+        """A second job under the slot's identity (a submission that timed out but went through,
+        then was retried): it is told to leave and cancelled, so one process holds one identity."""
+        self.ctx.event("duplicate_job", f"job {msg.job_id} says it is {slot.name} incarnation {slot.incarnation}, "
+                       f"whose job is {slot.job_id}: cancelled", slot=slot.name, job_id=msg.job_id)
+        self.recover.cancel([msg.job_id])
+        return P.Reply(ok=False, error="superseded", commands=[P.Command(
+            op="exit", exit_code=0, reason=f"job {msg.job_id} is not {slot.name}'s job {slot.job_id}")])
 
     def _stale(self, msg: P.Request, ident: P.Ident, now: float) -> P.Reply:
         """A message under an identity that is not the slot's current one."""

@@ -307,6 +307,12 @@ class Recovery:
                 self.stop_run(f"{s.name} could not be submitted 5 times: {r.error}", True)
             return
         s.submit_failures = 0
+        if s.job_id and s.job_id != r.job_id:
+            # an earlier try of this submission went through and its process already said hello
+            self.ctx.event("duplicate_job", f"job {r.job_id} duplicates {s.name}'s job {s.job_id}: cancelled",
+                           slot=s.name, job_id=r.job_id)
+            self.cancel([r.job_id])
+            return
         s.job_id = r.job_id
         self.registry.job_started(r.job_id, s)
         self.ctx.store.record_job(r.job_id, s.name, s.incarnation, self.ctx.backend.name, "PENDING", now)

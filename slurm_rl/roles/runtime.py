@@ -87,6 +87,7 @@ class RoleRuntime:
         self._stop = threading.Event()
         self._hb = threading.Thread(target=self._hb_loop, name="heartbeat", daemon=True)
         self.controller_reachable = True
+        self.is_superseded = False      # the controller gave this identity to another process
         self.pull_meter = BandwidthMeter()
         self._model_bytes: int | None = None
 
@@ -116,7 +117,7 @@ class RoleRuntime:
                 if time.time() > deadline:
                     raise
         if not reply.ok and reply.error == "superseded":
-            raise SystemExit(0)
+            self._superseded(reply)
         assign = None
         for cmd in reply.commands:
             if cmd.op == "assign":
@@ -143,7 +144,7 @@ class RoleRuntime:
             try:
                 reply = self.client.request(hello, timeout_s=5.0, attempts=1)
                 if not reply.ok and reply.error == "superseded":
-                    raise SystemExit(0)
+                    self._superseded(reply)
                 if reply.rdzv:
                     self._hb.start()
                     return reply.rdzv
@@ -154,16 +155,26 @@ class RoleRuntime:
                                          f"its process group is within {timeout_s:.0f}s")
             time.sleep(0.2)
 
+    def _superseded(self, reply: P.Reply) -> None:
+        """This identity belongs to another process now: leave quietly (a goodbye would end the other)."""
+        why = next((c.reason for c in reply.commands if c.op == "exit"), "replaced")
+        log.warning("the controller says this process is superseded: %s", why)
+        self.is_superseded = True
+        raise SystemExit(0)
+
     def close(self, reason: str, *, fatal: str = "") -> None:
         """Say goodbye (with `fatal`, the kind of error no restart fixes) and release everything."""
         self._stop.set()
-        if self.rank.leader or fatal:   # rank 0 speaks for the role; a goodbye of rank 1 would end it
+        if self.is_superseded:
+            pass                        # the identity is another process's now: say nothing
+        elif self.rank.leader or fatal:  # rank 0 speaks for the role; a goodbye of rank 1 would end it
             try:
                 self.client.request(P.Goodbye(ident=self.ident, reason=reason[:2000], fatal=fatal), timeout_s=2.0,
                                     attempts=1)
             except (EnvironmentProblem, ProtocolError):
                 pass
-        self._hb.join(timeout=2)
+        if self._hb.ident is not None:
+            self._hb.join(timeout=2)
         self.liveness.close()
         if self.server is not None:
             self.server.stop()

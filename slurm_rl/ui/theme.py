@@ -11,7 +11,7 @@ RUN_STYLE = {"running": "bold green", "finished": "bold green", "failed": "bold 
 # event kinds by what they mean to someone watching a run (the controller's `event(...)` calls)
 EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "failure": ("dead", "fatal", "run_failed", "submit_failed", "cancel_failed", "commit_lost"),
-    "warning": ("suspect", "fault_injected", "leases_requeued", "leases_expired", "node_excluded", "move_started",
+    "warning": ("suspect", "fault_injected", "duplicate_job", "leases_requeued", "leases_expired", "node_excluded", "move_started",
                 "trainer_rollback", "full_restart", "chaos_skipped", "run_stopped", "stopping", "reward_error"),
     "recovery": ("recovered", "promoted", "trainer_restored", "cleared", "moved", "ready", "run_finished"),
     "lifecycle": ("run_started", "controller_resumed", "submitted", "connected", "goodbye", "checkpoint",
