@@ -315,15 +315,23 @@ class Store:
                                "WHERE step>? AND state IN ('done','committed')", (step,)).fetchone()[0]
             steps = c.execute("UPDATE steps SET state='rolled_back' WHERE step>? AND state IN ('done','committed')",
                               (step,)).rowcount
-            rows = c.execute("SELECT id, problem_idx FROM groups WHERE state IN ('delivered','trained') OR "
-                             "(state='consumed' AND step>=?)", (step,)).fetchall()
-            if regenerate:
-                c.executemany("UPDATE groups SET state='dropped_rollback' WHERE id=?", [(r[0],) for r in rows])
-                c.executemany("INSERT INTO items(problem_idx, state, created) VALUES(?, 'queued', ?)",
-                              [(r[1], now) for r in rows])
-            else:
-                c.executemany("UPDATE groups SET state='queued', step=NULL WHERE id=?", [(r[0],) for r in rows])
+            rows = c.execute("SELECT id, problem_idx, length(payload) FROM groups WHERE state IN "
+                             "('delivered','trained') OR (state='consumed' AND step>=?)", (step,)).fetchall()
+            # a group whose payload was pruned cannot go back to the queue: its problem is asked again
+            again = rows if regenerate else [r for r in rows if r[2] == 0]
+            requeue = [] if regenerate else [r for r in rows if r[2] > 0]
+            c.executemany("UPDATE groups SET state='dropped_rollback' WHERE id=?", [(r[0],) for r in again])
+            c.executemany("INSERT INTO items(problem_idx, state, created) VALUES(?, 'queued', ?)",
+                          [(r[1], now) for r in again])
+            c.executemany("UPDATE groups SET state='queued', step=NULL WHERE id=?", [(r[0],) for r in requeue])
             return steps, len(rows), float(replay)
+
+    def prune_consumed_payloads(self, before_step: int) -> int:
+        """Free the trajectories of groups no rollback to `before_step` or later gives back (their rows
+        stay, for the audit): a long run's store would otherwise grow by every trajectory trained on."""
+        with self.tx() as c:
+            return c.execute("UPDATE groups SET payload=X'' WHERE state='consumed' AND step<? AND length(payload)>0",
+                             (before_step,)).rowcount
 
     def drop_queued_newer_than(self, version: int) -> int:
         with self.tx() as c:
@@ -399,6 +407,11 @@ class Store:
 
     def faults(self) -> list[sqlite3.Row]:
         return self.conn.execute("SELECT * FROM faults ORDER BY id").fetchall()
+
+    def checkpoint_steps(self, *, at_most: int, limit: int) -> list[int]:
+        """The newest `limit` valid checkpoint steps at or before `at_most`, newest first."""
+        return [r[0] for r in self.conn.execute("SELECT step FROM checkpoints WHERE valid=1 AND step<=? "
+                                                "ORDER BY step DESC LIMIT ?", (at_most, limit))]
 
     def add_checkpoint(self, step: int, path: str, t: float) -> None:
         with self.tx() as c:

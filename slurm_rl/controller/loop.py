@@ -232,6 +232,7 @@ class Controller:
             self.ctx.event("checkpoint", f"checkpoint at step {msg.step} saved", slot=slot.name,
                            data={"step": msg.step, "path": msg.path})
             self.lineage.commit(msg.step)
+            self._prune_payloads()
             return self._reply(slot)
         if isinstance(msg, P.RoleEvent):
             self.ctx.event(msg.kind, msg.msg, slot=slot.name, data=dict(msg.data))
@@ -256,6 +257,15 @@ class Controller:
             return P.Reply(rdzv=slot.rdzv)
         self.detect.rank_heartbeat(slot, msg, now)
         return P.Reply()
+
+    def _prune_payloads(self) -> None:
+        """No restore goes below the oldest checkpoint kept: trajectories consumed up to it are freed."""
+        keep = self.cfg.trainer.keep_checkpoints
+        steps = self.store.checkpoint_steps(at_most=self.lineage.committed, limit=keep)
+        if len(steps) == keep:
+            n = self.store.prune_consumed_payloads(steps[-1])
+            if n:
+                log.info("freed the trajectories of %d groups consumed up to step %d", n, steps[-1])
 
     def _duplicate_job(self, slot: Slot, msg: P.Hello) -> P.Reply:
         """A second job under the slot's identity (a submission that timed out but went through,
