@@ -105,6 +105,7 @@ def check(cfg: RunConfig) -> list[str]:
     import shutil
 
     notes: list[str] = []
+    check_trainer_shape(cfg)
     data, _ = _checked_task(cfg)
     notes.append(f"task: {len(data.train)} training and {len(data.eval)} eval problems, reward "
                  f"{cfg.task.reward_spec}")
@@ -179,8 +180,18 @@ def _prepare(cfg: RunConfig, run: RunDir, *, config_source: str | None) -> None:
                    created=time.time(), config_source=config_source, slurm_rl_pid=os.getpid())
 
 
+def check_trainer_shape(cfg: RunConfig) -> None:
+    """A trainer of several ranks is refused until the role loop drives them (the sharded step and
+    checkpoints exist, slurm_rl.rl.grpo / slurm_rl.rl.sharded_ckpt; the loop does not yet)."""
+    nodes, per_node = cfg.trainer_shape()
+    if nodes * per_node > 1:
+        raise BadInput(f"the trainer has {nodes} node(s) x {per_node} rank(s): multi-rank trainer runs are not "
+                       "supported yet", hint="set trainer.nodes: 1 and trainer.ranks_per_node: 1 (or leave them out)")
+
+
 def preflight(cfg: RunConfig, run: RunDir | None = None) -> None:
     """Backend checks before anything starts (Slurm commands present, partitions exist)."""
+    check_trainer_shape(cfg)
     if cfg.backend is BackendKind.SLURM:
         from slurm_rl.backends.slurm import SlurmBackend
 

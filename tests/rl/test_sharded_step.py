@@ -117,3 +117,17 @@ def test_several_ranks_need_a_sharded_model(tiny_model: Path) -> None:
     with pytest.raises(BadInput, match="sharded model"):
         PolicyTrainer(tiny_model, lr=1e-3, ranks=RankInfo(rank=0, world_size=2))
     assert torch.distributed.is_available()
+
+
+@pytest.mark.parametrize("shape", [["trainer.ranks_per_node=2"], ["trainer.nodes=2"]])
+def test_launch_refuses_a_multi_rank_trainer_until_the_role_loop_drives_it(tmp_path: Path, shape: list[str]) -> None:
+    from click.testing import CliRunner
+
+    from slurm_rl.cli import cli
+
+    sets = [a for s in shape + [f"runs_dir={tmp_path / 'runs'}"] for a in ("--set", s)]
+    for extra in (["--check"], ["--detach"]):
+        res = CliRunner().invoke(cli, ["launch", str(ROOT / "configs/demo.yaml"), *extra, *sets])
+        assert res.exit_code == 2, res.output
+        assert "multi-rank trainer runs are not supported yet" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "runs").exists()     # nothing written, nothing submitted
