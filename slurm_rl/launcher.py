@@ -105,7 +105,10 @@ def check(cfg: RunConfig) -> list[str]:
     import shutil
 
     notes: list[str] = []
-    check_trainer_shape(cfg)
+    try:
+        check_trainer_shape(cfg)
+    except BadInput as e:       # the config itself is fine; launch refuses it today
+        notes.append(f"launch would refuse this config: {e}")
     data, _ = _checked_task(cfg)
     notes.append(f"task: {len(data.train)} training and {len(data.eval)} eval problems, reward "
                  f"{cfg.task.reward_spec}")
