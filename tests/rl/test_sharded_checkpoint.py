@@ -137,3 +137,27 @@ def test_a_corrupted_shard_is_refused(tiny_model: Path, tmp_path: Path) -> None:
         assert "truncated or corrupted" in str(e)
     else:
         raise AssertionError("a corrupted DCP shard loaded")
+
+
+def test_mixed_precision_keeps_the_fp32_masters_bit_for_bit(tiny_model: Path, tmp_path: Path) -> None:
+    """weights.safetensors holds the bf16 weights rollouts run; the restore takes the fp32 masters
+    from the DCP shards, not the rounded file."""
+    kw = {**TRAINER, "dtype": "bfloat16"}
+    tr = PolicyTrainer(tiny_model, **kw)
+    prompt = load_tokenizer(tiny_model)("3+4=")["input_ids"]
+    comps = [[10, 2], [6, 2], [10, 11, 2]]
+    tr.step([Group("a", [Sample(prompt, c, tr.logprobs(prompt + c)[len(prompt) - 1 :], float(i % 2), 0)
+                         for i, c in enumerate(comps)])])
+    path = sharded_ckpt.save(tmp_path, 1, tr, {})
+    assert {v.dtype for v in load_file(str(path / "weights.safetensors")).values()} == {torch.bfloat16}
+    back = PolicyTrainer(tiny_model, **kw)
+    sharded_ckpt.load(path, back)
+    assert back.version == 1
+    want = dict(tr.model.named_parameters())
+    got = dict(back.model.named_parameters())
+    assert {p.dtype for p in got.values()} == {torch.float32}
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    for p_want, p_got in zip(tr.optimizer.param_groups[0]["params"], back.optimizer.param_groups[0]["params"],
+                             strict=True):
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(tr.optimizer.state[p_want][k], back.optimizer.state[p_got][k])
