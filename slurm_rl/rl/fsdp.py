@@ -34,7 +34,9 @@ def shard(model: torch.nn.Module, *, compute_dtype: torch.dtype, reshard_after_f
                               reduce_dtype=torch.float32)
     for layer in decoder_layers(model):
         fully_shard(layer, mp_policy=mp, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    # The root stays unsharded after its forward: the chunked log-probs call lm_head (a root parameter,
+    # maybe tied to the embeddings) after the model's forward has returned (slurm_rl.rl.logprobs).
+    fully_shard(model, mp_policy=mp, reshard_after_forward=False)
 
 
 def _tied(model: torch.nn.Module) -> bool:

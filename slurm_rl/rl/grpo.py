@@ -28,6 +28,7 @@ import torch
 
 from slurm_rl.errors import BadInput
 from slurm_rl.rl.batch import Batch, Group, Sample, check_sample, collate
+from slurm_rl.rl.dist import RankInfo
 from slurm_rl.rl.logprobs import logit_softcap, sequence_logprobs, supports_hidden_forward, token_logprobs
 from slurm_rl.rl.loss import (
     LossAggregation,
@@ -128,6 +129,7 @@ class PolicyTrainer:
         logprob_chunk_tokens: int = 1024,
         autocast: bool = True,
         wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+        ranks: RankInfo | None = None,
     ):
         if temperature <= 0:
             raise BadInput(f"trainer temperature={temperature} must be > 0 (greedy rollouts have no ratio)")
@@ -139,6 +141,10 @@ class PolicyTrainer:
         if micro_batch_size < 1 or logprob_chunk_tokens < 1:
             raise BadInput(f"trainer: micro_batch_size ({micro_batch_size}) and logprob_chunk_tokens "
                            f"({logprob_chunk_tokens}) must be >= 1")
+        self.ranks = ranks or RankInfo()
+        if self.ranks.distributed and wrap_model is None:
+            raise BadInput(f"trainer: {self.ranks.world_size} ranks need a sharded model (wrap_model, e.g. "
+                           "slurm_rl.rl.fsdp.shard): unsharded ranks would not reduce their gradients")
         torch.manual_seed(seed)
         self.model_dir = Path(model_dir)
         self.device = torch.device(device)
@@ -248,21 +254,32 @@ class PolicyTrainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         tot = {"loss": 0.0, "pg": 0.0, "kl": 0.0, "clip": 0.0, "ratio": 0.0, "diff": 0.0}
-        n_micro = 0
-        for lo in range(0, len(chosen), self.micro_batch_size):
-            mb = chosen[lo : lo + self.micro_batch_size]
-            batch = collate(mb, advs[lo : lo + self.micro_batch_size], self.pad_id).to(self.device)
+        # Every rank holds the whole batch (so `denom` is already global) and takes the chosen samples
+        # strided by rank. All ranks run the same number of micro-batches (FSDP's collectives must pair
+        # up): one short of samples runs a zero-weight micro-batch. FSDP2 averages gradients over ranks;
+        # scaling each rank's loss by the world size makes the reduced gradient the whole batch's sum.
+        world, mbs = self.ranks.world_size, self.micro_batch_size
+        mine = list(range(self.ranks.rank, len(chosen), world))
+        n_micro = math.ceil(math.ceil(len(chosen) / world) / mbs)
+        for m in range(n_micro):
+            idx = mine[m * mbs : (m + 1) * mbs]
+            weight = float(world) if idx else 0.0
+            idx = idx or [0]
+            batch = collate([chosen[i] for i in idx], [advs[i] for i in idx], self.pad_id).to(self.device)
             terms, ratio_sum, diff_max = self.loss_terms(batch, denom)
-            (self.scaler.scale(terms.loss) if self.scaler is not None else terms.loss).backward()
-            tot["loss"] += float(terms.loss.detach())
-            tot["pg"] += float(terms.pg_loss.detach())
-            tot["kl"] += float(terms.kl.detach())
-            tot["clip"] += float(terms.clip_tokens.detach())
-            tot["ratio"] += ratio_sum
-            tot["diff"] = max(tot["diff"], diff_max)
-            n_micro += 1
+            loss = terms.loss * weight if world > 1 else terms.loss
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            if weight:
+                tot["loss"] += float(terms.loss.detach())
+                tot["pg"] += float(terms.pg_loss.detach())
+                tot["kl"] += float(terms.kl.detach())
+                tot["clip"] += float(terms.clip_tokens.detach())
+                tot["ratio"] += ratio_sum
+                tot["diff"] = max(tot["diff"], diff_max)
             if progress is not None:
                 progress(1)
+        if world > 1:
+            tot = _all_reduce_stats(tot, self.device)
         grad_norm = self._optimizer_step()
         if progress is not None:
             progress(1)
@@ -305,7 +322,8 @@ class PolicyTrainer:
         """Clip and apply the accumulated gradients; returns the norm before clipping."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # sharded: a DTensor
         if self.scaler is not None:
             # skips the step itself when a gradient is inf/NaN, and lowers the loss scale
             self.scaler.step(self.optimizer)
@@ -396,6 +414,18 @@ class PolicyTrainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.version = int(state["version"])
+
+
+def _all_reduce_stats(tot: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The step's sums over all ranks (the max for `diff`); a collective."""
+    import torch.distributed as dist
+
+    keys = ["loss", "pg", "kl", "clip", "ratio"]
+    sums = torch.tensor([tot[k] for k in keys], dtype=torch.float64, device=device)  # nccl: on the GPU
+    dist.all_reduce(sums)
+    top = torch.tensor([tot["diff"]], dtype=torch.float64, device=device)
+    dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    return {**dict(zip(keys, sums.tolist(), strict=True)), "diff": float(top[0])}
 
 
 def _check_chunked_logprobs(model: torch.nn.Module, softcap: float | None) -> bool:

@@ -1,0 +1,163 @@
+"""Sharded checkpoints: saved at 2 gloo ranks (whole weights by rank 0, optimizer shards by DCP), restored
+at 1 rank (no process group) and at 2, bit-identical weights and equal AdamW state; the plain
+checkpoint verification and `slurm-rl export`'s reader see an ordinary checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from slurm_rl import checkpoint
+from slurm_rl.export import SafetensorsCheckpoints
+from slurm_rl.rl import sharded_ckpt
+from slurm_rl.rl.grpo import Group, PolicyTrainer, Sample
+from slurm_rl.rl.model import load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAINER = dict(lr=1e-3, micro_batch_size=2, seed=0)
+
+# mode save: one step, checkpoint 1; mode load: restore checkpoint 1. Both dump the full state seen.
+_RANK = r'''
+import json, os, pickle, sys, time, torch
+from pathlib import Path
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+from slurm_rl.rl import dist as rd, fsdp, sharded_ckpt
+from slurm_rl.rl.grpo import PolicyTrainer
+
+model_dir, work, rank, mode = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+info = rd.RankInfo(rank=rank, world_size=2)
+addr = work / f"addr-{mode}"
+if rank == 0:
+    store, a = rd.serve_store("127.0.0.1", 2, 120)
+    (work / "addr.tmp").write_text(a); os.replace(work / "addr.tmp", addr)
+    rd.join(info, device="cpu", timeout_s=120, store=store)
+else:
+    while not addr.exists():
+        time.sleep(0.05)
+    rd.join(info, device="cpu", timeout_s=120, rdzv=addr.read_text())
+tr = PolicyTrainer(model_dir, ranks=info, wrap_model=lambda m: (fsdp.shard(m, compute_dtype=torch.float32), m)[1],
+                   **json.loads(sys.argv[5]))
+if mode == "save":
+    tr.step(pickle.loads((work / "groups.pkl").read_bytes()))
+    sharded_ckpt.save(work / "ckpt", 1, tr, {"note": "test"})
+else:
+    sharded_ckpt.load(work / "ckpt" / "step-000001", tr)
+sd = fsdp.full_state_dict(tr.model)
+opt = get_optimizer_state_dict(tr.model, tr.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+if rank == 0:
+    torch.save({"weights": sd, "optimizer": opt, "version": tr.version}, work / f"{mode}-2.pt")
+rd.leave()
+os._exit(0)   # torch 2.13 CPU can abort in gloo teardown after all work is done (docs/failure-model.md)
+'''
+
+
+def _two_ranks(model_dir: Path, work: Path, mode: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _RANK, str(model_dir), str(work), str(r), mode,
+                               json.dumps(TRAINER)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for r in (0, 1)]
+    deadline = time.monotonic() + 300
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-2000:] + err[-3000:]
+    return torch.load(work / f"{mode}-2.pt", weights_only=False)
+
+
+def _same_optimizer(a: dict, b: dict) -> None:
+    assert sorted(a["state"]) == sorted(b["state"]) and a["state"]
+    for name, st in a["state"].items():
+        assert sorted(st) == sorted(b["state"][name])
+        for k, v in st.items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["state"][name][k])), (name, k)
+    assert [g["lr"] for g in a["param_groups"]] == [g["lr"] for g in b["param_groups"]]
+
+
+def test_saved_at_two_ranks_restores_at_one_and_two(tiny_model: Path, tmp_path: Path) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    probe = PolicyTrainer(tiny_model, **TRAINER)
+    prompt = load_tokenizer(tiny_model)("3+4=")["input_ids"]
+    comps = [[10, 2], [6, 2], [10, 11, 2], [7, 7, 2], [12, 2]]
+    group = Group("a", [Sample(prompt, c, probe.logprobs(prompt + c)[len(prompt) - 1 :], float(i % 2), 0)
+                        for i, c in enumerate(comps)])
+    (tmp_path / "groups.pkl").write_bytes(pickle.dumps([group]))
+    saved = _two_ranks(tiny_model, tmp_path, "save")
+    assert saved["version"] == 1
+
+    ckpt_dir = tmp_path / "ckpt" / "step-000001"
+    assert checkpoint.verify(tmp_path / "ckpt", 1) == "" and sharded_ckpt.verify_dcp(ckpt_dir) == ""
+    on_disk = load_file(str(ckpt_dir / "weights.safetensors"))
+    assert all(torch.equal(on_disk[k], saved["weights"][k]) for k in saved["weights"])
+    reader = SafetensorsCheckpoints(tmp_path / "ckpt")   # what `slurm-rl export` reads
+    assert SafetensorsCheckpoints.detect(reader.root) and reader.steps() == [1] and reader.problem(1) == ""
+    assert all(torch.equal(v, saved["weights"][k]) for k, v in reader.load_weights(1).items())
+
+    # at 1 rank: an unsharded trainer, no process group
+    one = PolicyTrainer(tiny_model, **TRAINER)
+    sharded_ckpt.load(ckpt_dir, one)
+    assert one.version == 1
+    got = one.state_dict_for_sync()
+    assert sorted(got) == sorted(saved["weights"])
+    assert all(torch.equal(got[k], saved["weights"][k]) for k in got)
+    _same_optimizer(get_optimizer_state_dict(one.model, one.optimizer, options=StateDictOptions(full_state_dict=True)),
+                    saved["optimizer"])
+
+    # at 2 ranks again
+    again = _two_ranks(tiny_model, tmp_path, "load")
+    assert again["version"] == 1
+    assert all(torch.equal(again["weights"][k], saved["weights"][k]) for k in saved["weights"])
+    _same_optimizer(again["optimizer"], saved["optimizer"])
+
+
+def test_a_corrupted_shard_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    tr = PolicyTrainer(tiny_model, **TRAINER)
+    path = sharded_ckpt.save(tmp_path, 3, tr, {})
+    assert checkpoint.verify(tmp_path, 3) == "" and sharded_ckpt.verify_dcp(path) == ""
+    shard = next(p for p in (path / sharded_ckpt.DCP_DIR).iterdir() if p.suffix == ".distcp")
+    shard.write_bytes(shard.read_bytes()[:-8])
+    assert "optimizer.dcp" in sharded_ckpt.verify_dcp(path)
+    try:
+        sharded_ckpt.load(path, PolicyTrainer(tiny_model, **TRAINER))
+    except ValueError as e:
+        assert "truncated or corrupted" in str(e)
+    else:
+        raise AssertionError("a corrupted DCP shard loaded")
+
+
+def test_mixed_precision_keeps_the_fp32_masters_bit_for_bit(tiny_model: Path, tmp_path: Path) -> None:
+    """weights.safetensors holds the bf16 weights rollouts run; the restore takes the fp32 masters
+    from the DCP shards, not the rounded file."""
+    kw = {**TRAINER, "dtype": "bfloat16"}
+    tr = PolicyTrainer(tiny_model, **kw)
+    prompt = load_tokenizer(tiny_model)("3+4=")["input_ids"]
+    comps = [[10, 2], [6, 2], [10, 11, 2]]
+    tr.step([Group("a", [Sample(prompt, c, tr.logprobs(prompt + c)[len(prompt) - 1 :], float(i % 2), 0)
+                         for i, c in enumerate(comps)])])
+    path = sharded_ckpt.save(tmp_path, 1, tr, {})
+    assert {v.dtype for v in load_file(str(path / "weights.safetensors")).values()} == {torch.bfloat16}
+    back = PolicyTrainer(tiny_model, **kw)
+    sharded_ckpt.load(path, back)
+    assert back.version == 1
+    want = dict(tr.model.named_parameters())
+    got = dict(back.model.named_parameters())
+    assert {p.dtype for p in got.values()} == {torch.float32}
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    for p_want, p_got in zip(tr.optimizer.param_groups[0]["params"], back.optimizer.param_groups[0]["params"],
+                             strict=True):
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(tr.optimizer.state[p_want][k], back.optimizer.state[p_got][k])
