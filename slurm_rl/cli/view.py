@@ -202,7 +202,8 @@ def events(run_dir: str, follow: bool, as_json: bool, kinds: tuple[str, ...], sl
 def report(run_dir: str, as_json: bool, plot_dir: str | None) -> None:
     """ETTR, reward, trajectory accounting, faults with MTTR split into detect / schedule / load /
     weight sync, and the replay and idle time each fault cost (badput attribution)."""
-    from slurm_rl.report import report_dict, write_plots
+    from slurm_rl.report import report_dict
+    from slurm_rl.report_plots import write_plots
     from slurm_rl.rundir import require_run
 
     run = require_run(run_dir)

@@ -12,13 +12,13 @@ import logging
 import os
 import socket
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from slurm_rl import protocol as P
 from slurm_rl.config import load_run_config
 from slurm_rl.errors import FATAL_ROLE_EXITS, role_exit_code
 from slurm_rl.logs import setup_process_logging
-from slurm_rl.rl.dist import rank_info
+from slurm_rl.rl.dist import RankInfo, rank_info
 from slurm_rl.rundir import RunDir
 from slurm_rl.states import RoleKind
 
@@ -51,6 +51,31 @@ def play(rt: RoleRuntime, assign: P.Command) -> int:
         cmd = roles[RoleKind(cmd.kind)](host, cmd)
     host.wait_engine_closed()
     host.close_engine()
+    return 0
+
+
+def play_rank(rt: RoleRuntime, info: RankInfo, pg_store: Any) -> int:
+    """One rank of a multi-rank trainer: join the process group (rank 0 after its hello, the others
+    with the address the controller hands them), train, leave."""
+    from slurm_rl.rl import dist as rd
+    from slurm_rl.rl.modeldir import check_model_dir
+    from slurm_rl.roles.host import resolve_device
+    from slurm_rl.roles.trainer_ranks import run_sharded_trainer
+
+    timeout = rt.cfg.trainer.dist_timeout_s
+    device = resolve_device(rt.cfg.trainer.device)
+    try:
+        if info.leader:
+            assign = rt.start()
+            check_model_dir(rt.run.model)
+            rd.join(info, device=device, timeout_s=timeout, store=pg_store)
+            resume = max(assign.resume_step, 0)
+        else:
+            rd.join(info, device=device, timeout_s=timeout, rdzv=rt.join_as_rank(timeout))
+            resume = 0
+        run_sharded_trainer(rt, resume_step=resume)
+    finally:
+        rd.leave()
     return 0
 
 
@@ -99,14 +124,26 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    rt = RoleRuntime(run, cfg, P.Ident(args.role, args.index, args.incarnation), job_id=job_id, node=node)
+    from slurm_rl.rl import dist as rd
+    from slurm_rl.roles.runtime import bind_host
+
+    info = rd.rank_info()
+    timeout = cfg.trainer.dist_timeout_s
+    pg_store, rdzv = (rd.serve_store(bind_host(cfg), info.world_size, timeout) if info.distributed and info.leader
+                      else (None, ""))
+    rt = RoleRuntime(run, cfg, P.Ident(args.role, args.index, args.incarnation), job_id=job_id, node=node,
+                     rank=info, rdzv=rdzv, pg_store=pg_store)
     holder["rt"] = rt
-    log.info("started on %s (pid %d), weights served at %s", node, os.getpid(), ", ".join(rt.addrs.values()))
+    log.info("started on %s (pid %d, rank %d of %d), weights served at %s", node, os.getpid(), info.rank,
+             info.world_size, ", ".join(rt.addrs.values()) or "-")
     code, fatal, why = 0, "", ""
     try:
-        assign = rt.start()
-        check_model_dir(run.model)
-        code = play(rt, assign)
+        if info.distributed:
+            code = play_rank(rt, info, pg_store)
+        else:
+            assign = rt.start()
+            check_model_dir(run.model)
+            code = play(rt, assign)
     except SystemExit as e:
         code = int(e.code or 0)
     except Exception as e:

@@ -119,16 +119,14 @@ def test_several_ranks_need_a_sharded_model(tiny_model: Path) -> None:
     assert torch.distributed.is_available()
 
 
-@pytest.mark.parametrize("shape", [["trainer.ranks_per_node=2"], ["trainer.nodes=2"]])
-def test_launch_refuses_a_multi_rank_trainer_until_the_role_loop_drives_it(tmp_path: Path, shape: list[str]) -> None:
+@pytest.mark.parametrize(("shape", "want"), [(["trainer.ranks_per_node=2"], "1 node(s) x 2 rank(s)"),
+                                           (["trainer.nodes=2"], "2 node(s) x 1 rank(s)")])
+def test_launch_check_names_a_multi_rank_trainer(tmp_path: Path, shape: list[str], want: str) -> None:
     from click.testing import CliRunner
 
     from slurm_rl.cli import cli
 
     sets = [a for s in shape + [f"runs_dir={tmp_path / 'runs'}"] for a in ("--set", s)]
     res = CliRunner().invoke(cli, ["launch", str(ROOT / "configs/demo.yaml"), "--check", *sets])
-    assert res.exit_code == 0 and "launch would refuse this config" in res.output, res.output   # a note
-    res = CliRunner().invoke(cli, ["launch", str(ROOT / "configs/demo.yaml"), "--detach", *sets])
-    assert res.exit_code == 2, res.output
-    assert "multi-rank trainer runs are not supported yet" in res.output and "Traceback" not in res.output
-    assert not (tmp_path / "runs").exists()     # nothing written, nothing submitted
+    assert res.exit_code == 0 and want in res.output and "FSDP2" in res.output, res.output
+    assert not (tmp_path / "runs").exists()     # --check writes nothing

@@ -1,0 +1,171 @@
+"""The trainer as a multi-rank job: FSDP2 over `trainer.nodes` x ranks per node, one process each.
+
+Rank 0 speaks for the role (batches, step reports, checkpoints, publishing the weights rollouts
+pull); every rank steps. Each turn of the loop begins with one broadcast from rank 0: the next
+batch, or stop, or done, so all ranks run the same collectives in the same order. Weights are
+gathered whole to rank 0 after each step and published from there; checkpoints are collective
+(slurm_rl.rl.sharded_ckpt: whole weights + DCP optimizer shards, restorable at any world size).
+
+Restoring at committed step c (a new trainer job after any rank's fault): rank 0 gets version c's
+weights from a checkpoint of c or from any live holder (a rollout), and scatters them; the optimizer
+shards come from the newest intact checkpoint at or before c.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slurm_rl import protocol as P
+from slurm_rl.checkpoint import Checkpointer
+from slurm_rl.rl import dist as rd
+from slurm_rl.rl import fsdp, sharded_ckpt
+from slurm_rl.rl.grpo import PolicyTrainer
+from slurm_rl.roles.host import resolve_device
+from slurm_rl.roles.runtime import RoleRuntime
+from slurm_rl.roles.trainer import _next_batch, _Stop, _tell, _to_group
+from slurm_rl.states import Phase
+from slurm_rl.sync import WeightSet
+
+log = logging.getLogger("slurm_rl.roles.trainer")
+
+
+def make_sharded_trainer(rt: RoleRuntime) -> PolicyTrainer:
+    """This rank's part of the policy trainer: the model sharded over the process group."""
+    cfg, alg, tc = rt.cfg, rt.cfg.algorithm, rt.cfg.trainer
+    compute = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.model.dtype]
+
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        fsdp.shard(model, compute_dtype=compute)
+        return model
+
+    return PolicyTrainer(rt.run.model, lr=alg.lr, clip_eps=alg.clip_eps, kl_coef=alg.kl_coef,
+                         max_grad_norm=alg.max_grad_norm, device=resolve_device(tc.device), dtype=cfg.model.dtype,
+                         seed=cfg.seed, temperature=alg.temperature, scale_adv_by_std=alg.normalize_std,
+                         micro_batch_size=tc.micro_batch_size, gradient_checkpointing=tc.gradient_checkpointing,
+                         logprob_chunk_tokens=tc.logprob_chunk_tokens, ranks=rt.rank, wrap_model=wrap,
+                         autocast=False)
+
+
+def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
+    """Every rank runs this; rank 0's `resume_step` is the one that counts."""
+    cfg, alg, info = rt.cfg, rt.cfg.algorithm, rt.rank
+    leader = info.leader
+    rt.set_phase(Phase.RESTORING if resume_step > 0 else Phase.LOADING, f"step {resume_step}")
+    trainer = make_sharded_trainer(rt)
+    version = rd.broadcast(resume_step, info)
+    wepoch = rd.broadcast(rt.newest.wepoch if leader and rt.newest is not None else 0, info)
+    reader = Checkpointer(rt.run.checkpoints, cfg.trainer.keep_checkpoints)    # reads; saves are collective
+    try:
+        if version > 0:
+            _restore(rt, trainer, reader, version)
+        trainer.version = version
+        _publish(rt, trainer, version, wepoch)
+        last_ckpt = version
+        end = "done"
+        while True:
+            rec: tuple[Any, ...] = ("done",)
+            if leader and version < alg.steps:
+                try:
+                    groups, t_wait = _next_batch(rt, version, alg.prompts_per_step, reader)
+                    rec = ("step", groups, t_wait)
+                except _Stop:
+                    rec = ("stop",)
+            rec = rd.broadcast(rec, info)
+            if rec[0] != "step":
+                end = rec[0]
+                break
+            t0 = time.time()
+            rt.set_phase(Phase.STEPPING, f"step {version + 1}")
+            stats = trainer.step([_to_group(g) for g in rec[1]], progress=rt.advance)
+            version = trainer.version
+            rt.bump()
+            rt.set_phase(Phase.PUBLISHING, f"v{version}")
+            _publish(rt, trainer, version, wepoch, report=False)
+            t1 = time.time()
+            if leader:
+                metrics = {"reward_mean": stats.reward_mean, "loss": stats.loss, "kl": stats.kl,
+                           "clip_frac": stats.clip_frac, "grad_norm": stats.grad_norm, "tokens": float(stats.tokens),
+                           "staleness_mean": stats.staleness_mean, "staleness_max": float(stats.staleness_max),
+                           "informative_groups": float(stats.informative_groups), "step_s": t1 - t0,
+                           "logp_diff_max": stats.logp_diff_max, "world_size": float(info.world_size)}
+                _tell(rt, P.StepDone(ident=rt.ident, version=version, wepoch=wepoch,
+                                     group_ids=[g.group_id for g in rec[1]], t_start=rec[2], t_end=t1,
+                                     wait_s=t0 - rec[2], metrics=metrics), reader)
+                log.info("step %d reward %.3f loss %.4f (%.2fs on %d ranks)", version, stats.reward_mean, stats.loss,
+                         t1 - t0, info.world_size)
+            if version % cfg.trainer.checkpoint_every == 0 or version == alg.steps:
+                _save(rt, trainer, version, wepoch, reader)
+                last_ckpt = version
+        if end == "stop" and version > last_ckpt:
+            _save(rt, trainer, version, wepoch, reader)      # asked to stop: keep every step taken
+        if leader and end == "done":
+            rt.set_phase(Phase.IDLE, f"all {alg.steps} steps done")
+            while True:
+                cmd = rt.next_command()
+                if cmd is not None and cmd.op == "stop":
+                    break
+                time.sleep(0.05)
+    finally:
+        reader.close()
+
+
+def _publish(rt: RoleRuntime, trainer: PolicyTrainer, version: int, wepoch: int, *, report: bool = True) -> None:
+    """Gather the whole weights to rank 0 (a collective), which serves them as `version`."""
+    sd = fsdp.full_state_dict(trainer.model)
+    if not rt.rank.leader:
+        return
+    want = trainer.precision.sync_dtype
+    ws = WeightSet.from_state_dict({k: v.to(want) if v.is_floating_point() else v for k, v in sd.items()}, version)
+    if report:
+        rt.hold(ws, wepoch)
+    else:
+        rt.server.publish(ws)
+        rt.held, rt.held_version, rt.held_wepoch = ws, version, wepoch
+
+
+def _save(rt: RoleRuntime, trainer: PolicyTrainer, version: int, wepoch: int, reader: Checkpointer) -> None:
+    rt.set_phase(Phase.CHECKPOINTING, f"step {version}")
+    path = sharded_ckpt.save(rt.run.checkpoints, version, trainer, {"wepoch": wepoch})
+    if rt.rank.leader:
+        _tell(rt, P.CheckpointSaved(ident=rt.ident, step=version, path=str(path)), reader)
+
+
+def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step: int) -> None:
+    """Weights of version `step` on every rank, the newest usable optimizer shards, with an event."""
+    t0 = time.time()
+    info, leader = rt.rank, rt.rank.leader
+    best, source, sd = None, "", {}
+    if leader:
+        best, _ = reader.newest_valid(at_most=step)
+        if best is not None and best.step == step:
+            source = f"checkpoint {step}"
+        else:
+            got: dict[str, torch.Tensor] = {}
+            if rt.newest is not None and rt.newest.version == step and rt.sync_newest(
+                    lambda ws: got.update(ws.tensors())):
+                sd, source = got, "a live holder"
+    source, best_step, best_path = rd.broadcast(
+        (source, best.step, str(best.path)) if best is not None else (source, -1, ""), info)
+    if not source:
+        raise RuntimeError(f"cannot restore version {step}: no holder, no checkpoint")
+    ckpt_dir = Path(best_path) if best_path else None
+    if source.startswith("checkpoint"):
+        assert ckpt_dir is not None
+        sharded_ckpt.load(ckpt_dir, trainer, weights=True)
+    else:
+        fsdp.load_full_state_dict(trainer.model, sd if leader else {}, rank=info.rank)
+        if ckpt_dir is not None:
+            sharded_ckpt.load(ckpt_dir, trainer, weights=False)
+    if leader:
+        opt = f"optimizer from checkpoint {best_step}" if best_step >= 0 else "fresh optimizer (no checkpoint yet)"
+        took = time.time() - t0
+        rt.call(P.RoleEvent(ident=rt.ident, kind="trainer_restore",
+                            msg=f"trainer restored at step {step} in {took:.1f}s on {info.world_size} ranks: "
+                                f"weights from {source}, {opt}",
+                            data={"step": str(step), "weights": source, "optimizer_step": str(best_step),
+                                  "staged": "no", "restore_s": f"{took:.3f}"}))

@@ -1,0 +1,53 @@
+"""A trainer of 2 FSDP2 ranks (gloo) as one role of a real run on the local backend: it trains
+end to end with rank 0 speaking for the role; any rank's fault is one trainer fault, recovered by
+a new 2-rank trainer job (weights from a live holder or a checkpoint, optimizer shards from the
+newest checkpoint) while the rollouts keep generating."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from slurm_rl.cli import cli
+from slurm_rl.rl.sharded_ckpt import DCP_DIR
+from tests import runs
+
+RANKS = ("trainer.ranks_per_node=2", "trainer.checkpoint_every=4")
+
+
+def test_a_two_rank_trainer_runs_the_demo(tmp_path: Path) -> None:
+    run = runs.launch(tmp_path, *RANKS, "algorithm.steps=16")
+    rep = runs.wait_done(run, timeout=300)
+    assert rep["state"] == "finished" and rep["steps"] == 16, rep["end_reason"]
+    assert rep["trainer"]["world_size"] == 2 and rep["trainer"]["nodes"] == ["local1"]
+    runs.assert_accounted(rep)
+    assert rep["trajectories"]["lost"] == 0 and rep["faults"] == []
+    # both ranks stepped (rank 1 says so in the shared role log), the checkpoints are sharded ones
+    log = (run.logs / "trainer-0.1.log").read_text()
+    assert "rank 1 of 2" in log and "on 2 ranks" in log
+    assert (run.checkpoints / "step-000016" / DCP_DIR).is_dir()
+    assert CliRunner().invoke(cli, ["export", str(run.path), str(tmp_path / "hf")]).exit_code == 0
+
+
+@pytest.mark.parametrize("fault", ["crash", "hang"])
+def test_a_fault_of_rank_1_is_one_trainer_fault_recovered_without_touching_rollouts(tmp_path: Path,
+                                                                                    fault: str) -> None:
+    run = runs.launch(tmp_path, *RANKS, "algorithm.steps=40", "spare.replicas=0")
+    try:
+        runs.wait_for(lambda: runs.committed(run) >= 6, 240, "six committed steps", run)
+        res = CliRunner().invoke(cli, ["inject", str(run.path), "trainer/0", "--fault", fault, "--rank", "1"])
+        assert res.exit_code == 0, res.output
+        rep = runs.wait_done(run, timeout=400)
+    finally:
+        runs.cleanup(run)
+    assert rep["state"] == "finished" and rep["steps"] == 40, rep["end_reason"]
+    assert [(f["role"], f["kind"]) for f in rep["faults"]] == [("trainer", fault)]
+    assert rep["restarts"]["trainer"] == 1 and rep["restarts"]["rollout"] == 0 and rep["restarts"]["full"] == 0
+    assert rep["trajectories"]["lost"] == 0
+    runs.assert_accounted(rep)
+    runs.assert_no_prompt_done_twice(run)
+    restored = runs.events(run, "trainer_restore")
+    assert restored and "on 2 ranks" in restored[-1]["msg"]
+    assert rep["trainer"]["world_size"] == 2
