@@ -53,9 +53,14 @@ def acked_group_ids(run: RunDir) -> set[str]:
     ids: set[str] = set()
     for f in run.acks.glob("*.log"):
         try:
-            ids.update(line.strip() for line in f.read_text().splitlines() if line.strip())
+            raw = f.read_bytes()
         except OSError:
             continue
+        # every ack ends with a newline: a final line without one was cut by a crash mid-write, not an ack
+        complete, _, _ = raw.rpartition(b"\n")
+        # a damaged journal (non-UTF-8 bytes) costs its damaged lines, never the report
+        lines = complete.decode("utf-8", errors="replace").splitlines()
+        ids.update(line.strip() for line in lines if line.strip() and "\ufffd" not in line)
     return ids
 
 
