@@ -33,7 +33,7 @@ from slurm_rl.report_eval import (
     write_eval_plot,
 )
 from slurm_rl.rundir import RunDir
-from slurm_rl.store import connect, group_ids_in_store, read_counts, read_events
+from slurm_rl.store import check_schema, connect, group_ids_in_store, read_counts, read_events
 
 # 2: the wall time starts when the trainer has its first batch (1: when it first asked for data,
 # which counted its wait for the rollouts' start-up as training time)
@@ -46,7 +46,13 @@ def _meta(conn: sqlite3.Connection) -> dict[str, Any]:
 
 
 def open_store(run: RunDir) -> sqlite3.Connection:
-    return connect(run.db, readonly=True)
+    conn = connect(run.db, readonly=True)
+    try:
+        check_schema(conn, run.db)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def acked_group_ids(run: RunDir) -> set[str]:
