@@ -194,12 +194,24 @@ class Checkpointer:
                     os.fsync(f.fileno())
                 size, digest = _hash_file(tmp / name)
                 files[name] = {"size": size, "xxh3": digest}
-            (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time(), "files": files, **meta}))
+            with open(tmp / "meta.json", "w") as f:
+                f.write(json.dumps({"step": step, "time": time.time(), "files": files, **meta}))
+                f.flush()
+                os.fsync(f.fileno())
             _fsync_dir(tmp)
+            # an existing checkpoint of this step is moved aside, not deleted first: no moment without one
+            old = self.root / (_NAME.format(step) + ".old")
+            shutil.rmtree(old, ignore_errors=True)
             if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+                os.replace(final, old)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if old.exists() and not final.exists():
+                    os.replace(old, final)
+                raise
             _fsync_dir(self.root)
+            shutil.rmtree(old, ignore_errors=True)
         except Exception as e:
             # a full disk surfaces as OSError, safetensors' SafetensorError or torch's RuntimeError
             shutil.rmtree(tmp, ignore_errors=True)

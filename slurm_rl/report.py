@@ -31,7 +31,7 @@ from slurm_rl.report_eval import (
     reward_errors,
 )
 from slurm_rl.rundir import RunDir
-from slurm_rl.store import connect, group_ids_in_store, read_counts, read_events
+from slurm_rl.store import check_schema, connect, group_ids_in_store, read_counts, read_events
 
 # 2: the wall time starts when the trainer has its first batch (1: when it first asked for data,
 # which counted its wait for the rollouts' start-up as training time)
@@ -44,16 +44,27 @@ def _meta(conn: sqlite3.Connection) -> dict[str, Any]:
 
 
 def open_store(run: RunDir) -> sqlite3.Connection:
-    return connect(run.db, readonly=True)
+    conn = connect(run.db, readonly=True)
+    try:
+        check_schema(conn, run.db)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def acked_group_ids(run: RunDir) -> set[str]:
     ids: set[str] = set()
     for f in run.acks.glob("*.log"):
         try:
-            ids.update(line.strip() for line in f.read_text().splitlines() if line.strip())
+            raw = f.read_bytes()
         except OSError:
             continue
+        # every ack ends with a newline: a final line without one was cut by a crash mid-write, not an ack
+        complete, _, _ = raw.rpartition(b"\n")
+        # a damaged journal (non-UTF-8 bytes) costs its damaged lines, never the report
+        lines = complete.decode("utf-8", errors="replace").splitlines()
+        ids.update(line.strip() for line in lines if line.strip() and "\ufffd" not in line)
     return ids
 
 

@@ -113,6 +113,19 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """A store written by another slurm-rl version is refused: its tables may mean something else."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    except sqlite3.OperationalError:
+        return                                   # no meta table yet: a store being created
+    if row is not None and json.loads(row[0]) != SCHEMA_VERSION:
+        from slurm_rl.errors import BadInput
+
+        raise BadInput(f"{path} was written with state schema {json.loads(row[0])}; this slurm-rl reads schema "
+                       f"{SCHEMA_VERSION}", hint="open the run with the slurm-rl version that launched it")
+
+
 _group_enc = msgspec.msgpack.Encoder()
 _group_dec = msgspec.msgpack.Decoder(P.GroupMsg)
 
@@ -127,6 +140,7 @@ class Store:
         self._lock = threading.RLock()
         if self.get_meta("schema") is None:
             self.set_meta("schema", SCHEMA_VERSION)
+        check_schema(self.conn, path)
 
     def close(self) -> None:
         self.conn.close()

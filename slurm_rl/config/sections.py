@@ -123,6 +123,18 @@ class SlurmResources(_Section):
             parse_slurm_time(v)
         return v
 
+    @field_validator("partition", "account", "qos", "time", "gres", "constraint", "exclude", "nodelist",
+                     "additional")
+    @classmethod
+    def _one_line(cls, v: Any) -> Any:
+        # each value becomes one `#SBATCH` line: a newline or other control character would start a shell line
+        items = v.items() if isinstance(v, dict) else v if isinstance(v, list) else [v]
+        for x in items:
+            for part in x if isinstance(x, tuple) else (x,):
+                if isinstance(part, str) and any(ord(c) < 32 or ord(c) == 127 for c in part):
+                    raise ValueError(f"{part!r} contains a newline or control character; Slurm options are one line")
+        return v
+
 
 class ModelConfig(_Section):
     path: str | None = Field(default=None, description="HF model dir; unset builds the tiny demo model")
