@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from typing import Any
 
 from slurm_rl import protocol as P
 from slurm_rl.checkpoint import Checkpointer
@@ -71,11 +72,7 @@ def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Comma
             rt.server.publish(ws)
             rt.held, rt.held_version, rt.held_wepoch = ws, version, wepoch
             t1 = time.time()
-            metrics = {"reward_mean": stats.reward_mean, "loss": stats.loss, "kl": stats.kl,
-                       "clip_frac": stats.clip_frac, "grad_norm": stats.grad_norm, "tokens": float(stats.tokens),
-                       "staleness_mean": stats.staleness_mean, "staleness_max": float(stats.staleness_max),
-                       "informative_groups": float(stats.informative_groups), "step_s": t1 - t0,
-                       "logp_diff_max": stats.logp_diff_max}
+            metrics = step_metrics(stats, t1 - t0)
             _tell(rt, P.StepDone(ident=rt.ident, version=version, wepoch=wepoch, group_ids=[g.group_id for g in groups],
                                  t_start=t_wait0, t_end=t1, wait_s=t0 - t_wait0, metrics=metrics), ckpt)
             log.info("step %d reward %.3f loss %.4f staleness %.1f (%.2fs, waited %.2fs)", version,
@@ -106,8 +103,9 @@ def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Comma
         ckpt.close()
 
 
-def make_trainer(rt: RoleRuntime) -> PolicyTrainer:
-    """The policy trainer this run's config asks for (fresh weights from the run's model)."""
+def make_trainer(rt: RoleRuntime, **sharding: Any) -> PolicyTrainer:
+    """The policy trainer this run's config asks for (fresh weights from the run's model);
+    `sharding` (ranks, wrap_model, autocast) makes one rank's part of a sharded trainer."""
     cfg, alg = rt.cfg, rt.cfg.algorithm
     tc = cfg.trainer
     return PolicyTrainer(rt.run.model, lr=alg.lr, clip_eps=alg.clip_eps, kl_coef=alg.kl_coef,
@@ -115,7 +113,15 @@ def make_trainer(rt: RoleRuntime) -> PolicyTrainer:
                          dtype=cfg.model.dtype, seed=cfg.seed, temperature=alg.temperature,
                          scale_adv_by_std=alg.normalize_std, micro_batch_size=tc.micro_batch_size,
                          gradient_checkpointing=tc.gradient_checkpointing,
-                         logprob_chunk_tokens=tc.logprob_chunk_tokens)
+                         logprob_chunk_tokens=tc.logprob_chunk_tokens, **sharding)
+
+
+def step_metrics(stats: Any, step_s: float) -> dict[str, float]:
+    """What a StepDone reports of a step."""
+    return {"reward_mean": stats.reward_mean, "loss": stats.loss, "kl": stats.kl, "clip_frac": stats.clip_frac,
+            "grad_norm": stats.grad_norm, "tokens": float(stats.tokens), "staleness_mean": stats.staleness_mean,
+            "staleness_max": float(stats.staleness_max), "informative_groups": float(stats.informative_groups),
+            "step_s": step_s, "logp_diff_max": stats.logp_diff_max}
 
 
 def _check_stop(rt: RoleRuntime) -> None:

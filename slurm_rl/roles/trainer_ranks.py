@@ -25,9 +25,9 @@ from slurm_rl.checkpoint import Checkpointer
 from slurm_rl.rl import dist as rd
 from slurm_rl.rl import fsdp, sharded_ckpt
 from slurm_rl.rl.grpo import PolicyTrainer
-from slurm_rl.roles.host import resolve_device
+from slurm_rl.rl.precision import torch_dtype
 from slurm_rl.roles.runtime import RoleRuntime
-from slurm_rl.roles.trainer import _next_batch, _Stop, _tell, _to_group
+from slurm_rl.roles.trainer import _next_batch, _Stop, _tell, _to_group, make_trainer, step_metrics
 from slurm_rl.states import Phase
 from slurm_rl.sync import WeightSet
 
@@ -35,20 +35,15 @@ log = logging.getLogger("slurm_rl.roles.trainer")
 
 
 def make_sharded_trainer(rt: RoleRuntime) -> PolicyTrainer:
-    """This rank's part of the policy trainer: the model sharded over the process group."""
-    cfg, alg, tc = rt.cfg, rt.cfg.algorithm, rt.cfg.trainer
-    compute = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.model.dtype]
+    """This rank's part of the policy trainer: the model sharded over the process group (FSDP2's
+    mixed-precision policy does the casts, so no autocast)."""
+    compute = torch_dtype(rt.cfg.model.dtype)
 
     def wrap(model: torch.nn.Module) -> torch.nn.Module:
         fsdp.shard(model, compute_dtype=compute)
         return model
 
-    return PolicyTrainer(rt.run.model, lr=alg.lr, clip_eps=alg.clip_eps, kl_coef=alg.kl_coef,
-                         max_grad_norm=alg.max_grad_norm, device=resolve_device(tc.device), dtype=cfg.model.dtype,
-                         seed=cfg.seed, temperature=alg.temperature, scale_adv_by_std=alg.normalize_std,
-                         micro_batch_size=tc.micro_batch_size, gradient_checkpointing=tc.gradient_checkpointing,
-                         logprob_chunk_tokens=tc.logprob_chunk_tokens, ranks=rt.rank, wrap_model=wrap,
-                         autocast=False)
+    return make_trainer(rt, ranks=rt.rank, wrap_model=wrap, autocast=False)
 
 
 def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
@@ -88,11 +83,7 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
             _publish(rt, trainer, version, wepoch, report=False)
             t1 = time.time()
             if leader:
-                metrics = {"reward_mean": stats.reward_mean, "loss": stats.loss, "kl": stats.kl,
-                           "clip_frac": stats.clip_frac, "grad_norm": stats.grad_norm, "tokens": float(stats.tokens),
-                           "staleness_mean": stats.staleness_mean, "staleness_max": float(stats.staleness_max),
-                           "informative_groups": float(stats.informative_groups), "step_s": t1 - t0,
-                           "logp_diff_max": stats.logp_diff_max, "world_size": float(info.world_size)}
+                metrics = {**step_metrics(stats, t1 - t0), "world_size": float(info.world_size)}
                 _tell(rt, P.StepDone(ident=rt.ident, version=version, wepoch=wepoch,
                                      group_ids=[g.group_id for g in rec[1]], t_start=rec[2], t_end=t1,
                                      wait_s=t0 - rec[2], metrics=metrics), reader)

@@ -5,11 +5,7 @@ checkpoint verification and `slurm-rl export`'s reader see an ordinary checkpoin
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,8 +16,8 @@ from slurm_rl.export import SafetensorsCheckpoints
 from slurm_rl.rl import sharded_ckpt
 from slurm_rl.rl.grpo import Group, PolicyTrainer, Sample
 from slurm_rl.rl.model import load_tokenizer
+from tests.ranks import run_ranks
 
-ROOT = Path(__file__).resolve().parents[2]
 TRAINER = dict(lr=1e-3, micro_batch_size=2, seed=0)
 
 # mode save: one step, checkpoint 1; mode load: restore checkpoint 1. Both dump the full state seen.
@@ -60,21 +56,7 @@ os._exit(0)   # torch 2.13 CPU can abort in gloo teardown after all work is done
 
 
 def _two_ranks(model_dir: Path, work: Path, mode: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", _RANK, str(model_dir), str(work), str(r), mode,
-                               json.dumps(TRAINER)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for r in (0, 1)]
-    deadline = time.monotonic() + 300
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for p, (out, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, out[-2000:] + err[-3000:]
+    run_ranks(_RANK, [[str(model_dir), str(work), str(r), mode, json.dumps(TRAINER)] for r in (0, 1)])
     return torch.load(work / f"{mode}-2.pt", weights_only=False)
 
 

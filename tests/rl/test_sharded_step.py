@@ -4,11 +4,7 @@ as one process on the whole batch."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +15,7 @@ from slurm_rl.errors import BadInput
 from slurm_rl.rl.dist import RankInfo
 from slurm_rl.rl.grpo import Group, PolicyTrainer, Sample
 from slurm_rl.rl.model import load_tokenizer
+from tests.ranks import run_ranks
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINER = dict(lr=1e-3, micro_batch_size=2, seed=0)
@@ -72,20 +69,7 @@ def _groups(tr: PolicyTrainer, model_dir: Path) -> list[Group]:
 
 
 def _run_ranks(model_dir: Path, work: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", _RANK, str(model_dir), str(work), str(r), json.dumps(TRAINER)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for r in (0, 1)]
-    outs = []
-    deadline = time.monotonic() + 300
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for p, (out, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, out[-2000:] + err[-3000:]
+    outs = run_ranks(_RANK, [[str(model_dir), str(work), str(r), json.dumps(TRAINER)] for r in (0, 1)])
     line = [x for x in outs[0][0].splitlines() if x.startswith("RESULT ")]
     assert line, outs[0][0][-2000:] + outs[0][1][-2000:]
     return json.loads(line[0][len("RESULT "):])
