@@ -217,10 +217,11 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             log.error("checkpoint at step %d failed: %s", step, e)
             return SaveResult(step, None, f"{e.__class__.__name__}: {e}", time.time() - t0)
-        self._prune()
+        self.prune()
         return SaveResult(step, final, "", time.time() - t0)
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
+        """Delete all but the newest `keep` checkpoints."""
         steps = self.steps()
         for s in steps[:-self.keep] if len(steps) > self.keep else []:
             shutil.rmtree(self.root / _NAME.format(s), ignore_errors=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from slurm_rl import checkpoint
 from slurm_rl.cli import cli
 from slurm_rl.rl.sharded_ckpt import DCP_DIR
 from tests import runs
@@ -28,6 +29,11 @@ def test_a_two_rank_trainer_runs_the_demo(tmp_path: Path) -> None:
     log = (run.logs / "trainer-0.1.log").read_text()
     assert "rank 1 of 2" in log and "on 2 ranks" in log
     assert (run.checkpoints / "step-000016" / DCP_DIR).is_dir()
+    # saved asynchronously every 4 steps, each reported once in place, pruned to keep_checkpoints (3)
+    saved = [int(e["msg"].split()[3]) for e in runs.events(run, "checkpoint")]
+    assert saved == [4, 8, 12, 16]
+    assert checkpoint.list_steps(run.checkpoints) == [8, 12, 16]
+    assert all(checkpoint.verify(run.checkpoints, s) == "" for s in (8, 12, 16))
     assert CliRunner().invoke(cli, ["export", str(run.path), str(tmp_path / "hf")]).exit_code == 0
 
 

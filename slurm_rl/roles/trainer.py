@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import copy
 import logging
+import queue
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from slurm_rl import protocol as P
-from slurm_rl.checkpoint import Checkpointer
+from slurm_rl.checkpoint import Checkpointer, SaveResult
 from slurm_rl.rl.grpo import Group, PolicyTrainer, Sample
 from slurm_rl.roles.host import RoleHost, resolve_device
 from slurm_rl.roles.runtime import RoleRuntime
@@ -30,6 +31,12 @@ log = logging.getLogger("slurm_rl.roles.trainer")
 
 class _Stop(Exception):
     pass
+
+
+class SaveReports(Protocol):
+    """What reports finished checkpoint saves: a Checkpointer, or a sharded trainer's ShardedSaver."""
+
+    done: queue.SimpleQueue[SaveResult]
 
 
 def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Command | None:
@@ -130,7 +137,7 @@ def _check_stop(rt: RoleRuntime) -> None:
         raise _Stop(cmd.reason)
 
 
-def _next_batch(rt: RoleRuntime, version: int, n: int, ckpt: Checkpointer) -> tuple[list[P.GroupMsg], float]:
+def _next_batch(rt: RoleRuntime, version: int, n: int, ckpt: SaveReports) -> tuple[list[P.GroupMsg], float]:
     t0 = time.time()
     rt.set_phase(Phase.WAITING_FOR_DATA, f"step {version + 1}")
     while True:
@@ -142,7 +149,7 @@ def _next_batch(rt: RoleRuntime, version: int, n: int, ckpt: Checkpointer) -> tu
         time.sleep(0.05)
 
 
-def _tell(rt: RoleRuntime, msg: P.Request, ckpt: Checkpointer) -> None:
+def _tell(rt: RoleRuntime, msg: P.Request, ckpt: SaveReports) -> None:
     """The controller must learn of a step: retry until it answers (it may be restarting)."""
     delay = 0.2
     while rt.call(msg, timeout_s=10.0, attempts=2) is None:
@@ -150,7 +157,7 @@ def _tell(rt: RoleRuntime, msg: P.Request, ckpt: Checkpointer) -> None:
         delay = min(2 * delay, 5.0)
 
 
-def _report_checkpoints(rt: RoleRuntime, ckpt: Checkpointer) -> None:
+def _report_checkpoints(rt: RoleRuntime, ckpt: SaveReports) -> None:
     while True:
         try:
             res = ckpt.done.get_nowait()

@@ -3,8 +3,9 @@
 Rank 0 speaks for the role (batches, step reports, checkpoints, publishing the weights rollouts
 pull); every rank steps. Each turn of the loop begins with one broadcast from rank 0: the next
 batch, or stop, or done, so all ranks run the same collectives in the same order. Weights are
-gathered whole to rank 0 after each step and published from there; checkpoints are collective
-(slurm_rl.rl.sharded_ckpt: whole weights + DCP optimizer shards, restorable at any world size).
+gathered whole to rank 0 after each step and published from there; checkpoints are collective and
+asynchronous (slurm_rl.rl.sharded_ckpt.ShardedSaver: the published whole weights + DCP optimizer
+shards, written while the next steps train, restorable at any world size).
 
 Restoring at committed step c (a new trainer job after any rank's fault): rank 0 gets version c's
 weights from a checkpoint of c or from any live holder (a rollout), and scatters them; the optimizer
@@ -27,7 +28,7 @@ from slurm_rl.rl import fsdp, sharded_ckpt
 from slurm_rl.rl.grpo import PolicyTrainer
 from slurm_rl.rl.precision import torch_dtype
 from slurm_rl.roles.runtime import RoleRuntime
-from slurm_rl.roles.trainer import _next_batch, _Stop, _tell, _to_group, make_trainer, step_metrics
+from slurm_rl.roles.trainer import _next_batch, _report_checkpoints, _Stop, _tell, _to_group, make_trainer, step_metrics
 from slurm_rl.states import Phase
 from slurm_rl.sync import WeightSet
 
@@ -54,7 +55,8 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
     trainer = make_sharded_trainer(rt)
     version = rd.broadcast(resume_step, info)
     wepoch = rd.broadcast(rt.newest.wepoch if leader and rt.newest is not None else 0, info)
-    reader = Checkpointer(rt.run.checkpoints, cfg.trainer.keep_checkpoints)    # reads; saves are collective
+    reader = Checkpointer(rt.run.checkpoints, cfg.trainer.keep_checkpoints)    # reads and prunes
+    saver = sharded_ckpt.ShardedSaver(rt.run.checkpoints, trainer, after_save=reader.prune)
     try:
         if version > 0:
             _restore(rt, trainer, reader, version)
@@ -66,7 +68,7 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
             rec: tuple[Any, ...] = ("done",)
             if leader and version < alg.steps:
                 try:
-                    groups, t_wait = _next_batch(rt, version, alg.prompts_per_step, reader)
+                    groups, t_wait = _next_batch(rt, version, alg.prompts_per_step, saver)
                     rec = ("step", groups, t_wait)
                 except _Stop:
                     rec = ("stop",)
@@ -86,14 +88,18 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
                 metrics = {**step_metrics(stats, t1 - t0), "world_size": float(info.world_size)}
                 _tell(rt, P.StepDone(ident=rt.ident, version=version, wepoch=wepoch,
                                      group_ids=[g.group_id for g in rec[1]], t_start=rec[2], t_end=t1,
-                                     wait_s=t0 - rec[2], metrics=metrics), reader)
+                                     wait_s=t0 - rec[2], metrics=metrics), saver)
                 log.info("step %d reward %.3f loss %.4f (%.2fs on %d ranks)", version, stats.reward_mean, stats.loss,
                          t1 - t0, info.world_size)
             if version % cfg.trainer.checkpoint_every == 0 or version == alg.steps:
-                _save(rt, trainer, version, wepoch, reader)
+                _save(rt, saver, version, wepoch)
                 last_ckpt = version
         if end == "stop" and version > last_ckpt:
-            _save(rt, trainer, version, wepoch, reader)      # asked to stop: keep every step taken
+            _save(rt, saver, version, wepoch)      # asked to stop: keep every step taken
+        rt.set_phase(Phase.CHECKPOINTING, "final checkpoint")
+        saver.wait()
+        if leader:
+            _report_checkpoints(rt, saver)
         if leader and end == "done":
             rt.set_phase(Phase.IDLE, f"all {alg.steps} steps done")
             while True:
@@ -102,6 +108,7 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
                     break
                 time.sleep(0.05)
     finally:
+        saver.wait()
         reader.close()
 
 
@@ -119,11 +126,15 @@ def _publish(rt: RoleRuntime, trainer: PolicyTrainer, version: int, wepoch: int,
         rt.held, rt.held_version, rt.held_wepoch = ws, version, wepoch
 
 
-def _save(rt: RoleRuntime, trainer: PolicyTrainer, version: int, wepoch: int, reader: Checkpointer) -> None:
-    rt.set_phase(Phase.CHECKPOINTING, f"step {version}")
-    path = sharded_ckpt.save(rt.run.checkpoints, version, trainer, {"wepoch": wepoch})
-    if rt.rank.leader:
-        _tell(rt, P.CheckpointSaved(ident=rt.ident, step=version, path=str(path)), reader)
+def _save(rt: RoleRuntime, saver: sharded_ckpt.ShardedSaver, version: int, wepoch: int) -> None:
+    """Begin checkpoint `version` (collective); it is written while training goes on, and rank 0 tells
+    the controller once it is in place (`_report_checkpoints`, each turn of the loop)."""
+    if saver.busy:
+        rt.set_phase(Phase.CHECKPOINTING, f"step {version}: the previous checkpoint is still being written")
+    weights = rt.held.tensors() if rt.rank.leader and rt.held is not None and rt.held_version == version else {}
+    if rt.rank.leader and not weights:
+        raise RuntimeError(f"checkpoint {version}: rank 0 does not hold version {version}'s weights")
+    saver.start(version, weights, {"wepoch": wepoch})
 
 
 def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step: int) -> None:
