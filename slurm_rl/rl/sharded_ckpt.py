@@ -192,24 +192,28 @@ def verify_dcp(path: Path) -> str:
     return ""
 
 
-def load(path: Path, tr: PolicyTrainer, *, weights: bool = True) -> None:
+def load(path: Path, tr: PolicyTrainer, *, weights: bool = True, times: dict[str, float] | None = None) -> None:
     """Restore checkpoint directory `path` into `tr` at its own world size (a collective). `weights`:
     also the weights (rank 0 reads them, the load scatters them; with mixed precision the fp32
     masters come from the DCP shards); False keeps the weights already loaded (an older optimizer
-    state under newer committed weights)."""
+    state under newer committed weights). `times` gets the seconds of each part: verify, weights
+    (the file), optimizer (the DCP shards, with the fp32 masters under mixed precision)."""
     import torch.distributed.checkpoint as dcp
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
+    t0 = time.time()
     problem = rd.broadcast(verify_dcp(path) if tr.ranks.leader else "", tr.ranks)   # every rank stops, or none
     if problem:
         raise ValueError(f"{path}: {problem}")
+    t1 = time.time()
     if weights and not tr.precision.mixed:
         sd = load_file(str(path / "weights.safetensors")) if tr.ranks.leader else {}
         if tr.ranks.distributed:
             fsdp.load_full_state_dict(tr.model, sd, rank=tr.ranks.rank)
         else:
             tr.load_weights(sd)
+    t2 = time.time()
     state = _dcp_state(tr)
     if not weights:
         state.pop("model", None)
@@ -221,3 +225,5 @@ def load(path: Path, tr: PolicyTrainer, *, weights: bool = True) -> None:
     if tr.scaler is not None and extra.get("scaler"):
         tr.scaler.load_state_dict(extra["scaler"])
     tr.version = int(extra["version"])
+    if times is not None:
+        times.update(verify_s=t1 - t0, weights_s=t2 - t1, optimizer_s=time.time() - t2)

@@ -28,7 +28,16 @@ from slurm_rl.rl import fsdp, sharded_ckpt
 from slurm_rl.rl.grpo import PolicyTrainer
 from slurm_rl.rl.precision import torch_dtype
 from slurm_rl.roles.runtime import RoleRuntime
-from slurm_rl.roles.trainer import _next_batch, _report_checkpoints, _Stop, _tell, _to_group, make_trainer, step_metrics
+from slurm_rl.roles.trainer import (
+    _next_batch,
+    _report_checkpoints,
+    _Stop,
+    _tell,
+    _to_group,
+    make_trainer,
+    restore_split,
+    step_metrics,
+)
 from slurm_rl.states import Phase
 from slurm_rl.sync import WeightSet
 
@@ -51,6 +60,7 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
     """Every rank runs this; rank 0's `resume_step` is the one that counts."""
     cfg, alg, info = rt.cfg, rt.cfg.algorithm, rt.rank
     leader = info.leader
+    t_start = time.time()
     rt.set_phase(Phase.RESTORING if resume_step > 0 else Phase.LOADING, f"step {resume_step}")
     trainer = make_sharded_trainer(rt)
     version = rd.broadcast(resume_step, info)
@@ -59,7 +69,7 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
     saver = sharded_ckpt.ShardedSaver(rt.run.checkpoints, trainer, after_save=reader.prune)
     try:
         if version > 0:
-            _restore(rt, trainer, reader, version)
+            _restore(rt, trainer, reader, version, t_start)
         trainer.version = version
         _publish(rt, trainer, version, wepoch)
         last_ckpt = version
@@ -137,13 +147,16 @@ def _save(rt: RoleRuntime, saver: sharded_ckpt.ShardedSaver, version: int, wepoc
     saver.start(version, weights, {"wepoch": wepoch})
 
 
-def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step: int) -> None:
-    """Weights of version `step` on every rank, the newest usable optimizer shards, with an event."""
-    t0 = time.time()
+def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step: int, t_start: float) -> None:
+    """Weights of version `step` on every rank, the newest usable optimizer shards, with an event
+    saying how and where the time went (as the single-process trainer's: `restore_split`)."""
+    t_verify = time.time()
     info, leader = rt.rank, rt.rank.leader
     best, source, sd = None, "", {}
+    t_weights = t_verify
     if leader:
         best, _ = reader.newest_valid(at_most=step)
+        t_weights = time.time()
         if best is not None and best.step == step:
             source = f"checkpoint {step}"
         else:
@@ -156,18 +169,23 @@ def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step
     if not source:
         raise RuntimeError(f"cannot restore version {step}: no holder, no checkpoint")
     ckpt_dir = Path(best_path) if best_path else None
+    parts: dict[str, float] = {}
     if source.startswith("checkpoint"):
         assert ckpt_dir is not None
-        sharded_ckpt.load(ckpt_dir, trainer, weights=True)
+        sharded_ckpt.load(ckpt_dir, trainer, weights=True, times=parts)
     else:
         fsdp.load_full_state_dict(trainer.model, sd if leader else {}, rank=info.rank)
+        pulled = time.time() - t_weights                    # the pull and the scatter to every rank
         if ckpt_dir is not None:
-            sharded_ckpt.load(ckpt_dir, trainer, weights=False)
+            sharded_ckpt.load(ckpt_dir, trainer, weights=False, times=parts)
+        parts["weights_s"] = pulled
     if leader:
+        took = time.time() - t_start
         opt = f"optimizer from checkpoint {best_step}" if best_step >= 0 else "fresh optimizer (no checkpoint yet)"
-        took = time.time() - t0
         rt.call(P.RoleEvent(ident=rt.ident, kind="trainer_restore",
                             msg=f"trainer restored at step {step} in {took:.1f}s on {info.world_size} ranks: "
                                 f"weights from {source}, {opt}",
                             data={"step": str(step), "weights": source, "optimizer_step": str(best_step),
-                                  "staged": "no", "restore_s": f"{took:.3f}"}))
+                                  "staged": "no", "restore_s": f"{took:.3f}",
+                                  **restore_split(t_verify - t_start, t_weights - t_verify + parts.get("verify_s", 0.0),
+                                                  parts["weights_s"], parts.get("optimizer_s", 0.0))}))
