@@ -138,6 +138,7 @@ class Store:
         self.conn = connect(path)
         self.conn.executescript(SCHEMA)
         self._lock = threading.RLock()
+        self._depth = 0                           # open tx() blocks: an inner one joins the outer transaction
         if self.get_meta("schema") is None:
             self.set_meta("schema", SCHEMA_VERSION)
         check_schema(self.conn, path)
@@ -147,14 +148,26 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction. Nested: the inner block joins the outer one, which commits (or rolls back)
+        everything; so several writer methods can be made one transaction by an enclosing tx()."""
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.conn
+                finally:
+                    self._depth -= 1
+                return
             self.conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self.conn
             except BaseException:
+                self._depth = 0
                 self.conn.execute("ROLLBACK")
                 raise
             else:
+                self._depth = 0
                 self.conn.execute("COMMIT")
 
     # ------------------------------------------------------------------ meta

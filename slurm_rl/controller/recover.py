@@ -211,11 +211,12 @@ class Recovery:
         step = self.lineage.newest_checkpoint(at_most=self.lineage.committed)
         self.full_restarts += 1
         self.cancel([s.job_id for s in self.registry if s.job_id])
-        lost, groups, replay = self.lineage.restart_from(step, now)
-        requeued = self.broker.requeue("%")
         lin = self.lineage
-        self.ctx.store.set_metas(wepoch=lin.wepoch, epoch_bases=lin.epoch_bases, trainer_version=step,
-                                 committed=step, full_restarts=self.full_restarts)
+        with self.ctx.store.tx():          # all or nothing: no rolled-back steps under the old epoch
+            lost, groups, replay = lin.restart_from(step, now)
+            requeued = self.broker.requeue("%")
+            self.ctx.store.set_metas(wepoch=lin.wepoch, epoch_bases=lin.epoch_bases, trainer_version=step,
+                                     committed=step, full_restarts=self.full_restarts)
         self.ctx.event("full_restart", f"full restart #{self.full_restarts} from checkpoint step {step}: {reason}; "
                        f"{lost} step(s) to replay, {groups} groups dropped, {requeued} leases returned",
                        data={"step": step, "steps_lost": lost, "groups_dropped": groups})

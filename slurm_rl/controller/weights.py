@@ -123,21 +123,22 @@ class Lineage:
         Returns the trained seconds undone."""
         store = self.ctx.store
         point = self.restore_point(dying)
-        if point < self.committed:
-            self.ctx.event("commit_lost", f"every holder of committed step {self.committed} is gone; the newest "
-                           f"version still held or checkpointed is {point}",
-                           data={"committed": self.committed, "restore_point": point})
-            self.committed = point
-            store.set_meta("committed", point)
-        steps, groups, replay = store.rollback_after(self.committed, regenerate=False, now=now)
-        lost = self.trainer_version - self.committed
-        self.trainer_version = self.committed
-        self.wepoch += 1
-        self.epoch_bases.append(self.committed)
-        store.set_metas(wepoch=self.wepoch, epoch_bases=self.epoch_bases, trainer_version=self.trainer_version)
-        self.ctx.event("trainer_rollback", f"trainer lost: resuming at committed step {self.committed}; "
-                       f"{lost} uncommitted step(s) undone, {groups} trajectory groups back in the queue",
-                       data={"committed": self.committed, "steps_lost": lost, "groups_requeued": groups})
+        with store.tx():          # all or nothing: no rolled-back steps under the old epoch
+            if point < self.committed:
+                self.ctx.event("commit_lost", f"every holder of committed step {self.committed} is gone; the newest "
+                               f"version still held or checkpointed is {point}",
+                               data={"committed": self.committed, "restore_point": point})
+                self.committed = point
+                store.set_meta("committed", point)
+            steps, groups, replay = store.rollback_after(self.committed, regenerate=False, now=now)
+            lost = self.trainer_version - self.committed
+            self.trainer_version = self.committed
+            self.wepoch += 1
+            self.epoch_bases.append(self.committed)
+            store.set_metas(wepoch=self.wepoch, epoch_bases=self.epoch_bases, trainer_version=self.trainer_version)
+            self.ctx.event("trainer_rollback", f"trainer lost: resuming at committed step {self.committed}; "
+                           f"{lost} uncommitted step(s) undone, {groups} trajectory groups back in the queue",
+                           data={"committed": self.committed, "steps_lost": lost, "groups_requeued": groups})
         for s in self.registry:
             if s.version > self.committed and s.kind is not RoleKind.TRAINER:
                 s.version = -1
