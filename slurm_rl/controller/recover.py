@@ -195,7 +195,14 @@ class Recovery:
 
     def _finish_move(self, s: Slot, spare: Slot, reason: str, now: float) -> None:
         old_job = s.job_id
-        resume = self.lineage.committed if s.kind is RoleKind.TRAINER else -1
+        lin = self.lineage
+        if s.kind is RoleKind.TRAINER and lin.trainer_version > lin.committed:
+            # its stop-checkpoint failed (or it died stopping): steps only it held are undone, as for a loss
+            replay = lin.trainer_lost(now, {s.name})
+            fid = self.faults.moves.get(s.name)
+            if fid is not None:
+                self.ctx.store.update_fault(fid, replay_s=replay)
+        resume = lin.committed if s.kind is RoleKind.TRAINER else -1
         self._promote(spare, s, now, reason, resume_step=resume, planned=True)
         fid = self.faults.moves.pop(s.name, None)
         s.fault_ids = [fid] if fid is not None else []

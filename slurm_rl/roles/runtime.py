@@ -263,7 +263,9 @@ class RoleRuntime:
 
     def needs_sync(self) -> bool:
         w = self.newest
-        return w is not None and w.version != self.held_version and w.version >= 0 and bool(w.holders)
+        # (wepoch, version): after a rollback the same number can name other weights
+        return (w is not None and (w.wepoch, w.version) != (self.held_wepoch, self.held_version) and w.version >= 0
+                and bool(w.holders))
 
     def sync_newest(self, apply: Callable[[WeightSet], None]) -> bool:
         """Pull the newest version from any holder and apply it; False if none could serve it."""
