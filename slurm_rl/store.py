@@ -344,14 +344,18 @@ class Store:
                               (step,)).rowcount
             rows = c.execute("SELECT id, problem_idx, length(payload) FROM groups WHERE state IN "
                              "('delivered','trained') OR (state='consumed' AND step>=?)", (step,)).fetchall()
+            # queued groups made with weights newer than `step` belong to the abandoned lineage: the new
+            # trainer at `step` must not train on them; their problems are asked again
+            newer = c.execute("SELECT id, problem_idx, length(payload) FROM groups WHERE state='queued' AND version>?",
+                              (step,)).fetchall()
             # a group whose payload was pruned cannot go back to the queue: its problem is asked again
-            again = rows if regenerate else [r for r in rows if r[2] == 0]
+            again = (rows if regenerate else [r for r in rows if r[2] == 0]) + newer
             requeue = [] if regenerate else [r for r in rows if r[2] > 0]
             c.executemany("UPDATE groups SET state='dropped_rollback' WHERE id=?", [(r[0],) for r in again])
             c.executemany("INSERT INTO items(problem_idx, state, created) VALUES(?, 'queued', ?)",
                           [(r[1], now) for r in again])
             c.executemany("UPDATE groups SET state='queued', step=NULL WHERE id=?", [(r[0],) for r in requeue])
-            return steps, len(rows), float(replay)
+            return steps, len(rows) + len(newer), float(replay)
 
     def prune_consumed_payloads(self, before_step: int) -> int:
         """Free the trajectories of groups no rollback to `before_step` or later gives back (their rows
@@ -359,11 +363,6 @@ class Store:
         with self.tx() as c:
             return c.execute("UPDATE groups SET payload=X'' WHERE state='consumed' AND step<? AND length(payload)>0",
                              (before_step,)).rowcount
-
-    def drop_queued_newer_than(self, version: int) -> int:
-        with self.tx() as c:
-            return c.execute("UPDATE groups SET state='dropped_stale' WHERE state='queued' AND version > ?",
-                             (version,)).rowcount
 
     def counts(self) -> QueueCounts:
         return read_counts(self.conn)

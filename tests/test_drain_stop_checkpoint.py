@@ -43,3 +43,24 @@ def test_a_role_syncs_when_the_epoch_differs_at_the_same_version() -> None:
     assert not _needs((0, 4), (0, 4))
     assert _needs((0, 4), (0, 5))
     assert _needs((0, 4), (1, 4))                    # same number, other lineage: other weights
+
+
+def _consumed_newer_than_their_step(r: Rooms) -> list[tuple[int, int]]:
+    """(group version, step that consumed it) for every group trained on weights newer than its step."""
+    return [(g["version"], g["step"]) for g in r.store.conn.execute(
+        "SELECT version, step FROM groups WHERE state IN ('delivered','trained','consumed') AND version > step")]
+
+
+def test_no_group_is_trained_on_by_a_step_older_than_its_weights_after_a_full_restart(tmp_path: Path) -> None:
+    r = Rooms(tmp_path)
+    try:
+        r.train(5, commit=4)
+        r.hand_in(4, version=4)                      # queued, made with version 4 of the old lineage
+        r.rec._full_restart("test", 1000.0)          # no checkpoint: back to step 0
+        r.train(2, commit=2)                         # the new trainer's steps 1, 2
+        assert _consumed_newer_than_their_step(r) == []
+        assert r.store.counts().groups_queued == 0 or all(
+            row[0] <= r.lineage.trainer_version for row in r.store.conn.execute(
+                "SELECT version FROM groups WHERE state='queued'"))
+    finally:
+        r.close()
