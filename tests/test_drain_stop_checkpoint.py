@@ -64,3 +64,18 @@ def test_no_group_is_trained_on_by_a_step_older_than_its_weights_after_a_full_re
                 "SELECT version FROM groups WHERE state='queued'"))
     finally:
         r.close()
+
+
+def test_a_slot_saved_pending_without_a_job_is_resubmitted_on_resume(tmp_path: Path) -> None:
+    from slurm_rl.controller.registry import Registry
+
+    r = Rooms(tmp_path)
+    try:
+        for s in r.registry:
+            s.state, s.job_id = RoleState.READY, f"J-{s.name}"
+        r.registry["rollout/1"].state, r.registry["rollout/1"].job_id = RoleState.PENDING, None   # submit in flight
+        r.registry.flush(force=True)
+        again = Registry(r.ctx).resume(committed=0)
+        assert [s.name for s in again] == ["rollout/1"]
+    finally:
+        r.close()

@@ -65,6 +65,7 @@ class Registry:
         now = time.time()
         cfg = self.ctx.cfg
         jobs = {r["job_id"]: r for r in self.ctx.store.jobs()}
+        missing: list[Slot] = []
         for r in self.ctx.store.roles():
             kind = RoleKind(r["kind"])
             slot = Slot(kind=kind, index=r["idx"], state=RoleState(r["state"]), incarnation=r["incarnation"],
@@ -79,9 +80,10 @@ class Registry:
                 slot.assign = P.Command(op="assign", kind=kind.value, index=slot.index,
                                         incarnation=slot.incarnation, resume_step=committed)
             self.slots[slot.name] = slot
+            if slot.state.alive and not slot.job_id:
+                missing.append(slot)         # its submission was in flight when the controller stopped
             if slot.job_id and slot.job_id in jobs:
                 slot.submitted_at = jobs[slot.job_id]["submitted"]
-        missing = []
         for kind in _KINDS:                  # slots the config wants that the store lacks
             for i in range(cfg.replicas(kind)):
                 name = f"{kind.value}/{i}"
