@@ -61,6 +61,17 @@ def _hash_file(path: Path) -> tuple[int, str]:
 
 
 _FILES = ("weights.safetensors", "optimizer.pt")
+_UNDONE = ".undone"
+
+
+def _mtime(d: Path) -> float:
+    """When checkpoint directory `d` was written (its meta.json is written last)."""
+    for p in (d / "meta.json", d):
+        try:
+            return p.stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
 
 
 def list_steps(root: Path) -> list[int]:
@@ -217,13 +228,41 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             log.error("checkpoint at step %d failed: %s", step, e)
             return SaveResult(step, None, f"{e.__class__.__name__}: {e}", time.time() - t0)
-        self._prune()
+        self.prune(step)
         return SaveResult(step, final, "", time.time() - t0)
 
-    def _prune(self) -> None:
+    def prune(self, written: int | None = None) -> None:
+        """Keep the newest `keep` checkpoints of the lineage that wrote `written` (default: the one
+        written last, by meta.json's mtime); never `written` itself. A checkpoint of a higher step
+        than the one just written holds steps that were undone (a rollback resumed below it): it is
+        deleted, as is everything `set_aside_after` set aside."""
         steps = self.steps()
-        for s in steps[:-self.keep] if len(steps) > self.keep else []:
+        if written is None:
+            if not steps:
+                return
+            written = max(steps, key=lambda s: _mtime(self.root / _NAME.format(s)))
+        lineage = [s for s in steps if s <= written]
+        drop = [s for s in steps if s > written] + lineage[:-max(self.keep, 1)]
+        for s in drop:
             shutil.rmtree(self.root / _NAME.format(s), ignore_errors=True)
+        for undone in self.root.glob("*" + _UNDONE):
+            shutil.rmtree(undone, ignore_errors=True)
+
+    def set_aside_after(self, step: int) -> list[int]:
+        """A trainer resumed at `step`: checkpoints of later steps hold undone steps of an older lineage
+        (a restore at their step would take its weights), so they are renamed out of sight now (a
+        rename: nothing slow on the restore's path) and deleted by the next save's prune."""
+        moved = []
+        for s in self.steps():
+            if s > step:
+                d = self.root / _NAME.format(s)
+                shutil.rmtree(d.with_name(d.name + _UNDONE), ignore_errors=True)
+                try:
+                    os.replace(d, d.with_name(d.name + _UNDONE))
+                    moved.append(s)
+                except OSError as e:
+                    log.warning("cannot set aside checkpoint %s of an undone step: %s", d, e)
+        return moved
 
     def close(self) -> None:
         self._q.put(None)

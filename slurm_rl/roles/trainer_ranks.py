@@ -55,6 +55,8 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
     version = rd.broadcast(resume_step, info)
     wepoch = rd.broadcast(rt.newest.wepoch if leader and rt.newest is not None else 0, info)
     reader = Checkpointer(rt.run.checkpoints, cfg.trainer.keep_checkpoints)    # reads; saves are collective
+    if leader:
+        reader.set_aside_after(version)        # later checkpoints hold undone steps of an older lineage
     try:
         if version > 0:
             _restore(rt, trainer, reader, version)
@@ -123,6 +125,7 @@ def _save(rt: RoleRuntime, trainer: PolicyTrainer, version: int, wepoch: int, re
     rt.set_phase(Phase.CHECKPOINTING, f"step {version}")
     path = sharded_ckpt.save(rt.run.checkpoints, version, trainer, {"wepoch": wepoch})
     if rt.rank.leader:
+        reader.prune(version)                  # keep_checkpoints, as the Checkpointer's own saves
         _tell(rt, P.CheckpointSaved(ident=rt.ident, step=version, path=str(path)), reader)
 
 
