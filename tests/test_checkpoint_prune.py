@@ -52,11 +52,12 @@ def test_a_restored_trainer_sets_aside_checkpoints_of_undone_steps(tmp_path):
 def test_prune_without_a_step_keeps_the_newest_written(tmp_path):
     c = Checkpointer(tmp_path / "ck", keep=5)
     try:
-        _save(c, 10, 15, 12)
-        for i, step in enumerate((10, 15, 12)):      # written in this order (not left to mtime granularity)
+        _save(c, 10, 12, 15)
+        # as if 15 were of an undone lineage and 12 written after it (by a saver that prunes with no step)
+        for i, step in enumerate((10, 15, 12)):
             os.utime(c.root / f"step-{step:06d}" / "meta.json", (1000.0 + i, 1000.0 + i))
         c.keep = 1
-        c.prune()                          # what a sharded saver calls after its write: no step given
+        c.prune()
         assert c.steps() == [12]
     finally:
         c.close()
