@@ -109,19 +109,37 @@ def verify(root: Path, step: int) -> str:
     return ""
 
 
+def signature(root: Path, step: int) -> tuple[tuple[int, int, int] | None, ...]:
+    """(inode, size, mtime) of the files `verify` reads: a change means the checkpoint must be checked again."""
+    d = root / _NAME.format(step)
+    out: list[tuple[int, int, int] | None] = []
+    for name in ("meta.json", *_FILES):
+        try:
+            st = (d / name).stat()
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 def newest_valid(root: Path, at_most: int | None = None,
-                 cache: dict[int, str] | None = None) -> tuple[Restored | None, list[str]]:
+                 cache: dict[int, tuple[tuple[Any, ...], str]] | None = None) -> tuple[Restored | None, list[str]]:
     """Newest intact checkpoint with step <= at_most, and messages about the ones skipped.
 
-    `cache` (step -> problem) saves re-hashing: a finished checkpoint directory never changes.
+    `cache` (step -> (signature, problem)) saves re-hashing an unchanged checkpoint; one whose files
+    changed since (damaged, or written again) is verified again.
     """
     skipped: list[str] = []
     for step in reversed(list_steps(root)):
         if at_most is not None and step > at_most:
             continue
-        problem = cache.get(step) if cache is not None and step in cache else verify(root, step)
         if cache is not None:
-            cache[step] = problem
+            sig = signature(root, step)
+            hit = cache.get(step)
+            problem = hit[1] if hit is not None and hit[0] == sig else verify(root, step)
+            cache[step] = (sig, problem)
+        else:
+            problem = verify(root, step)
         if not problem:
             return Restored(step, root / _NAME.format(step), tuple(skipped)), skipped
         skipped.append(f"step {step}: {problem}")
