@@ -35,6 +35,25 @@ log = logging.getLogger("slurm_rl.checkpoint")
 _NAME = "step-{:06d}"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that is not what slurm-rl writes (and is refused, not read)."""
+
+
+def load_plain(path: Path) -> Any:
+    """A torch file of tensors and plain data (dicts, lists, numbers, strings), onto the CPU: never
+    unpickled as code (`weights_only`), and a checkpoint written on a GPU restores on a CPU."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise CheckpointError(f"{path} holds objects that are not plain data (tensors, dicts, lists, numbers, "
+                              f"strings): refused, not unpickled ({first})") from e
+
+
 @dataclass(frozen=True)
 class SaveResult:
     step: int
@@ -304,9 +323,7 @@ class Checkpointer:
         return load_file(str(self.root / _NAME.format(step) / "weights.safetensors"))
 
     def load_optimizer(self, step: int) -> dict[str, Any]:
-        import torch
-
-        return torch.load(self.root / _NAME.format(step) / "optimizer.pt", weights_only=False)
+        return load_plain(self.root / _NAME.format(step) / "optimizer.pt")
 
     def meta(self, step: int) -> dict[str, Any]:
         return json.loads((self.root / _NAME.format(step) / "meta.json").read_text())

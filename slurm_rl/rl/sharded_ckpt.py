@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from slurm_rl.checkpoint import _NAME, _fsync_dir, _hash_file
+from slurm_rl.checkpoint import _NAME, _fsync_dir, _hash_file, load_plain
 from slurm_rl.rl import dist as rd
 from slurm_rl.rl import fsdp
 from slurm_rl.rl.grpo import PolicyTrainer
@@ -128,7 +128,7 @@ def load(path: Path, tr: PolicyTrainer, *, weights: bool = True) -> None:
     set_optimizer_state_dict(tr.model, tr.optimizer, state["optimizer"])
     if "model" in state:
         set_model_state_dict(tr.model, state["model"])
-    extra = torch.load(path / "optimizer.pt", weights_only=False)
+    extra = load_plain(path / "optimizer.pt")
     if tr.scaler is not None and extra.get("scaler"):
         tr.scaler.load_state_dict(extra["scaler"])
     tr.version = int(extra["version"])
