@@ -35,9 +35,8 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from slurm_rl.report import report_dict  # noqa: E402
+from slurm_rl.report import RESTORE_PARTS, report_dict  # noqa: E402
 from slurm_rl.rundir import RunDir  # noqa: E402
-
 
 POLICIES = ("role-based", "full-restart")
 
@@ -208,15 +207,17 @@ def print_tables(s: dict) -> None:
                   f"{s['wall_s'][pol]:.0f}", str(s["faults"][pol]), f"{b['recovery_s']:.1f}",
                   f"{b['replay_s']:.1f}", f"{b['idle_s']:.1f}")
     c.print(t)
-    m = Table(title="MTTR by role and fault kind (seconds: total = detect + schedule + load + sync + ...)")
-    for col in ("policy", "role", "fault", "n", "MTTR", "detect", "schedule", "load", "sync"):
+    m = Table(title="MTTR by role and fault kind (seconds: total = detect + schedule + load + sync + ...; "
+                    "a trainer's load = build + verify + weights + optimizer + the rest)")
+    for col in ("policy", "role", "fault", "n", "MTTR", "detect", "schedule", "load", "build", "verify", "weights",
+                "optimizer", "sync"):
         m.add_column(col, justify="right" if col not in ("policy", "role", "fault") else "left")
     for pol in s["mttr"]:
         for r in s["mttr"][pol]:
             def f(v):
                 return "-" if v is None else f"{v:.2f}"
             m.add_row(pol, r["role"], r["kind"], str(r["count"]), f(r["mttr_s"]), f(r["detect_s"]),
-                      f(r["schedule_s"]), f(r["load_s"]), f(r["sync_s"]))
+                      f(r["schedule_s"]), f(r["load_s"]), *(f(r.get(k)) for k in RESTORE_PARTS), f(r["sync_s"]))
     c.print(m)
 
 

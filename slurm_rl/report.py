@@ -156,8 +156,25 @@ def ettr_breakdown(conn: sqlite3.Connection, meta: dict[str, Any], now: float | 
             "recovery_s": recovery}
 
 
+# a trainer_restore event's breakdown of the restore (slurm_rl.roles.trainer.restore_split): the
+# parts of a trainer fault's `load` (t_scheduled -> t_loaded)
+RESTORE_PARTS = ("build_s", "verify_s", "weights_s", "optimizer_s")
+
+
+def _restore_parts(conn: sqlite3.Connection) -> list[tuple[float, dict[str, float]]]:
+    out = []
+    for t, data in conn.execute("SELECT t, data FROM events WHERE kind='trainer_restore' ORDER BY id"):
+        try:
+            d = json.loads(data or "{}")
+            out.append((float(t), {k: float(d[k]) for k in RESTORE_PARTS if k in d}))
+        except (ValueError, TypeError):
+            continue
+    return out
+
+
 def _fault_rows(conn: sqlite3.Connection, t0: float) -> list[dict[str, Any]]:
     out = []
+    restores = _restore_parts(conn)
     for r in conn.execute("SELECT * FROM faults ORDER BY id"):
         def rel(k: str, r: sqlite3.Row = r) -> float | None:
             v = r[k]
@@ -177,6 +194,13 @@ def _fault_rows(conn: sqlite3.Connection, t0: float) -> list[dict[str, Any]]:
             "load_s": span("t_scheduled", "t_loaded"), "sync_s": span("t_loaded", "t_synced"),
             "recover_s": span("t_fault", "t_recovered"), "action": r["action"], "reason": r["reason"],
         })
+        if role == "trainer" and r["t_detect"] is not None:
+            # the restore this fault led to: the first one reported after its detection (and not
+            # after its recovery), each restore counted for one fault
+            end = float(r["t_recovered"]) + 1.0 if r["t_recovered"] is not None else float("inf")
+            hit = next((i for i, (t, _) in enumerate(restores) if float(r["t_detect"]) <= t <= end), None)
+            if hit is not None:
+                out[-1].update({k: round(v, 3) for k, v in restores.pop(hit)[1].items()})
     return out
 
 
@@ -233,7 +257,8 @@ def fault_badput(conn: sqlite3.Connection, meta: dict[str, Any],
 
 def mttr_table(faults: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean time to recovery per (role, fault kind), split into its parts (detect, schedule, load,
-    weight sync), with the mean replay and idle time a fault of that kind cost (`fault_badput`)."""
+    weight sync; a trainer's load again into build, verify, weights and optimizer, from its restore
+    events), with the mean replay and idle time a fault of that kind cost (`fault_badput`)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for f in faults:
         if f["recover_s"] is not None:
@@ -246,7 +271,8 @@ def mttr_table(faults: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
         rows.append({"role": role, "kind": kind, "count": len(fs), "mttr_s": mean("recover_s"),
                      "detect_s": mean("detect_s"), "schedule_s": mean("schedule_s"), "load_s": mean("load_s"),
-                     "sync_s": mean("sync_s"), "replay_s": mean("replay_s"), "idle_s": mean("idle_s")})
+                     "sync_s": mean("sync_s"), "replay_s": mean("replay_s"), "idle_s": mean("idle_s"),
+                     **{k: mean(k) for k in RESTORE_PARTS}})
     return rows
 
 

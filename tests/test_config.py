@@ -118,3 +118,23 @@ def test_a_trainer_of_several_ranks_has_its_shape_in_its_resources():
     assert RunConfig.model_validate({}).trainer_shape() == (1, 1)
     with pytest.raises(ValueError, match="one rank per GPU"):
         RunConfig.model_validate({"trainer": {"gpus_per_node": 8, "ranks_per_node": 2}})
+
+
+def test_which_standby_can_become_the_trainer():
+    """RunConfig.standby_misfit: a spare or rollout job stands in for the trainer only with its shape
+    and at least its GPUs and memory, and the same gres and constraint."""
+    from slurm_rl.config import RunConfig
+
+    def misfit(over: dict) -> dict:
+        cfg = RunConfig.model_validate(over)
+        return {k: cfg.standby_misfit(k) for k in (RoleKind.SPARE, RoleKind.ROLLOUT)}
+
+    assert misfit({}) == {RoleKind.SPARE: "", RoleKind.ROLLOUT: ""}
+    got = misfit({"slurm": {"gpus_per_node": 1}, "spare": {"gpus_per_node": 0}})
+    assert got[RoleKind.SPARE] == "a spare job has 0 GPU(s); the trainer needs 1" and got[RoleKind.ROLLOUT] == ""
+    got = misfit({"trainer": {"mem_gb": 200}, "rollout": {"mem_gb": 64}})
+    assert "64" in got[RoleKind.ROLLOUT] and "200" in got[RoleKind.ROLLOUT] and got[RoleKind.SPARE] == ""
+    got = misfit({"trainer": {"constraint": "h100"}, "spare": {"constraint": "h100"}})
+    assert got[RoleKind.SPARE] == "" and "constraint" in got[RoleKind.ROLLOUT]
+    got = misfit({"trainer": {"nodes": 2}})
+    assert all("2 node(s) x 1 rank(s)" in v for v in got.values())

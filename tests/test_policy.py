@@ -553,3 +553,28 @@ def test_a_draining_node_under_a_multi_rank_trainer_starts_no_move_to_a_one_node
     # a one-rank trainer on a draining node is moved to the spare as before
     acts = pol.decide(NOW, view(cluster(**{"trainer/0": slot(RoleKind.TRAINER, node_health=NodeHealth.DRAIN)})))
     assert "StartMove" in kinds(acts)
+
+
+def test_a_trainer_is_promoted_only_onto_a_standby_with_its_resources():
+    """A one-node trainer on a GPU: a spare job without a GPU cannot stand in; a rollout with one can
+    (spare-then-rollout); with neither, a cold trainer job, and the reason says what was missing."""
+    dead = slot(RoleKind.TRAINER, job_state=JobState.FAILED, job_exit="exit 1")
+    no_gpu = "a spare job has 0 GPU(s); the trainer needs 1"
+    acts = pol.decide(NOW, view(cluster(**{"trainer/0": dead}), standby_misfit={RoleKind.SPARE: no_gpu}))
+    promoted = [a for a in acts if isinstance(a, pol.PromoteTrainer)]
+    assert [a.standby for a in promoted] == ["rollout/0"]
+    small = "a rollout job has 64 GB of memory; the trainer asks for 200"
+    acts = pol.decide(NOW, view(cluster(**{"trainer/0": dead}),
+                                standby_misfit={RoleKind.SPARE: no_gpu, RoleKind.ROLLOUT: small}))
+    assert "PromoteTrainer" not in kinds(acts)
+    sub = [a for a in acts if isinstance(a, pol.Submit) and a.slot == "trainer/0"]
+    assert sub and no_gpu in sub[0].reason and small in sub[0].reason
+    # spare-only: the spare's misfit alone sends it to a cold job, rollouts are not considered
+    acts = pol.decide(NOW, view(cluster(**{"trainer/0": dead}), thresholds=th(standby="spare-only"),
+                                standby_misfit={RoleKind.SPARE: no_gpu}))
+    assert "PromoteTrainer" not in kinds(acts)
+    assert any(isinstance(a, pol.Submit) and a.slot == "trainer/0" and no_gpu in a.reason for a in acts)
+    # and a draining node under it starts no move onto the unfit spare
+    t = slot(RoleKind.TRAINER, node_health=NodeHealth.DRAIN)
+    acts = pol.decide(NOW, view(cluster(**{"trainer/0": t}), standby_misfit={RoleKind.SPARE: no_gpu}))
+    assert not [a for a in acts if isinstance(a, (pol.StartMove, pol.AddSpare))]

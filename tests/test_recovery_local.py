@@ -86,6 +86,9 @@ def test_trainer_crash_restored_from_standby_at_committed_step(run_factory):
     data = json.loads(runs.events(run, "trainer_restore")[-1]["data"])
     assert data["staged"] == "yes", data
     assert data["weights"] in ("weights already held by this standby", "a live holder"), data
+    # where the restore's time went, for the MTTR split of `report` (the trainer was staged: no build)
+    split = {k: float(data[k]) for k in ("build_s", "verify_s", "weights_s", "optimizer_s")}
+    assert all(v >= 0 for v in split.values()) and sum(split.values()) <= float(data["restore_s"]) + 0.01, data
     runs.wait_for(lambda: runs.committed(run) >= resumed_at + 5, 60, "5 more steps", run)
     # steps go on from the committed one: never back past it
     kept = [r["step"] for r in runs.q(run, "SELECT step FROM steps WHERE state != 'rolled_back' ORDER BY step")]

@@ -5,12 +5,15 @@ newest checkpoint) while the rollouts keep generating."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from slurm_rl import checkpoint
 from slurm_rl.cli import cli
+from slurm_rl.report import RESTORE_PARTS
 from slurm_rl.rl.sharded_ckpt import DCP_DIR
 from tests import runs
 
@@ -28,6 +31,11 @@ def test_a_two_rank_trainer_runs_the_demo(tmp_path: Path) -> None:
     log = (run.logs / "trainer-0.1.log").read_text()
     assert "rank 1 of 2" in log and "on 2 ranks" in log
     assert (run.checkpoints / "step-000016" / DCP_DIR).is_dir()
+    # saved asynchronously every 4 steps, each reported once in place, pruned to keep_checkpoints (3)
+    saved = [int(e["msg"].split()[3]) for e in runs.events(run, "checkpoint")]
+    assert saved == [4, 8, 12, 16]
+    assert checkpoint.list_steps(run.checkpoints) == [8, 12, 16]
+    assert all(checkpoint.verify(run.checkpoints, s) == "" for s in (8, 12, 16))
     assert CliRunner().invoke(cli, ["export", str(run.path), str(tmp_path / "hf")]).exit_code == 0
 
 
@@ -50,4 +58,12 @@ def test_a_fault_of_rank_1_is_one_trainer_fault_recovered_without_touching_rollo
     runs.assert_no_prompt_done_twice(run)
     restored = runs.events(run, "trainer_restore")
     assert restored and "on 2 ranks" in restored[-1]["msg"]
+    # the trainer's MTTR split: its load into build / verify / weights / optimizer, from that restore
+    parts = json.loads(restored[-1]["data"])
+    f = rep["faults"][0]
+    assert all(f[k] == round(float(parts[k]), 3) >= 0 for k in RESTORE_PARTS), (f, parts)
+    assert sum(f[k] for k in RESTORE_PARTS) <= float(parts["restore_s"]) + 0.01
+    assert f["weights_s"] > 0 and (f["optimizer_s"] > 0) == (parts["optimizer_step"] != "-1")
+    row = next(m for m in rep["mttr"] if m["role"] == "trainer")
+    assert row["weights_s"] == f["weights_s"] and row["optimizer_s"] == f["optimizer_s"]
     assert rep["trainer"]["world_size"] == 2

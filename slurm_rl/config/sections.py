@@ -502,6 +502,25 @@ class RunConfig(_Section):
         r = self.resources(RoleKind.TRAINER)
         return r.nodes, r.tasks_per_node
 
+    def standby_misfit(self, kind: RoleKind) -> str:
+        """Why a job of `kind` (a spare or a rollout: one process on one node) cannot become the
+        trainer, or "" when it can: it must have the trainer's shape and at least its resources."""
+        n, r = self.trainer_shape()
+        if (n, r) != (1, 1):
+            return f"the trainer is {n} node(s) x {r} rank(s); a {kind.value} is one process on one node"
+        t, s = self.resources(RoleKind.TRAINER), self.resources(kind)
+        if s.nodes != 1:
+            return f"a {kind.value} job has {s.nodes} nodes; the trainer runs on one"
+        if s.gpus_per_node < t.gpus_per_node:
+            return f"a {kind.value} job has {s.gpus_per_node} GPU(s); the trainer needs {t.gpus_per_node}"
+        if t.mem_gb is not None and s.mem_gb is not None and s.mem_gb < t.mem_gb:
+            return f"a {kind.value} job has {s.mem_gb} GB of memory; the trainer asks for {t.mem_gb}"
+        for what in ("gres", "constraint"):
+            want, got = getattr(t, what), getattr(s, what)
+            if want and want != got:
+                return f"a {kind.value} job's {what} is {got or 'unset'}; the trainer's is {want}"
+        return ""
+
     def replicas(self, role: RoleKind) -> int:
         return {RoleKind.TRAINER: 1, RoleKind.ROLLOUT: self.rollout.replicas, RoleKind.SPARE: self.spare.replicas}[role]
 

@@ -101,6 +101,8 @@ class Detector:
             full_restart_policy=rc.policy is RecoveryPolicy.FULL_RESTART, spare_replicas=ctx.cfg.spare.replicas,
             hang_idle_after_s=rc.hang_idle_after_s, use_process_state=rc.process_state,
             stopped_after_s=2 * rc.heartbeat_interval_s)
+        self.standby_misfit = {k: why for k in (RoleKind.SPARE, RoleKind.ROLLOUT)
+                               if (why := ctx.cfg.standby_misfit(k))}
 
     def close(self) -> None:
         self.prober.close()
@@ -323,7 +325,7 @@ class Detector:
                       full_restarts=full_restarts, node_failures=dict(node_failures),
                       excluded_nodes=frozenset(excluded), restarting=restarting, stopping=stopping,
                       start_s=self.start_times.estimates() if self.ctx.cfg.recovery.weigh_start_times else {},
-                      trainer_shape=trainer_shape)
+                      trainer_shape=trainer_shape, standby_misfit=self.standby_misfit)
 
     def apply(self, a: V.Action, now: float) -> None:
         """Suspect, Clear and Probe: the detection state of one slot."""

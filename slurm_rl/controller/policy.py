@@ -221,7 +221,12 @@ def _trainer_standby(now: float, view: View, pool: _Pool, by_slot: Mapping[str, 
         # only a standby of the trainer's own shape (nodes x ranks) can hold its shards
         n, r = view.trainer_shape
         return None, f"no warm standby has the trainer's shape ({n} node(s) x {r} rank(s))"
-    standby = pool.take_spare(dead.node, peek=peek)
+    spare_no, rollout_no = (view.standby_misfit.get(k, "") for k in (RoleKind.SPARE, RoleKind.ROLLOUT))
+    standby = None if spare_no else pool.take_spare(dead.node, peek=peek)
+    if standby is None and t.standby == "spare-then-rollout" and rollout_no:
+        return None, "; ".join(w for w in (spare_no, rollout_no) if w)
+    if standby is None and t.standby == "spare-only" and spare_no:
+        return None, spare_no
     if standby is None and t.standby == "spare-then-rollout":
         candidate = pool.take_rollout(dead.node, peek=True)
         why = _cold_trainer_sooner(now, view, pool, candidate) if candidate is not None else ""
@@ -422,7 +427,7 @@ def _moves(view: View, pool: _Pool, dead: set[str]) -> list[Action]:
             continue
         if s.node_health is not NodeHealth.DRAIN or not s.ready:
             continue
-        if s.kind is RoleKind.TRAINER and view.trainer_shape != (1, 1):
+        if s.kind is RoleKind.TRAINER and (view.trainer_shape != (1, 1) or view.standby_misfit.get(RoleKind.SPARE)):
             continue              # no standby of its shape to hand it to: it trains on until the node goes
         reserved = next((x for x in view.slots if x.reserved_for == s.slot and x.state.alive), None)
         if reserved is not None:

@@ -99,6 +99,9 @@ class View:
     # ROLLOUT an engine (rollout or spare); absent until seen once
     start_s: Mapping[RoleKind, float] = dataclasses.field(default_factory=dict)
     trainer_shape: tuple[int, int] = (1, 1)   # (nodes, ranks per node): a standby must have it to take over
+    # why a standby of a kind cannot become the trainer (shape, GPUs, memory, gres, constraint:
+    # RunConfig.standby_misfit); a kind absent or "" can
+    standby_misfit: Mapping[RoleKind, str] = dataclasses.field(default_factory=dict)
 
 
 class StartTimes:

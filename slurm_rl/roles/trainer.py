@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import copy
 import logging
+import queue
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from slurm_rl import protocol as P
-from slurm_rl.checkpoint import Checkpointer
+from slurm_rl.checkpoint import Checkpointer, SaveResult
 from slurm_rl.rl.grpo import Group, PolicyTrainer, Sample
 from slurm_rl.roles.host import RoleHost, resolve_device
 from slurm_rl.roles.runtime import RoleRuntime
@@ -30,6 +31,12 @@ log = logging.getLogger("slurm_rl.roles.trainer")
 
 class _Stop(Exception):
     pass
+
+
+class SaveReports(Protocol):
+    """What reports finished checkpoint saves: a Checkpointer, or a sharded trainer's ShardedSaver."""
+
+    done: queue.SimpleQueue[SaveResult]
 
 
 def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Command | None:
@@ -131,7 +138,7 @@ def _check_stop(rt: RoleRuntime) -> None:
         raise _Stop(cmd.reason)
 
 
-def _next_batch(rt: RoleRuntime, version: int, n: int, ckpt: Checkpointer) -> tuple[list[P.GroupMsg], float]:
+def _next_batch(rt: RoleRuntime, version: int, n: int, ckpt: SaveReports) -> tuple[list[P.GroupMsg], float]:
     t0 = time.time()
     rt.set_phase(Phase.WAITING_FOR_DATA, f"step {version + 1}")
     while True:
@@ -143,7 +150,7 @@ def _next_batch(rt: RoleRuntime, version: int, n: int, ckpt: Checkpointer) -> tu
         time.sleep(0.05)
 
 
-def _tell(rt: RoleRuntime, msg: P.Request, ckpt: Checkpointer) -> None:
+def _tell(rt: RoleRuntime, msg: P.Request, ckpt: SaveReports) -> None:
     """The controller must learn of a step: retry until it answers (it may be restarting)."""
     delay = 0.2
     while rt.call(msg, timeout_s=10.0, attempts=2) is None:
@@ -151,7 +158,7 @@ def _tell(rt: RoleRuntime, msg: P.Request, ckpt: Checkpointer) -> None:
         delay = min(2 * delay, 5.0)
 
 
-def _report_checkpoints(rt: RoleRuntime, ckpt: Checkpointer) -> None:
+def _report_checkpoints(rt: RoleRuntime, ckpt: SaveReports) -> None:
     while True:
         try:
             res = ckpt.done.get_nowait()
@@ -172,11 +179,14 @@ def _to_group(g: P.GroupMsg) -> Group:
 
 def _restore(rt: RoleRuntime, trainer: PolicyTrainer, ckpt: Checkpointer, step: int, *, staged: bool,
              t_promoted: float) -> None:
-    """Weights of version `step` and the newest usable optimizer state, with an event saying how."""
+    """Weights of version `step` and the newest usable optimizer state, with an event saying how and
+    where the time went (building the trainer, verifying checkpoints, weights, optimizer state)."""
+    t_verify = time.time()
     best, skipped = ckpt.newest_valid(at_most=step)
     for problem in skipped:
         rt.call(P.RoleEvent(ident=rt.ident, kind="checkpoint_fallback",
                             msg=f"skipped checkpoint {problem}; using an older one"))
+    t_weights = time.time()
     if rt.held is not None and rt.held_version == step:
         trainer.load_weights(rt.held.tensors())
         source = "weights already held by this standby"
@@ -188,15 +198,28 @@ def _restore(rt: RoleRuntime, trainer: PolicyTrainer, ckpt: Checkpointer, step: 
                 lambda ws: trainer.load_weights(ws.tensors())):
             raise RuntimeError(f"cannot restore version {step}: no holder, no checkpoint")
         source = "a live holder"
+    t_opt = time.time()
     if best is not None:
         # the fp32 master weights saved with an older optimizer state would roll the weights back
         trainer.load_optimizer_state(ckpt.load_optimizer(best.step), master_weights=best.step == step)
         opt = f"optimizer from checkpoint {best.step}" + (f" ({step - best.step} steps older)" if best.step < step else "")
     else:
         opt = "fresh optimizer (no checkpoint yet)"
-    took = time.time() - t_promoted
+    t_end = time.time()
+    took = t_end - t_promoted
     built = "trainer staged by the standby" if staged else "trainer built now"
     rt.call(P.RoleEvent(ident=rt.ident, kind="trainer_restore",
                         msg=f"trainer restored at step {step} in {took:.1f}s: weights from {source}, {opt}, {built}",
                         data={"step": str(step), "weights": source, "optimizer_step": str(best.step if best else -1),
-                              "staged": "yes" if staged else "no", "restore_s": f"{took:.3f}"}))
+                              "staged": "yes" if staged else "no", "restore_s": f"{took:.3f}",
+                              **restore_split(t_verify - t_promoted, t_weights - t_verify, t_opt - t_weights,
+                                              t_end - t_opt)}))
+
+
+def restore_split(build: float, verify: float, weights: float, optimizer: float) -> dict[str, str]:
+    """A trainer_restore event's breakdown of its time (seconds, as strings like all event data):
+    build (the trainer, or its process group and shards), verify (checkpoint hashes), weights (pull
+    or read, and scatter), optimizer (state from a checkpoint). `slurm-rl report` splits the
+    trainer's MTTR with it."""
+    return {"build_s": f"{build:.3f}", "verify_s": f"{verify:.3f}", "weights_s": f"{weights:.3f}",
+            "optimizer_s": f"{optimizer:.3f}"}

@@ -3,8 +3,9 @@
 Rank 0 speaks for the role (batches, step reports, checkpoints, publishing the weights rollouts
 pull); every rank steps. Each turn of the loop begins with one broadcast from rank 0: the next
 batch, or stop, or done, so all ranks run the same collectives in the same order. Weights are
-gathered whole to rank 0 after each step and published from there; checkpoints are collective
-(slurm_rl.rl.sharded_ckpt: whole weights + DCP optimizer shards, restorable at any world size).
+gathered whole to rank 0 after each step and published from there; checkpoints are collective and
+asynchronous (slurm_rl.rl.sharded_ckpt.ShardedSaver: the published whole weights + DCP optimizer
+shards, written while the next steps train, restorable at any world size).
 
 Restoring at committed step c (a new trainer job after any rank's fault): rank 0 gets version c's
 weights from a checkpoint of c or from any live holder (a rollout), and scatters them; the optimizer
@@ -27,7 +28,16 @@ from slurm_rl.rl import fsdp, sharded_ckpt
 from slurm_rl.rl.grpo import PolicyTrainer
 from slurm_rl.rl.precision import torch_dtype
 from slurm_rl.roles.runtime import RoleRuntime
-from slurm_rl.roles.trainer import _next_batch, _Stop, _tell, _to_group, make_trainer, step_metrics
+from slurm_rl.roles.trainer import (
+    _next_batch,
+    _report_checkpoints,
+    _Stop,
+    _tell,
+    _to_group,
+    make_trainer,
+    restore_split,
+    step_metrics,
+)
 from slurm_rl.states import Phase
 from slurm_rl.sync import WeightSet
 
@@ -50,16 +60,18 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
     """Every rank runs this; rank 0's `resume_step` is the one that counts."""
     cfg, alg, info = rt.cfg, rt.cfg.algorithm, rt.rank
     leader = info.leader
+    t_start = time.time()
     rt.set_phase(Phase.RESTORING if resume_step > 0 else Phase.LOADING, f"step {resume_step}")
     trainer = make_sharded_trainer(rt)
     version = rd.broadcast(resume_step, info)
     wepoch = rd.broadcast(rt.newest.wepoch if leader and rt.newest is not None else 0, info)
-    reader = Checkpointer(rt.run.checkpoints, cfg.trainer.keep_checkpoints)    # reads; saves are collective
+    reader = Checkpointer(rt.run.checkpoints, cfg.trainer.keep_checkpoints)    # reads and prunes
+    saver = sharded_ckpt.ShardedSaver(rt.run.checkpoints, trainer, after_save=reader.prune)
     if leader:
         reader.set_aside_after(version)        # later checkpoints hold undone steps of an older lineage
     try:
         if version > 0:
-            _restore(rt, trainer, reader, version)
+            _restore(rt, trainer, reader, version, t_start)
         trainer.version = version
         _publish(rt, trainer, version, wepoch)
         last_ckpt = version
@@ -68,7 +80,7 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
             rec: tuple[Any, ...] = ("done",)
             if leader and version < alg.steps:
                 try:
-                    groups, t_wait = _next_batch(rt, version, alg.prompts_per_step, reader)
+                    groups, t_wait = _next_batch(rt, version, alg.prompts_per_step, saver)
                     rec = ("step", groups, t_wait)
                 except _Stop:
                     rec = ("stop",)
@@ -88,14 +100,18 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
                 metrics = {**step_metrics(stats, t1 - t0), "world_size": float(info.world_size)}
                 _tell(rt, P.StepDone(ident=rt.ident, version=version, wepoch=wepoch,
                                      group_ids=[g.group_id for g in rec[1]], t_start=rec[2], t_end=t1,
-                                     wait_s=t0 - rec[2], metrics=metrics), reader)
+                                     wait_s=t0 - rec[2], metrics=metrics), saver)
                 log.info("step %d reward %.3f loss %.4f (%.2fs on %d ranks)", version, stats.reward_mean, stats.loss,
                          t1 - t0, info.world_size)
             if version % cfg.trainer.checkpoint_every == 0 or version == alg.steps:
-                _save(rt, trainer, version, wepoch, reader)
+                _save(rt, saver, version, wepoch)
                 last_ckpt = version
         if end == "stop" and version > last_ckpt:
-            _save(rt, trainer, version, wepoch, reader)      # asked to stop: keep every step taken
+            _save(rt, saver, version, wepoch)      # asked to stop: keep every step taken
+        rt.set_phase(Phase.CHECKPOINTING, "final checkpoint")
+        saver.wait()
+        if leader:
+            _report_checkpoints(rt, saver)
         if leader and end == "done":
             rt.set_phase(Phase.IDLE, f"all {alg.steps} steps done")
             while True:
@@ -104,6 +120,7 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
                     break
                 time.sleep(0.05)
     finally:
+        saver.wait()
         reader.close()
 
 
@@ -121,21 +138,27 @@ def _publish(rt: RoleRuntime, trainer: PolicyTrainer, version: int, wepoch: int,
         rt.held, rt.held_version, rt.held_wepoch = ws, version, wepoch
 
 
-def _save(rt: RoleRuntime, trainer: PolicyTrainer, version: int, wepoch: int, reader: Checkpointer) -> None:
-    rt.set_phase(Phase.CHECKPOINTING, f"step {version}")
-    path = sharded_ckpt.save(rt.run.checkpoints, version, trainer, {"wepoch": wepoch})
-    if rt.rank.leader:
-        reader.prune(version)                  # keep_checkpoints, as the Checkpointer's own saves
-        _tell(rt, P.CheckpointSaved(ident=rt.ident, step=version, path=str(path)), reader)
+def _save(rt: RoleRuntime, saver: sharded_ckpt.ShardedSaver, version: int, wepoch: int) -> None:
+    """Begin checkpoint `version` (collective); it is written while training goes on, and rank 0 tells
+    the controller once it is in place (`_report_checkpoints`, each turn of the loop)."""
+    if saver.busy:
+        rt.set_phase(Phase.CHECKPOINTING, f"step {version}: the previous checkpoint is still being written")
+    weights = rt.held.tensors() if rt.rank.leader and rt.held is not None and rt.held_version == version else {}
+    if rt.rank.leader and not weights:
+        raise RuntimeError(f"checkpoint {version}: rank 0 does not hold version {version}'s weights")
+    saver.start(version, weights, {"wepoch": wepoch})
 
 
-def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step: int) -> None:
-    """Weights of version `step` on every rank, the newest usable optimizer shards, with an event."""
-    t0 = time.time()
+def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step: int, t_start: float) -> None:
+    """Weights of version `step` on every rank, the newest usable optimizer shards, with an event
+    saying how and where the time went (as the single-process trainer's: `restore_split`)."""
+    t_verify = time.time()
     info, leader = rt.rank, rt.rank.leader
     best, source, sd = None, "", {}
+    t_weights = t_verify
     if leader:
         best, _ = reader.newest_valid(at_most=step)
+        t_weights = time.time()
         if best is not None and best.step == step:
             source = f"checkpoint {step}"
         else:
@@ -148,18 +171,23 @@ def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step
     if not source:
         raise RuntimeError(f"cannot restore version {step}: no holder, no checkpoint")
     ckpt_dir = Path(best_path) if best_path else None
+    parts: dict[str, float] = {}
     if source.startswith("checkpoint"):
         assert ckpt_dir is not None
-        sharded_ckpt.load(ckpt_dir, trainer, weights=True)
+        sharded_ckpt.load(ckpt_dir, trainer, weights=True, times=parts)
     else:
         fsdp.load_full_state_dict(trainer.model, sd if leader else {}, rank=info.rank)
+        pulled = time.time() - t_weights                    # the pull and the scatter to every rank
         if ckpt_dir is not None:
-            sharded_ckpt.load(ckpt_dir, trainer, weights=False)
+            sharded_ckpt.load(ckpt_dir, trainer, weights=False, times=parts)
+        parts["weights_s"] = pulled
     if leader:
+        took = time.time() - t_start
         opt = f"optimizer from checkpoint {best_step}" if best_step >= 0 else "fresh optimizer (no checkpoint yet)"
-        took = time.time() - t0
         rt.call(P.RoleEvent(ident=rt.ident, kind="trainer_restore",
                             msg=f"trainer restored at step {step} in {took:.1f}s on {info.world_size} ranks: "
                                 f"weights from {source}, {opt}",
                             data={"step": str(step), "weights": source, "optimizer_step": str(best_step),
-                                  "staged": "no", "restore_s": f"{took:.3f}"}))
+                                  "staged": "no", "restore_s": f"{took:.3f}",
+                                  **restore_split(t_verify - t_start, t_weights - t_verify + parts.get("verify_s", 0.0),
+                                                  parts["weights_s"], parts.get("optimizer_s", 0.0))}))

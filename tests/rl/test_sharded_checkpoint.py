@@ -22,7 +22,7 @@ TRAINER = dict(lr=1e-3, micro_batch_size=2, seed=0)
 
 # mode save: one step, checkpoint 1; mode load: restore checkpoint 1. Both dump the full state seen.
 _RANK = r'''
-import json, os, pickle, sys, time, torch
+import copy, json, os, pickle, sys, time, torch
 from pathlib import Path
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 from slurm_rl.rl import dist as rd, fsdp, sharded_ckpt
@@ -41,15 +41,29 @@ else:
     rd.join(info, device="cpu", timeout_s=120, rdzv=addr.read_text())
 tr = PolicyTrainer(model_dir, ranks=info, wrap_model=lambda m: (fsdp.shard(m, compute_dtype=torch.float32), m)[1],
                    **json.loads(sys.argv[5]))
+full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+extra = {}
 if mode == "save":
     tr.step(pickle.loads((work / "groups.pkl").read_bytes()))
     sharded_ckpt.save(work / "ckpt", 1, tr, {"note": "test"})
+elif mode == "async":
+    # checkpoint 1 is written while step 2 trains: it must hold step 1's state, not step 2's
+    groups = pickle.loads((work / "groups.pkl").read_bytes())
+    tr.step(groups)
+    saver = sharded_ckpt.ShardedSaver(work / "ackpt", tr)
+    at_save = fsdp.full_state_dict(tr.model)
+    opt_at_save = copy.deepcopy(get_optimizer_state_dict(tr.model, tr.optimizer, options=full))   # CPU: views
+    saver.start(1, at_save, {"note": "async"})
+    tr.step(groups)
+    saver.wait()
+    res = saver.done.get_nowait()
+    extra = {"at_save": at_save, "opt_at_save": opt_at_save, "path": str(res.path), "error": res.error}
 else:
     sharded_ckpt.load(work / "ckpt" / "step-000001", tr)
 sd = fsdp.full_state_dict(tr.model)
-opt = get_optimizer_state_dict(tr.model, tr.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+opt = get_optimizer_state_dict(tr.model, tr.optimizer, options=full)
 if rank == 0:
-    torch.save({"weights": sd, "optimizer": opt, "version": tr.version}, work / f"{mode}-2.pt")
+    torch.save({"weights": sd, "optimizer": opt, "version": tr.version, **extra}, work / f"{mode}-2.pt")
 rd.leave()
 os._exit(0)   # torch 2.13 CPU can abort in gloo teardown after all work is done (docs/failure-model.md)
 '''
@@ -104,6 +118,61 @@ def test_saved_at_two_ranks_restores_at_one_and_two(tiny_model: Path, tmp_path: 
     assert again["version"] == 1
     assert all(torch.equal(again["weights"][k], saved["weights"][k]) for k in saved["weights"])
     _same_optimizer(again["optimizer"], saved["optimizer"])
+
+
+def test_an_async_save_holds_the_state_it_was_started_at(tiny_model: Path, tmp_path: Path) -> None:
+    """ShardedSaver: the shards are staged when `start` returns; the step trained while they are
+    written changes the trainer, not the checkpoint, which restores exactly the state at `start`."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    probe = PolicyTrainer(tiny_model, **TRAINER)
+    prompt = load_tokenizer(tiny_model)("3+4=")["input_ids"]
+    comps = [[10, 2], [6, 2], [10, 11, 2], [7, 7, 2]]
+    group = Group("a", [Sample(prompt, c, probe.logprobs(prompt + c)[len(prompt) - 1 :], float(i % 2), 0)
+                        for i, c in enumerate(comps)])
+    (tmp_path / "groups.pkl").write_bytes(pickle.dumps([group]))
+    got = _two_ranks(tiny_model, tmp_path, "async")
+    assert got["error"] == "" and got["version"] == 2
+    path = Path(got["path"])
+    assert path == tmp_path / "ackpt" / "step-000001"
+    assert checkpoint.verify(path.parent, 1) == "" and sharded_ckpt.verify_dcp(path) == ""
+    assert not list(path.parent.glob("*.tmp"))
+    # the trainer moved on after the save began
+    assert any(not torch.equal(got["weights"][k], got["at_save"][k]) for k in got["at_save"])
+    back = PolicyTrainer(tiny_model, **TRAINER)
+    sharded_ckpt.load(path, back)
+    assert back.version == 1
+    restored = back.state_dict_for_sync()
+    assert all(torch.equal(restored[k], got["at_save"][k]) for k in got["at_save"])
+    _same_optimizer(get_optimizer_state_dict(back.model, back.optimizer, options=StateDictOptions(full_state_dict=True)),
+                    got["opt_at_save"])
+
+
+def test_a_failed_async_save_is_reported_not_raised(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
+    """As the single-process Checkpointer: a save that cannot be finished (a full disk while writing
+    the weights) ends up in `done` with the error, leaves neither the step nor a `.tmp` behind, and
+    the next save works."""
+    import errno
+
+    tr = PolicyTrainer(tiny_model, **TRAINER)
+    root = tmp_path / "ck"
+    root.mkdir()
+    saver = sharded_ckpt.ShardedSaver(root, tr)
+    real = sharded_ckpt._finalize
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sharded_ckpt, "_finalize", disk_full)
+    saver.start(2, tr.state_dict_for_sync(), {})
+    saver.wait()
+    res = saver.done.get_nowait()
+    assert res.step == 2 and res.path is None and "No space left" in res.error
+    assert checkpoint.list_steps(root) == [] and not list(root.glob("*.tmp"))
+    monkeypatch.setattr(sharded_ckpt, "_finalize", real)
+    saver.start(3, tr.state_dict_for_sync(), {})
+    saver.wait()
+    assert saver.done.get_nowait().path == root / "step-000003" and checkpoint.verify(root, 3) == ""
 
 
 def test_a_corrupted_shard_is_refused(tiny_model: Path, tmp_path: Path) -> None:

@@ -39,7 +39,10 @@ else:
         time.sleep(0.05)
     rd.join(info, device="cpu", timeout_s=120, rdzv=(work / "addr").read_text())
 kw = json.loads(sys.argv[4])
-tr = PolicyTrainer(model_dir, ranks=info, wrap_model=lambda m: (fsdp.shard(m, compute_dtype=torch.float32), m)[1], **kw)
+compute = {"bfloat16": torch.bfloat16}.get(kw.get("dtype", ""), torch.float32)
+# as the trainer role builds it (roles/trainer_ranks.py): FSDP2's mixed-precision policy casts, no autocast
+tr = PolicyTrainer(model_dir, ranks=info, wrap_model=lambda m: (fsdp.shard(m, compute_dtype=compute), m)[1],
+                   autocast=False, **kw)
 groups = pickle.loads((work / "groups.pkl").read_bytes())
 s = tr.step(groups)
 sd = fsdp.full_state_dict(tr.model)
@@ -68,8 +71,8 @@ def _groups(tr: PolicyTrainer, model_dir: Path) -> list[Group]:
     return out
 
 
-def _run_ranks(model_dir: Path, work: Path) -> dict:
-    outs = run_ranks(_RANK, [[str(model_dir), str(work), str(r), json.dumps(TRAINER)] for r in (0, 1)])
+def _run_ranks(model_dir: Path, work: Path, kw: dict = TRAINER) -> dict:
+    outs = run_ranks(_RANK, [[str(model_dir), str(work), str(r), json.dumps(kw)] for r in (0, 1)])
     line = [x for x in outs[0][0].splitlines() if x.startswith("RESULT ")]
     assert line, outs[0][0][-2000:] + outs[0][1][-2000:]
     return json.loads(line[0][len("RESULT "):])
@@ -95,6 +98,33 @@ def test_two_sharded_ranks_take_the_single_process_step(tiny_model: Path, tmp_pa
     assert got["micro_batches"] == 2 and want.micro_batches == 3   # ceil(ceil(5/2)/2) per rank; ceil(5/2) alone
     for k in ("loss", "grad_norm", "clip_frac", "ratio_mean"):
         assert got[k] == pytest.approx(getattr(want, k), rel=1e-4, abs=1e-6), k
+
+
+def test_two_sharded_ranks_in_bf16_take_the_single_process_bf16_step(tiny_model: Path, tmp_path: Path) -> None:
+    """bf16 compute with fp32 masters both ways: autocast in one process, FSDP2's MixedPrecisionPolicy
+    (bf16 params for forward/backward, fp32 gradient reduction) at 2 ranks. They round differently,
+    so the parity is of the update: the fp32 masters moved the same way (cosine of the two updates),
+    and the step's loss and gradient norm agree to bf16 precision."""
+    kw = {**TRAINER, "dtype": "bfloat16"}
+    single = PolicyTrainer(tiny_model, **kw)
+    masters = {k: v.detach().clone() for k, v in single.model.state_dict().items()}
+    groups = _groups(single, tiny_model)
+    (tmp_path / "groups.pkl").write_bytes(pickle.dumps(groups))
+    want = single.step(groups)
+    got = _run_ranks(tiny_model, tmp_path, kw)
+    sharded = load_file(str(tmp_path / "sharded.safetensors"))
+    after = {k: v.detach() for k, v in single.model.state_dict().items() if k in sharded}   # a tied head once
+    assert sorted(sharded) == sorted(after) and {v.dtype for v in [*sharded.values(), *after.values()]} == {torch.float32}
+    d_single = torch.cat([(after[k] - masters[k]).flatten() for k in sorted(after)])
+    d_sharded = torch.cat([(sharded[k] - masters[k]).flatten() for k in sorted(after)])
+    cos = float(torch.nn.functional.cosine_similarity(d_single, d_sharded, dim=0))
+    rel = float((d_sharded - d_single).norm() / d_single.norm())
+    print(f"bf16 sharded step: cosine of the updates {cos:.5f}, relative difference {rel:.3g}")
+    assert float(d_single.abs().max()) > 1e-4
+    assert cos > 0.98 and rel < 0.2, (cos, rel)
+    assert got["tokens"] == want.tokens and got["sequences"] == want.sequences == 5
+    for k in ("loss", "grad_norm", "ratio_mean"):
+        assert got[k] == pytest.approx(getattr(want, k), rel=2e-2, abs=1e-3), k
 
 
 def test_several_ranks_need_a_sharded_model(tiny_model: Path) -> None:
