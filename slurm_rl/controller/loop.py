@@ -144,7 +144,9 @@ class Controller:
             self.recover.submit(slot, "missing after resume")
         self.store.set_meta("run_state", "running")
         live = sum(1 for s in self.registry if s.state.alive and s.job_id)
-        self.ctx.event("controller_resumed", f"controller resumed; re-attached to {live} live role jobs")
+        reopened = self.faults.reattach(time.time())
+        self.ctx.event("controller_resumed", f"controller resumed; re-attached to {live} live role jobs"
+                       + (f" and {reopened} open fault(s)" if reopened else ""))
         self._jobs_changed()
 
     # ================================================================== loop
