@@ -165,6 +165,23 @@ def newest_valid(root: Path, at_most: int | None = None,
     return None, skipped
 
 
+def put_in_place(tmp: Path, final: Path) -> None:
+    """Rename the finished directory `tmp` to `final`, durably. An existing checkpoint of the same
+    step is moved aside, not deleted first: there is no moment without one."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
+    _fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -247,19 +264,7 @@ class Checkpointer:
                 f.flush()
                 os.fsync(f.fileno())
             _fsync_dir(tmp)
-            # an existing checkpoint of this step is moved aside, not deleted first: no moment without one
-            old = self.root / (_NAME.format(step) + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            if final.exists():
-                os.replace(final, old)
-            try:
-                os.replace(tmp, final)
-            except OSError:
-                if old.exists() and not final.exists():
-                    os.replace(old, final)
-                raise
-            _fsync_dir(self.root)
-            shutil.rmtree(old, ignore_errors=True)
+            put_in_place(tmp, final)
         except Exception as e:
             # a full disk surfaces as OSError, safetensors' SafetensorError or torch's RuntimeError
             shutil.rmtree(tmp, ignore_errors=True)
