@@ -35,6 +35,25 @@ log = logging.getLogger("slurm_rl.checkpoint")
 _NAME = "step-{:06d}"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that is not what slurm-rl writes (and is refused, not read)."""
+
+
+def load_plain(path: Path) -> Any:
+    """A torch file of tensors and plain data (dicts, lists, numbers, strings), onto the CPU: never
+    unpickled as code (`weights_only`), and a checkpoint written on a GPU restores on a CPU."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise CheckpointError(f"{path} holds objects that are not plain data (tensors, dicts, lists, numbers, "
+                              f"strings): refused, not unpickled ({first})") from e
+
+
 @dataclass(frozen=True)
 class SaveResult:
     step: int
@@ -61,6 +80,17 @@ def _hash_file(path: Path) -> tuple[int, str]:
 
 
 _FILES = ("weights.safetensors", "optimizer.pt")
+_UNDONE = ".undone"
+
+
+def _mtime(d: Path) -> float:
+    """When checkpoint directory `d` was written (its meta.json is written last)."""
+    for p in (d / "meta.json", d):
+        try:
+            return p.stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
 
 
 def list_steps(root: Path) -> list[int]:
@@ -98,23 +128,58 @@ def verify(root: Path, step: int) -> str:
     return ""
 
 
+def signature(root: Path, step: int) -> tuple[tuple[int, int, int] | None, ...]:
+    """(inode, size, mtime) of the files `verify` reads: a change means the checkpoint must be checked again."""
+    d = root / _NAME.format(step)
+    out: list[tuple[int, int, int] | None] = []
+    for name in ("meta.json", *_FILES):
+        try:
+            st = (d / name).stat()
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 def newest_valid(root: Path, at_most: int | None = None,
-                 cache: dict[int, str] | None = None) -> tuple[Restored | None, list[str]]:
+                 cache: dict[int, tuple[tuple[Any, ...], str]] | None = None) -> tuple[Restored | None, list[str]]:
     """Newest intact checkpoint with step <= at_most, and messages about the ones skipped.
 
-    `cache` (step -> problem) saves re-hashing: a finished checkpoint directory never changes.
+    `cache` (step -> (signature, problem)) saves re-hashing an unchanged checkpoint; one whose files
+    changed since (damaged, or written again) is verified again.
     """
     skipped: list[str] = []
     for step in reversed(list_steps(root)):
         if at_most is not None and step > at_most:
             continue
-        problem = cache.get(step) if cache is not None and step in cache else verify(root, step)
         if cache is not None:
-            cache[step] = problem
+            sig = signature(root, step)
+            hit = cache.get(step)
+            problem = hit[1] if hit is not None and hit[0] == sig else verify(root, step)
+            cache[step] = (sig, problem)
+        else:
+            problem = verify(root, step)
         if not problem:
             return Restored(step, root / _NAME.format(step), tuple(skipped)), skipped
         skipped.append(f"step {step}: {problem}")
     return None, skipped
+
+
+def put_in_place(tmp: Path, final: Path) -> None:
+    """Rename the finished directory `tmp` to `final`, durably. An existing checkpoint of the same
+    step is moved aside, not deleted first: there is no moment without one."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
+    _fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -199,32 +264,47 @@ class Checkpointer:
                 f.flush()
                 os.fsync(f.fileno())
             _fsync_dir(tmp)
-            # an existing checkpoint of this step is moved aside, not deleted first: no moment without one
-            old = self.root / (_NAME.format(step) + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            if final.exists():
-                os.replace(final, old)
-            try:
-                os.replace(tmp, final)
-            except OSError:
-                if old.exists() and not final.exists():
-                    os.replace(old, final)
-                raise
-            _fsync_dir(self.root)
-            shutil.rmtree(old, ignore_errors=True)
+            put_in_place(tmp, final)
         except Exception as e:
             # a full disk surfaces as OSError, safetensors' SafetensorError or torch's RuntimeError
             shutil.rmtree(tmp, ignore_errors=True)
             log.error("checkpoint at step %d failed: %s", step, e)
             return SaveResult(step, None, f"{e.__class__.__name__}: {e}", time.time() - t0)
-        self.prune()
+        self.prune(step)
         return SaveResult(step, final, "", time.time() - t0)
 
-    def prune(self) -> None:
-        """Delete all but the newest `keep` checkpoints."""
+    def prune(self, written: int | None = None) -> None:
+        """Keep the newest `keep` checkpoints of the lineage that wrote `written` (default: the one
+        written last, by meta.json's mtime); never `written` itself. A checkpoint of a higher step
+        than the one just written holds steps that were undone (a rollback resumed below it): it is
+        deleted, as is everything `set_aside_after` set aside."""
         steps = self.steps()
-        for s in steps[:-self.keep] if len(steps) > self.keep else []:
+        if written is None:
+            if not steps:
+                return
+            written = max(steps, key=lambda s: _mtime(self.root / _NAME.format(s)))
+        lineage = [s for s in steps if s <= written]
+        drop = [s for s in steps if s > written] + lineage[:-max(self.keep, 1)]
+        for s in drop:
             shutil.rmtree(self.root / _NAME.format(s), ignore_errors=True)
+        for undone in self.root.glob("*" + _UNDONE):
+            shutil.rmtree(undone, ignore_errors=True)
+
+    def set_aside_after(self, step: int) -> list[int]:
+        """A trainer resumed at `step`: checkpoints of later steps hold undone steps of an older lineage
+        (a restore at their step would take its weights), so they are renamed out of sight now (a
+        rename: nothing slow on the restore's path) and deleted by the next save's prune."""
+        moved = []
+        for s in self.steps():
+            if s > step:
+                d = self.root / _NAME.format(s)
+                shutil.rmtree(d.with_name(d.name + _UNDONE), ignore_errors=True)
+                try:
+                    os.replace(d, d.with_name(d.name + _UNDONE))
+                    moved.append(s)
+                except OSError as e:
+                    log.warning("cannot set aside checkpoint %s of an undone step: %s", d, e)
+        return moved
 
     def close(self) -> None:
         self._q.put(None)
@@ -248,9 +328,7 @@ class Checkpointer:
         return load_file(str(self.root / _NAME.format(step) / "weights.safetensors"))
 
     def load_optimizer(self, step: int) -> dict[str, Any]:
-        import torch
-
-        return torch.load(self.root / _NAME.format(step) / "optimizer.pt", weights_only=False)
+        return load_plain(self.root / _NAME.format(step) / "optimizer.pt")
 
     def meta(self, step: int) -> dict[str, Any]:
         return json.loads((self.root / _NAME.format(step) / "meta.json").read_text())

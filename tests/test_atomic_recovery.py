@@ -20,7 +20,7 @@ from slurm_rl.controller.registry import Registry
 from slurm_rl.controller.weights import Lineage
 from slurm_rl.rundir import RunDir
 from slurm_rl.store import Store
-from tests.test_full_restart_point import _Backend
+from tests.rooms import Backend
 
 NOW = 1000.0
 
@@ -34,7 +34,7 @@ class Rooms:
         self.cfg = RunConfig.model_validate(cfg or {"spare": {"replicas": 1}})
         self.store = Store(tmp_path / "state.db")
         self.store.load_problems([(f"{i}+1=", str(i + 1)) for i in range(50)])
-        self.ctx = Context(self.run, self.cfg, self.store, _Backend())  # type: ignore[arg-type]
+        self.ctx = Context(self.run, self.cfg, self.store, Backend())  # type: ignore[arg-type]
         self.registry = Registry(self.ctx)
         self.registry.create()
         self.faults = Faults(self.ctx, self.registry)

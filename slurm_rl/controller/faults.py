@@ -15,7 +15,7 @@ from slurm_rl.controller.context import Context
 from slurm_rl.controller.registry import Registry
 from slurm_rl.controller.slot import Slot
 from slurm_rl.errors import SlurmRLError
-from slurm_rl.states import FaultKind, RoleState
+from slurm_rl.states import FaultKind, Phase, RoleKind, RoleState
 
 
 class Faults:
@@ -45,6 +45,23 @@ class Faults:
         took = f" {now - first:.1f}s after the fault" if first is not None else ""
         self.ctx.event("recovered", f"{slot.name} recovered: {what}{took}", slot=slot.name, node=slot.node)
         slot.fault_ids = []
+
+    def reattach(self, now: float) -> int:
+        """After a controller resume: give each fault still open in the store back to its slot, so the
+        slot's recovery closes it (a fault whose recovery a killed controller had begun would stay open
+        forever, and the same death, found again, opens a second one). A slot found already recovered
+        (a standby ready, a rollout generating) closes its faults now. Returns how many were re-attached."""
+        n = 0
+        for r in self.ctx.store.faults():
+            s = self.registry.get(str(r["slot"]))
+            if r["t_recovered"] is None and s is not None and r["id"] not in s.fault_ids:
+                s.fault_ids.append(int(r["id"]))
+                n += 1
+        for s in self.registry:
+            if s.fault_ids and s.state is RoleState.READY and (
+                    s.kind is RoleKind.SPARE or (s.kind is RoleKind.ROLLOUT and s.phase is Phase.GENERATING)):
+                self.recovered(s, now, "found recovered at the controller's resume")
+        return n
 
     def detected(self, s: Slot, signals: tuple[str, ...], now: float) -> list[int]:
         """The faults a death answers: the injected ones awaiting it, else one opened now."""

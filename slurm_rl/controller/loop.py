@@ -8,11 +8,13 @@ recover (actions), faults (injection, chaos, fault records)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import queue
 import socket
+import sqlite3
 import time
 from typing import Any
 
@@ -38,6 +40,20 @@ from slurm_rl.states import Phase, RoleState
 from slurm_rl.store import Store
 
 log = logging.getLogger("slurm_rl.controller")
+
+EXIT_DISK_FULL = 75          # EX_TEMPFAIL: resumable once there is space
+
+
+def disk_full(e: BaseException | None) -> bool:
+    """Is `e` (or what caused it: a failed ROLLBACK can hide SQLite's own error) a full disk or quota?"""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, sqlite3.OperationalError) and "disk is full" in str(e):
+            return True
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 class Controller:
@@ -65,6 +81,7 @@ class Controller:
         self.stop_deadline: float | None = None
         self.final_state = "stopped"
         self.exit_code: int | None = None
+        self.disk_full = False
 
     def _jobs_changed(self) -> None:
         self.poller.track(self.registry.poll_ids())
@@ -100,7 +117,12 @@ class Controller:
         finally:
             self.poller.stop()
             self._flush(force=True)
-            self.metrics.close()
+            try:
+                self.metrics.close()
+            except Exception as e:
+                if not disk_full(e):
+                    raise
+                log.error("metrics not flushed (disk full): %s", e)
             self.detect.close()
             self.recover.close()
             self.run.clear_controller()
@@ -122,7 +144,9 @@ class Controller:
             self.recover.submit(slot, "missing after resume")
         self.store.set_meta("run_state", "running")
         live = sum(1 for s in self.registry if s.state.alive and s.job_id)
-        self.ctx.event("controller_resumed", f"controller resumed; re-attached to {live} live role jobs")
+        reopened = self.faults.reattach(time.time())
+        self.ctx.event("controller_resumed", f"controller resumed; re-attached to {live} live role jobs"
+                       + (f" and {reopened} open fault(s)" if reopened else ""))
         self._jobs_changed()
 
     # ================================================================== loop
@@ -142,10 +166,37 @@ class Controller:
             except SlurmRLError as e:
                 reply = P.Reply(ok=False, error=str(e))
             except Exception as e:  # a bug must not take the controller down
+                if disk_full(e):
+                    # not answered: what could not be written is not done; the role asks again after resume
+                    self._suspend_disk_full(e)
+                    return
                 log.exception("error handling %s", type(env.body).__name__)
                 reply = P.Reply(ok=False, error=f"internal error: {e.__class__.__name__}: {e}")
             self.server.reply(peer, env.req_id, reply)
-        self._tick()
+        try:
+            self._tick()
+        except Exception as e:
+            if not disk_full(e):
+                raise
+            self._suspend_disk_full(e)
+
+    def _suspend_disk_full(self, e: BaseException) -> None:
+        """The run directory's disk is full: the store cannot take what the run does, so the controller
+        stops itself (as if killed, but on purpose) and the run stays resumable: the roles keep their
+        work and reconnect to `slurm-rl resume`, as after any controller loss."""
+        if self.exit_code is not None:
+            return
+        self.disk_full = True
+        reason = (f"disk full under {self.run.path} ({e.__class__.__name__}: {e}); the controller stopped, the roles "
+                  f"keep their work: free space, then `slurm-rl resume {self.run.path}`")
+        log.error("%s", reason)
+        for write in (lambda: self.store.set_metas(run_state="suspended", end_reason=reason),
+                      lambda: self.ctx.event("disk_full", reason)):
+            try:
+                write()
+            except Exception as again:  # the disk is full: say it in the log, which is all there is
+                log.error("could not record it in the store: %s", again)
+        self.exit_code = EXIT_DISK_FULL
 
     def _tick(self) -> None:
         now = time.time()
@@ -368,6 +419,12 @@ class Controller:
 
     # ================================================================== status & persistence
     def _flush(self, force: bool = False) -> None:
+        if self.disk_full:
+            try:
+                self.registry.flush(force)
+            except Exception as e:
+                log.error("roles not written (disk full): %s", e)
+            return
         if self.registry.flush(force):
             self.store.set_metas(node_failures=self.recover.node_failures, heartbeat=time.time(),
                                  scheduler_calls=self.backend.call_counts,

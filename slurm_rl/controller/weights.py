@@ -25,7 +25,7 @@ class Lineage:
         self.epoch_bases: list[int] = list(meta("epoch_bases", [0]))
         self.committed = int(meta("committed", 0))
         self.trainer_version = int(meta("trainer_version", 0))
-        self.ckpt_checked: dict[int, str] = {}        # checkpoint step -> problem ('' intact)
+        self.ckpt_checked: dict[int, tuple[tuple, str]] = {}   # step -> (files' stat, problem: '' intact)
         self.ckpt_reported: set[int] = set()
         self._rr = 0
 
@@ -116,6 +116,8 @@ class Lineage:
                 self.ckpt_reported.add(step)
                 self.ctx.store.invalidate_checkpoint(step)
                 self.ctx.event("checkpoint_fallback", f"checkpoint {msg}; using an older one")
+        if found is not None:
+            self.ckpt_reported.discard(found.step)     # intact now (written again): a new damage is reported
         return found.step if found is not None else 0
 
     def trainer_lost(self, now: float, dying: set[str]) -> float:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from slurm_rl.checkpoint import _NAME, SaveResult, _fsync_dir, _hash_file
+from slurm_rl.checkpoint import _NAME, SaveResult, _fsync_dir, _hash_file, load_plain, put_in_place
 from slurm_rl.rl import dist as rd
 from slurm_rl.rl import fsdp
 from slurm_rl.rl.grpo import PolicyTrainer
@@ -93,10 +93,7 @@ def _finalize(root: Path, step: int, final: Path, tmp: Path, weights: dict[str, 
         os.fsync(f.fileno())
     _fsync_dir(tmp / DCP_DIR)
     _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
+    put_in_place(tmp, final)
 
 
 def save(root: Path, step: int, tr: PolicyTrainer, meta: dict[str, Any]) -> Path:
@@ -221,7 +218,7 @@ def load(path: Path, tr: PolicyTrainer, *, weights: bool = True, times: dict[str
     set_optimizer_state_dict(tr.model, tr.optimizer, state["optimizer"])
     if "model" in state:
         set_model_state_dict(tr.model, state["model"])
-    extra = torch.load(path / "optimizer.pt", weights_only=False)
+    extra = load_plain(path / "optimizer.pt")
     if tr.scaler is not None and extra.get("scaler"):
         tr.scaler.load_state_dict(extra["scaler"])
     tr.version = int(extra["version"])

@@ -13,6 +13,7 @@ version it holds reaches the next multiple of `algorithm.eval_every`, reported a
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -27,14 +28,38 @@ from slurm_rl.states import Phase
 log = logging.getLogger("slurm_rl.roles.rollout")
 
 
+class AckJournalError(RuntimeError):
+    """The ack journal cannot be appended to (a full disk): the rollout stops, a fault like any other."""
+
+
 class AckJournal:
+    """Acknowledged group ids, one a line. Only whole lines: a write cut short (a disk filling up
+    mid-line) is undone, so the next line is not glued to a partial one."""
+
     def __init__(self, rt: RoleRuntime):
-        path = rt.run.acks / f"{rt.job_id or 'nojob'}.{os.getpid()}.log"
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.path = rt.run.acks / f"{rt.job_id or 'nojob'}.{os.getpid()}.log"
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def write(self, ids: list[str]) -> None:
-        if ids:
-            os.write(self.fd, ("\n".join(ids) + "\n").encode())
+        if not ids:
+            return
+        data = ("\n".join(ids) + "\n").encode()
+        start = os.fstat(self.fd).st_size
+        done = 0
+        try:
+            while done < len(data):
+                n = os.write(self.fd, data[done:])
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "No space left on device (nothing written)")
+                done += n
+        except OSError as e:
+            try:
+                os.ftruncate(self.fd, start)       # whole lines only
+            except OSError:
+                pass
+            raise AckJournalError(f"cannot append {len(ids)} acknowledged group id(s) to the ack journal {self.path}: "
+                                  f"{e.strerror or e}; they are stored (the controller acknowledged them), only "
+                                  f"the journal the loss audit reads lacks them; this rollout stops") from e
 
 
 def run_rollout(rt: RoleRuntime, host: RoleHost) -> P.Command | None:

@@ -51,6 +51,7 @@ def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Comma
     rt.set_phase(Phase.RESTORING if resume_step > 0 else Phase.LOADING, f"step {resume_step}")
     trainer, staged = host.take_trainer()
     ckpt = Checkpointer(rt.run.checkpoints, cfg.trainer.keep_checkpoints)
+    ckpt.set_aside_after(resume_step)          # later checkpoints hold undone steps of an older lineage
     wepoch = rt.newest.wepoch if rt.newest is not None else 0
     version = resume_step
     if version > 0:

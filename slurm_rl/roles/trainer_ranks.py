@@ -67,6 +67,8 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
     wepoch = rd.broadcast(rt.newest.wepoch if leader and rt.newest is not None else 0, info)
     reader = Checkpointer(rt.run.checkpoints, cfg.trainer.keep_checkpoints)    # reads and prunes
     saver = sharded_ckpt.ShardedSaver(rt.run.checkpoints, trainer, after_save=reader.prune)
+    if leader:
+        reader.set_aside_after(version)        # later checkpoints hold undone steps of an older lineage
     try:
         if version > 0:
             _restore(rt, trainer, reader, version, t_start)
