@@ -71,6 +71,16 @@ class WeightsInfo(msgspec.Struct, frozen=True):
     wepoch: int
     holders: list[dict[str, str]]  # transport -> address, best first
     holder_hosts: list[str] = []
+    # the step each weight epoch forked from (the committed step of its rollback): versions up to
+    # the fork are the same weights in the older epochs (`shared_with_later_epochs`)
+    epoch_bases: list[int] = []
+
+
+def shared_with_later_epochs(epoch_bases: list[int], wepoch: int, version: int) -> bool:
+    """Is `version` of weight epoch `wepoch` the same weights in every later epoch? Yes up to the
+    oldest fork after it; beyond, a later epoch's version of that number was trained anew."""
+    later = epoch_bases[wepoch + 1:]
+    return bool(later) and version <= min(later)
 
 
 # ----------------------------------------------------------------------------- requests

@@ -33,16 +33,22 @@ def test_a_move_whose_stop_checkpoint_failed_rolls_back_the_uncommitted_steps(tm
         r.close()
 
 
-def _needs(held: tuple[int, int], newest: tuple[int, int]) -> bool:
+def _needs(held: tuple[int, int], newest: tuple[int, int], bases: tuple[int, ...] = (0, 2)) -> bool:
     rt = SimpleNamespace(held_wepoch=held[0], held_version=held[1],
-                         newest=P.WeightsInfo(version=newest[1], wepoch=newest[0], holders=[{"tcp": "x:1"}]))
+                         newest=P.WeightsInfo(version=newest[1], wepoch=newest[0], holders=[{"tcp": "x:1"}],
+                                              epoch_bases=list(bases)))
     return RoleRuntime.needs_sync(rt)  # type: ignore[arg-type]
 
 
 def test_a_role_syncs_when_the_epoch_differs_at_the_same_version() -> None:
+    """Epoch 1 forked from step 2 of epoch 0 (a rollback to committed step 2)."""
     assert not _needs((0, 4), (0, 4))
     assert _needs((0, 4), (0, 5))
-    assert _needs((0, 4), (1, 4))                    # same number, other lineage: other weights
+    assert _needs((0, 4), (1, 4))                    # same number past the fork: other weights
+    assert not _needs((0, 2), (1, 2))                # the fork itself: the same weights, no second pull
+    assert _needs((0, 2), (1, 3))
+    assert _needs((0, 2), (2, 2), bases=(0, 2, 1))   # a later rollback to 1: epoch 2's step 2 is new
+    assert not _needs((1, 1), (2, 1), bases=(0, 2, 1))
 
 
 def _consumed_newer_than_their_step(r: Rooms) -> list[tuple[int, int]]:

@@ -36,7 +36,7 @@ class Lineage:
             return False
         if wepoch == self.wepoch:
             return version <= max(self.trainer_version, self.epoch_bases[-1])
-        return version <= min(self.epoch_bases[wepoch + 1:])
+        return P.shared_with_later_epochs(self.epoch_bases, wepoch, version)
 
     # ---- directory
     def newest_version(self) -> int:
@@ -59,7 +59,7 @@ class Lineage:
             relays = relays[self._rr:] + relays[:self._rr]
         ordered = relays + trainers
         return P.WeightsInfo(version=newest, wepoch=self.wepoch, holders=[dict(s.sync_addrs) for s in ordered],
-                             holder_hosts=[s.host_id for s in ordered])
+                             holder_hosts=[s.host_id for s in ordered], epoch_bases=list(self.epoch_bases))
 
     def held(self, slot: Slot, version: int, wepoch: int, addrs: dict[str, str] | None) -> None:
         """A role says which version it holds (a heartbeat or VersionHeld)."""

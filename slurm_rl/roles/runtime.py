@@ -263,9 +263,13 @@ class RoleRuntime:
 
     def needs_sync(self) -> bool:
         w = self.newest
-        # (wepoch, version): after a rollback the same number can name other weights
-        return (w is not None and (w.wepoch, w.version) != (self.held_wepoch, self.held_version) and w.version >= 0
-                and bool(w.holders))
+        if w is None or w.version < 0 or not w.holders or w.version != self.held_version:
+            return w is not None and w.version >= 0 and bool(w.holders)
+        # the same number: the same weights in the same epoch, or in an older one up to its fork (a
+        # rollout holding the committed step a restored trainer resumed from); beyond the fork, a
+        # rollback made the number name other weights
+        return not (w.wepoch == self.held_wepoch or (
+            self.held_wepoch < w.wepoch and P.shared_with_later_epochs(w.epoch_bases, self.held_wepoch, w.version)))
 
     def sync_newest(self, apply: Callable[[WeightSet], None]) -> bool:
         """Pull the newest version from any holder and apply it; False if none could serve it."""
