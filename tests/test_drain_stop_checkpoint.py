@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from slurm_rl import protocol as P
 from slurm_rl.roles.runtime import RoleRuntime
 from slurm_rl.states import RoleState
-from tests.test_atomic_recovery import Rooms
+from tests.rooms import Rooms
 
 
 def test_a_move_whose_stop_checkpoint_failed_rolls_back_the_uncommitted_steps(tmp_path: Path) -> None:

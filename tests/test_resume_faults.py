@@ -45,3 +45,32 @@ def test_open_faults_go_back_to_their_slots_on_resume(tmp_path: Path) -> None:
     for s in registry:
         s.fault_ids = []
     assert Faults(ctx, registry).reattach(t + 3) == 1 and tr.fault_ids == [f_tr]
+
+
+def test_a_promotion_and_its_redirect_survive_a_controller_death(tmp_path: Path) -> None:
+    """spare/0's process becomes rollout/1; the controller dies before any periodic write. The
+    resumed registry has the process in rollout/1's slot, and the process, still speaking as the
+    spare, is redirected to its new identity (soak: it was told superseded and exited, and a cold
+    job replaced a warm standby)."""
+    from slurm_rl import protocol as P
+    from slurm_rl.controller.registry import Registry
+    from tests.rooms import Rooms
+
+    r = Rooms(tmp_path)
+    try:
+        spare, ro = r.registry.get("spare/0"), r.registry.get("rollout/1")
+        assert spare is not None and ro is not None
+        spare.job_id, spare.state, spare.incarnation = "J-spare", RoleState.READY, 1
+        ro.job_id, ro.state, ro.incarnation = "J-dead", RoleState.DEAD, 1
+        r.registry.flush(force=True)
+        r.registry._last_flush = time.time()        # a periodic write just happened: the next is a second away
+        r.rec._promote(spare, ro, time.time(), "replace dead rollout/1", resume_step=-1)
+        # the controller dies here; a new one rebuilds its registry from the store
+        again = Registry(r.ctx)
+        again.resume(r.lineage.committed)
+        got = again.get("rollout/1")
+        assert got is not None and got.job_id == "J-spare" and got.incarnation == 2
+        cmd = again.redirect_for(P.Ident(kind="spare", index=0, incarnation=1))
+        assert cmd is not None and (cmd.op, cmd.kind, cmd.index, cmd.incarnation) == ("become", "rollout", 1, 2)
+    finally:
+        r.close()

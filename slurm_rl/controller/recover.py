@@ -181,6 +181,7 @@ class Recovery:
         kind = "trainer_restored" if target.kind is RoleKind.TRAINER else "promoted"
         self.ctx.event(kind, f"{old_ident[0]} -> {target.name}: {reason}", slot=target.name, job_id=target.job_id,
                        node=target.node)
+        self.registry.flush(force=True)     # who holds which slot now, before a controller death could lose it
 
     def _start_move(self, s: Slot, spare: Slot, reason: str, now: float) -> None:
         spare.reserved_for = s.name

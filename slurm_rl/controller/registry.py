@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import msgspec
+
 from slurm_rl import protocol as P
 from slurm_rl.controller.context import Context
 from slurm_rl.controller.slot import Slot
@@ -66,6 +68,7 @@ class Registry:
         cfg = self.ctx.cfg
         jobs = {r["job_id"]: r for r in self.ctx.store.jobs()}
         missing: list[Slot] = []
+        self._load_redirects()
         for r in self.ctx.store.roles():
             kind = RoleKind(r["kind"])
             slot = Slot(kind=kind, index=r["idx"], state=RoleState(r["state"]), incarnation=r["incarnation"],
@@ -106,6 +109,7 @@ class Registry:
     # ---- redirects of promoted processes
     def redirect(self, old: tuple[str, int], cmd: P.Command) -> None:
         self.redirects[old] = cmd
+        self._save_redirects()
 
     def redirect_for(self, ident: P.Ident) -> P.Command | None:
         return self.redirects.get((ident.slot, ident.incarnation))
@@ -113,6 +117,15 @@ class Registry:
     def forget_redirects(self, name: str | None = None) -> None:
         """Redirects owed to `name`'s processes (all of them when None) are void."""
         self.redirects = {} if name is None else {k: v for k, v in self.redirects.items() if k[0] != name}
+        self._save_redirects()
+
+    def _save_redirects(self) -> None:
+        """In the store at once: a promoted process still speaking under its old name after a
+        controller resume is redirected, not told it was superseded (and its warm state thrown away)."""
+        self.ctx.store.set_meta("redirects", [[k[0], k[1], msgspec.to_builtins(v)] for k, v in self.redirects.items()])
+
+    def _load_redirects(self) -> None:
+        self.redirects = {(str(r[0]), int(r[1])): P.Command(**r[2]) for r in self.ctx.store.get_meta("redirects", [])}
 
     @staticmethod
     def take_commands(slot: Slot) -> list[P.Command]:
