@@ -216,12 +216,20 @@ def start_controller(run: RunDir, *, resume: bool = False, timeout_s: float = 60
         if addr is not None and addr.pid == proc.pid:
             return proc
         if proc.poll() is not None:
+            if proc.returncode == BadInput.exit_code:     # e.g. another controller holds the run's lock
+                raise BadInput(f"the controller refused to start: {_last_line(run.logs / 'controller.log')}",
+                               hint=f"see {run.logs / 'controller.log'}")
             raise EnvironmentProblem(f"the controller exited at start (code {proc.returncode})",
                                      hint=f"see {run.logs / 'controller.log'}:\n" + tail(run.logs / "controller.log"))
         time.sleep(0.05)
     proc.kill()
     raise EnvironmentProblem(f"the controller did not come up within {timeout_s:.0f}s",
                              hint=f"see {run.logs / 'controller.log'}")
+
+
+def _last_line(path: Path) -> str:
+    lines = tail(path, 1).strip().splitlines()
+    return lines[-1] if lines else "(no message)"
 
 
 def tail(path: Path, n: int = 15) -> str:

@@ -246,9 +246,11 @@ def resume(run_dir: str, detach: bool, quiet: bool) -> None:
     """Restart a run's controller from its state store and re-attach to the live role jobs
     (they are not restarted; they reconnect on their own)."""
     from slurm_rl import launcher
+    from slurm_rl.controller.lock import check_free
     from slurm_rl.rundir import require_run
 
     run = require_run(run_dir)
+    check_free(run)                       # a live controller holds the run's lock, however slow it is to answer
     if launcher.controller_alive(run):
         raise BadInput(f"the controller of {run.name} is still running", hint=f"`slurm-rl status {run.path}`")
     state = launcher.run_state(run)

@@ -20,8 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_process_logging(lambda: f"[controller pid={os.getpid()}]")
     from slurm_rl.backends.factory import make_backend
     from slurm_rl.config import load_run_config
+    from slurm_rl.controller.lock import ControllerLock, ControllerRunning
     from slurm_rl.controller.loop import Controller
 
+    lock = ControllerLock(run)
+    try:
+        lock.acquire()                       # before anything is written: one controller per state store
+    except ControllerRunning as e:
+        logging.getLogger("slurm_rl.controller").error("%s", e)
+        return e.exit_code
     cfg = load_run_config(run)
     backend = make_backend(run, cfg)
     try:
@@ -29,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         logging.getLogger("slurm_rl.controller").exception("controller crashed")
         return 1
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":
