@@ -50,6 +50,9 @@ from slurm_rl.sync.wire import (
 
 log = logging.getLogger("slurm_rl.sync")
 
+# how long a fixed port that is still bound (the previous listener closing) is retried at start
+_REBIND_S = 5.0
+
 
 class _Phase(enum.Enum):
     AWAIT_REQUEST = "await_request"     # HELLO sent, waiting for the puller's REQUEST
@@ -100,12 +103,22 @@ class UcxServer:
 
     def start(self) -> str:
         ucx, array = _api()
-        self._thread = threading.Thread(target=self._run, args=(ucx, array), name="slurm-rl-sync-ucx", daemon=True)
-        self._thread.start()
-        self._ready.wait(30)
-        if self._error is not None or not self._bound_port:
-            raise SyncError(f"cannot start the UCX weight server on port {self.port}: {self._error!r}")
-        return f"ucx://{self.host}:{self._bound_port}"
+        # a holder restarted on its old port may find it still bound for a moment: UCX closes the
+        # previous listener asynchronously (more slowly under load); a fixed port is retried briefly
+        deadline = time.monotonic() + (_REBIND_S if self.port else 0.0)
+        while True:
+            self._error, self._bound_port = None, 0
+            self._ready.clear()
+            self._thread = threading.Thread(target=self._run, args=(ucx, array), name="slurm-rl-sync-ucx",
+                                            daemon=True)
+            self._thread.start()
+            self._ready.wait(30)
+            if self._error is None and self._bound_port:
+                return f"ucx://{self.host}:{self._bound_port}"
+            if "busy" not in repr(self._error).lower() or time.monotonic() > deadline:
+                raise SyncError(f"cannot start the UCX weight server on port {self.port}: {self._error!r}")
+            self._thread.join(timeout=5)
+            time.sleep(0.2)
 
     def stop(self) -> None:
         self._stop.set()
