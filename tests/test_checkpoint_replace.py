@@ -7,10 +7,8 @@ import torch
 from slurm_rl import checkpoint as ck
 
 
-def test_a_failed_replace_keeps_the_previous_checkpoint_of_the_step(tmp_path, monkeypatch):
-    cp = ck.Checkpointer(tmp_path, keep=3)
-    first = cp._write(5, {"w": torch.ones(2)}, {"m": torch.zeros(2)}, {})
-    assert first.error == "" and cp.verify(5) == ""
+def _fail_renames_into_place(monkeypatch) -> None:
+    """The rename of a finished `.tmp` directory fails (a full disk); other renames work."""
     real = os.replace
 
     def failing(src, dst):
@@ -19,6 +17,13 @@ def test_a_failed_replace_keeps_the_previous_checkpoint_of_the_step(tmp_path, mo
         return real(src, dst)
 
     monkeypatch.setattr(ck.os, "replace", failing)
+
+
+def test_a_failed_replace_keeps_the_previous_checkpoint_of_the_step(tmp_path, monkeypatch):
+    cp = ck.Checkpointer(tmp_path, keep=3)
+    first = cp._write(5, {"w": torch.ones(2)}, {"m": torch.zeros(2)}, {})
+    assert first.error == "" and cp.verify(5) == ""
+    _fail_renames_into_place(monkeypatch)
     second = cp._write(5, {"w": torch.full((2,), 2.0)}, {"m": torch.zeros(2)}, {})
     assert second.error
     assert cp.steps() == [5] and cp.verify(5) == ""
@@ -36,14 +41,7 @@ def test_a_failed_replace_of_a_sharded_checkpoint_keeps_the_previous_one(tmp_pat
     root = tmp_path / "ck"
     sharded_ckpt.save(root, 5, tr, {})
     before = ck.Checkpointer(root, keep=3).load_weights(5)
-    real = os.replace
-
-    def failing(src, dst):
-        if str(src).endswith(".tmp"):
-            raise OSError(28, "No space left on device")
-        return real(src, dst)
-
-    monkeypatch.setattr(ck.os, "replace", failing)
+    _fail_renames_into_place(monkeypatch)
     with torch.no_grad():
         next(tr.model.parameters()).add_(1.0)
     try:
