@@ -71,7 +71,7 @@ def _extra(tr: PolicyTrainer) -> dict[str, Any]:
     return extra
 
 
-def _finalize(root: Path, step: int, final: Path, tmp: Path, weights: dict[str, torch.Tensor],
+def _finalize(step: int, final: Path, tmp: Path, weights: dict[str, torch.Tensor],
               extra: dict[str, Any], meta: dict[str, Any], sync_dtype: torch.dtype) -> None:
     """Rank 0, once every rank's DCP shards are written and synced: the whole weights, optimizer.pt,
     meta.json with every file's size and hash (all fsynced), then the atomic rename into place."""
@@ -104,7 +104,7 @@ def save(root: Path, step: int, tr: PolicyTrainer, meta: dict[str, Any]) -> Path
     sd = fsdp.full_state_dict(tr.model) if tr.ranks.distributed else tr.state_dict_for_sync()
     dcp.save(_dcp_state(tr), checkpoint_id=str(tmp / DCP_DIR))
     if tr.ranks.leader:
-        _finalize(root, step, final, tmp, sd, _extra(tr), meta, tr.precision.sync_dtype)
+        _finalize(step, final, tmp, sd, _extra(tr), meta, tr.precision.sync_dtype)
     _barrier(tr)
     return final
 
@@ -151,7 +151,7 @@ class ShardedSaver:
             try:
                 future.result()
                 if self.tr.ranks.leader:
-                    _finalize(self.root, step, final, tmp, weights, extra, meta, sync_dtype)
+                    _finalize(step, final, tmp, weights, extra, meta, sync_dtype)
                     if self.after_save is not None:
                         self.after_save()
                 res = SaveResult(step, final, "", time.time() - t0)
