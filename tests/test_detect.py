@@ -69,3 +69,27 @@ def test_the_trainer_is_as_alive_as_its_weakest_rank(tmp_path: Path) -> None:
     finally:
         l0.close()
         detect.close()
+
+
+def test_a_completing_job_keeps_the_nodes_it_ran_on(tmp_path: Path) -> None:
+    """A multi-node job that is COMPLETING lists only the nodes still completing (Slurm's squeue);
+    the jobs table keeps the allocation it ran on."""
+    from slurm_rl.backends.base import JobStatus, Snapshot
+    from slurm_rl.states import JobState
+
+    registry, detect = _rooms(tmp_path)
+    trainer = registry.trainer()
+    trainer.job_id = "7"
+    detect.ctx.store.record_job("7", trainer.name, trainer.incarnation, "slurm", "PENDING", time.time())
+    try:
+        def poll(state: JobState, *nodes: str) -> str:
+            detect.snapshot(Snapshot(jobs={"7": JobStatus("7", state, nodes)}, nodes={}))
+            (row,) = detect.ctx.store.jobs()
+            return row["nodes"]
+
+        assert not poll(JobState.PENDING)
+        assert poll(JobState.RUNNING, "n1", "n2") == "n1,n2"
+        assert poll(JobState.COMPLETING, "n1") == "n1,n2"
+        assert poll(JobState.COMPLETED, "n1") == "n1,n2"
+    finally:
+        detect.close()

@@ -258,6 +258,7 @@ class Detector:
             if js is None:
                 continue
             changed = s.job is None or s.job.state != js.state
+            had_nodes = bool(s.job and s.job.nodes)
             s.job = js
             if js.proc_state and js.cpu_s is not None:
                 self._saw_process(s, js.proc_state, js.cpu_s, time.time())
@@ -266,7 +267,11 @@ class Detector:
             if js.nodes and not s.node:
                 s.node = js.nodes[0]
             if changed:
-                fields: dict[str, Any] = {"state": js.state.value, "nodes": ",".join(js.nodes)}
+                fields: dict[str, Any] = {"state": js.state.value}
+                # the allocation is what RUNNING lists: a COMPLETING job lists only the nodes still
+                # completing, so a later, shorter list must not overwrite it
+                if js.nodes and (js.state is JobState.RUNNING or not had_nodes):
+                    fields["nodes"] = ",".join(js.nodes)
                 if js.state is JobState.RUNNING:
                     fields["started"] = time.time()
                 if js.state.terminal:
