@@ -212,8 +212,9 @@ pytest_slow = pytest.mark.slow
 
 
 def _checkpoint_steps(run) -> list[int]:
+    # in place only: not one being written (.tmp), moved aside (.old) or set aside (.undone)
     return sorted(int(p.name.split("-")[1]) for p in run.checkpoints.glob("step-*")
-                  if p.is_dir() and not p.name.endswith(".tmp"))
+                  if p.is_dir() and p.name.split("-")[1].isdigit())
 
 
 def _corrupt(path: Path) -> None:
@@ -271,13 +272,19 @@ def test_full_restart_past_a_corrupted_newest_checkpoint(tmp_path):
     try:
         runs.wait_ready(run)
         runs.wait_for(lambda: len(_checkpoint_steps(run)) >= 3, 90, "three checkpoints", run)
-        runs.inject(run, "trainer/0", "hang")
-        time.sleep(0.5)
-        # the newest on disk: the store may not have heard of a checkpoint just written
-        victim = max(_checkpoint_steps(run))
-        _corrupt(run.checkpoints / f"step-{victim:06d}" / "weights.safetensors")
+        runs.inject(run, "trainer/0", "hang")      # SIGSTOPped when this returns: no more checkpoints
+        time.sleep(0.5)                             # what it sent before the stop is heard
+        # a full restart takes the newest at or below the committed step: a checkpoint written just
+        # before the stop may be unheard of (above it). Every one from the newest committed up is
+        # damaged, so whichever the restart looks at first must fail verification.
+        c = runs.committed(run)
+        victim = max(s for s in _checkpoint_steps(run) if s <= c)
+        for step in [s for s in _checkpoint_steps(run) if s >= victim]:
+            _corrupt(run.checkpoints / f"step-{step:06d}" / "weights.safetensors")
         runs.inject(run, "trainer/0", "crash")
         runs.wait_for(lambda: runs.events(run, "full_restart"), 30, "the full restart", run)
+        restart = runs.events(run, "full_restart")[0]
+        assert int(json.loads(restart["data"])["step"]) < victim, restart["msg"]
         runs.wait_for(lambda: runs.meta(run, "run_state") != "running" or runs.committed(run) >= victim + 5, 150,
                       "training past the corrupted checkpoint", run)
         assert runs.meta(run, "run_state") == "running", runs.meta(run, "end_reason")
