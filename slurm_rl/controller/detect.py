@@ -81,6 +81,14 @@ class Poller:
             self._stop.wait(self.interval_s)
 
 
+def _link_key(ctx: Context) -> bytes | None:
+    """The run's key the liveness links are authenticated with (none in a bare test run dir)."""
+    try:
+        return ctx.run.sync_key()
+    except OSError:
+        return None
+
+
 class Detector:
     def __init__(self, ctx: Context, registry: Registry, lineage: Lineage, faults: Faults,
                  on_jobs_changed: Callable[[], None]):
@@ -91,7 +99,7 @@ class Detector:
         self.on_jobs_changed = on_jobs_changed
         rc = ctx.cfg.recovery
         self.prober = Prober(rc.probe_timeout_s)
-        self.links = LinkWatcher(rc.probe_timeout_s)
+        self.links = LinkWatcher(rc.probe_timeout_s, key=_link_key(ctx))
         self.node_health: dict[str, NodeHealth] = {}
         self.start_times = V.StartTimes()              # submission -> ready, per kind of start
         self.thresholds = V.Thresholds(
