@@ -146,7 +146,7 @@ class LivenessListener:
 @dataclass(frozen=True)
 class LinkLost:
     address: str
-    at: float
+    at: float                  # time.monotonic() (the controller judges it against its monotonic clock)
     why: str
 
 
@@ -234,7 +234,7 @@ class LinkWatcher:
                         self._sel.unregister(sock)
                         sock.close()
                 if sock is not None:
-                    self.lost.put(LinkLost(address, time.time(), why))
+                    self.lost.put(LinkLost(address, time.monotonic(), why))
 
     def close(self) -> None:
         self._stop.set()
