@@ -119,6 +119,8 @@ def _attach(run: Any, *, quiet: bool) -> int:
             pass
         return INTERRUPTED
     launcher.wait_controller_exit(run, addr)
+    if launcher.run_state(run) in launcher.TERMINAL_STATES:
+        launcher.wait_run_gone(run)       # nothing of an ended run is left running (a suspended one keeps its roles)
     rep = report_dict(run)
     _print_summary(rep)
     if rep["state"] not in launcher.TERMINAL_STATES:
@@ -220,15 +222,18 @@ def stop(run_dir: str, reason: str, timeout: float) -> None:
     if launcher.controller_alive(run):
         addr = run.read_controller()
         launcher.ask(run, P.StopRequest(reason=reason))
-        deadline = time.time() + timeout
+        deadline = time.monotonic() + timeout
         with _console(stderr=True).status("stopping"):
-            while launcher.controller_alive(run) and time.time() < deadline:
+            while launcher.controller_alive(run) and time.monotonic() < deadline:
                 time.sleep(0.2)
             if launcher.controller_alive(run):
                 raise EnvironmentProblem(f"the run did not stop within {timeout:.0f}s",
                                          hint="try again with a larger --timeout")
-            # it cleared its address first; nothing of the run is left once its process is gone too
-            launcher.wait_controller_exit(run, addr, timeout_s=max(1.0, deadline - time.time()))
+            # it cleared its address first (its last writes done): its process must end too, and
+            # whatever of the run's jobs its final cancel left
+            launcher.wait_controller_exit(run, addr, timeout_s=max(launcher.GONE_WAIT_S, deadline - time.monotonic()),
+                                          kill=True)
+        launcher.wait_run_gone(run)
     elif launcher.run_state(run) in launcher.TERMINAL_STATES:
         click.echo(f"{run.name}: already {launcher.run_state(run)}")
         return

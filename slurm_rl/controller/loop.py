@@ -29,7 +29,7 @@ from slurm_rl.controller.broker import Broker
 from slurm_rl.controller.context import Context
 from slurm_rl.controller.detect import DETECTION_ACTIONS, Detector, Poller, drained
 from slurm_rl.controller.faults import Faults
-from slurm_rl.controller.recover import Recovery
+from slurm_rl.controller.recover import Recovery, SubmitDone
 from slurm_rl.controller.registry import Registry
 from slurm_rl.controller.slot import Slot
 from slurm_rl.controller.weights import Lineage
@@ -405,7 +405,13 @@ class Controller:
             self._flush()
             return
         reason, _ = self.stopping
-        jobs = [s.job_id for s in self.registry if s.job_id]
+        # a submission still on the helper thread starts its job all the same: wait for it (nothing
+        # submits any more), and that job is cancelled with the others
+        self.recover.close()
+        late = [r for r in drained(self.results) if isinstance(r, SubmitDone) and r.job_id]
+        for r in late:
+            self.store.record_job(r.job_id, r.slot, r.incarnation, self.backend.name, "PENDING", now)
+        jobs = [s.job_id for s in self.registry if s.job_id] + [r.job_id for r in late]
         # and jobs no slot owns any more whose end was never seen (a replaced role's old job):
         # cancelling a finished job is harmless, and the final poll records how each one ended
         jobs += [r["job_id"] for r in self.store.jobs(active_only=True) if r["job_id"] not in jobs]
