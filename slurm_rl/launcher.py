@@ -15,7 +15,7 @@ from typing import Any
 
 from slurm_rl.config import BackendKind, RunConfig
 from slurm_rl.controlplane import ask, controller_alive  # noqa: F401  (the launcher's API too)
-from slurm_rl.errors import BadInput, EnvironmentProblem, PackageMissing
+from slurm_rl.errors import BadInput, EnvironmentProblem, PackageMissing, RunInUse
 from slurm_rl.rundir import RunDir
 
 TERMINAL_STATES = ("finished", "failed", "stopped")
@@ -217,7 +217,11 @@ def start_controller(run: RunDir, *, resume: bool = False, timeout_s: float = 60
         if addr is not None and addr.pid == proc.pid:
             return proc
         if proc.poll() is not None:
-            if proc.returncode == BadInput.exit_code:     # e.g. another controller holds the run's lock
+            if proc.returncode == RunInUse.exit_code:      # another controller took the run's lock first
+                from slurm_rl.controller.lock import refusal
+
+                raise refusal(run)
+            if proc.returncode == BadInput.exit_code:
                 raise BadInput(f"the controller refused to start: {_last_line(run.logs / 'controller.log')}",
                                hint=f"see {run.logs / 'controller.log'}")
             raise EnvironmentProblem(f"the controller exited at start (code {proc.returncode})",

@@ -25,7 +25,7 @@ from slurm_rl.cli.base import (
     cli,
 )
 from slurm_rl.cli.view import _LiveStatus
-from slurm_rl.errors import BadInput, EnvironmentProblem, SlurmRLError, fatal_exit_code
+from slurm_rl.errors import BadInput, EnvironmentProblem, RunInUse, SlurmRLError, fatal_exit_code
 
 
 @cli.command(short_help="Start a run (live view until it ends).",
@@ -257,7 +257,7 @@ def resume(run_dir: str, detach: bool, quiet: bool) -> None:
     run = require_run(run_dir)
     check_free(run)                       # a live controller holds the run's lock, however slow it is to answer
     if launcher.controller_alive(run):
-        raise BadInput(f"the controller of {run.name} is still running", hint=f"`slurm-rl status {run.path}`")
+        raise RunInUse(f"the controller of run {run.path} is still running", hint=f"`slurm-rl status {run.path}`")
     state = launcher.run_state(run)
     if state in launcher.TERMINAL_STATES:
         raise BadInput(f"run {run.name} has ended ({state}); nothing to resume",
