@@ -5,6 +5,7 @@ Exit codes (documented in the README and `slurm-rl --help`):
   1  the run failed (a role kept failing past its restart budget, a full restart failed, ...)
   2  bad input: config, arguments, files
   3  the environment cannot run this (Slurm commands missing, controller unreachable, ...)
+  4  the run is in use: another controller of it is running (`resume` refused)
   130 interrupted (Ctrl-C)
 """
 
@@ -49,6 +50,12 @@ class EnvironmentProblem(SlurmRLError):
     """The machine cannot do what was asked: Slurm missing, controller gone, ... (exit 3)."""
 
     exit_code = 3
+
+
+class RunInUse(SlurmRLError):
+    """Another process holds the run (a live controller): try again once it is gone (exit 4)."""
+
+    exit_code = 4
 
 
 class PackageMissing(EnvironmentProblem):

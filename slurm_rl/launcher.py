@@ -15,10 +15,11 @@ from typing import Any
 
 from slurm_rl.config import BackendKind, RunConfig
 from slurm_rl.controlplane import ask, controller_alive  # noqa: F401  (the launcher's API too)
-from slurm_rl.errors import BadInput, EnvironmentProblem, PackageMissing
+from slurm_rl.errors import BadInput, EnvironmentProblem, PackageMissing, RunInUse
 from slurm_rl.rundir import RunDir
 
 TERMINAL_STATES = ("finished", "failed", "stopped")
+GONE_WAIT_S = 20.0      # `stop`: how long what a cancel left may take to end, before and after SIGKILL
 
 
 def resolve_run_dir(cfg: RunConfig, config_path: str | None, *, name: str | None, run_dir: str | None) -> RunDir:
@@ -216,7 +217,11 @@ def start_controller(run: RunDir, *, resume: bool = False, timeout_s: float = 60
         if addr is not None and addr.pid == proc.pid:
             return proc
         if proc.poll() is not None:
-            if proc.returncode == BadInput.exit_code:     # e.g. another controller holds the run's lock
+            if proc.returncode == RunInUse.exit_code:      # another controller took the run's lock first
+                from slurm_rl.controller.lock import refusal
+
+                raise refusal(run)
+            if proc.returncode == BadInput.exit_code:
                 raise BadInput(f"the controller refused to start: {_last_line(run.logs / 'controller.log')}",
                                hint=f"see {run.logs / 'controller.log'}")
             raise EnvironmentProblem(f"the controller exited at start (code {proc.returncode})",
@@ -239,17 +244,71 @@ def tail(path: Path, n: int = 15) -> str:
         return ""
 
 
-def wait_controller_exit(run: RunDir, addr: Any, timeout_s: float = 10.0) -> None:
+def wait_controller_exit(run: RunDir, addr: Any, timeout_s: float = 10.0, *, kill: bool = False) -> None:
     """After the run ended: let the controller process (on this host) finish exiting, so that
-    nothing of the run is still running when `launch` returns."""
+    nothing of the run is still running when `launch` returns. `kill`: one still there after
+    `timeout_s` (it cleared its address: the run's state is written) is SIGKILLed, and one that
+    survives that is an EnvironmentProblem."""
     import psutil
 
     if addr is None or addr.hostname != socket.gethostname():
         return
     try:
-        psutil.Process(addr.pid).wait(timeout=timeout_s)
-    except (psutil.NoSuchProcess, psutil.TimeoutExpired, psutil.AccessDenied, ChildProcessError):
-        pass
+        p = psutil.Process(addr.pid)
+        if p.create_time() > addr.started + 1.0:
+            return                  # started after the controller wrote its address: another process
+        p.wait(timeout=timeout_s)
+        return
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ChildProcessError):
+        return
+    except psutil.TimeoutExpired:
+        if not kill:
+            return
+    try:
+        p.kill()
+        p.wait(timeout=GONE_WAIT_S)
+    except (psutil.NoSuchProcess, ChildProcessError):
+        return
+    except (psutil.TimeoutExpired, psutil.AccessDenied) as e:
+        raise EnvironmentProblem(f"the controller of {run.name} (pid {addr.pid}) did not exit, even after SIGKILL "
+                                 f"({e.__class__.__name__})", hint=f"look at it: `ps -o pid,stat,wchan -p {addr.pid}`")
+
+
+def wait_run_gone(run: RunDir, timeout_s: float | None = None) -> None:
+    """After a stop's cancel: return once nothing of the run runs any more - no process of its jobs
+    (local backend: wherever it went, also out of its process group), no job left pending, running or
+    completing (Slurm). What the cancel left gets `timeout_s` to end, then the last resort (SIGKILL,
+    another scancel) and as long again; what survives that is an EnvironmentProblem naming it."""
+    from slurm_rl.backends.factory import make_backend
+    from slurm_rl.config import load_run_config
+    from slurm_rl.report import open_store
+
+    timeout_s = GONE_WAIT_S if timeout_s is None else timeout_s
+    conn = open_store(run)
+    try:
+        ids = [str(r[0]) for r in conn.execute("SELECT job_id FROM jobs")]
+    finally:
+        conn.close()
+    backend = make_backend(run, load_run_config(run))
+    every = 0.2 if backend.name == "local" else 2.0       # scheduler calls stay few
+    try:
+        for last_resort in (False, True):
+            end = time.monotonic() + timeout_s
+            left = backend.survivors(run.name, ids)
+            while left and time.monotonic() < end:
+                time.sleep(every)
+                left = backend.survivors(run.name, ids)
+            if not left:
+                return
+            if not last_resort:
+                backend.finish_off(left)
+        shown = "; ".join(list(left.values())[:8]) + (f"; and {len(left) - 8} more" if len(left) > 8 else "")
+        raise EnvironmentProblem(f"{len(left)} of run {run.name}'s processes or jobs still run after the stop "
+                                 f"and a last kill: {shown}",
+                                 hint="they may be stuck in the kernel (state D) or on a node that stopped answering; "
+                                      f"`slurm-rl stop {run.path}` again once they are gone")
+    finally:
+        backend.close()
 
 
 def run_state(run: RunDir) -> str:
@@ -283,7 +342,8 @@ def cancel_all_jobs(run: RunDir, reason: str) -> int:
             store.set_metas(run_state="stopped", ended=time.time(), end_reason=reason)
             store.event(time.time(), "run_stopped", f"run stopped without a controller: {reason}; "
                                                     f"{len(ids)} job(s) cancelled")
-        return len(ids)
     finally:
         store.close()
         backend.close()
+    wait_run_gone(run)
+    return len(ids)

@@ -130,6 +130,20 @@ def run_processes(run: RunDir) -> list[psutil.Process]:
     return out
 
 
+def job_processes(run: RunDir) -> list[psutil.Process]:
+    """Every live process started by one of the run's jobs, wherever it went: each carries its job's id
+    in its environment (SLURM_RL_JOB_ID), also one that left its job's process group."""
+    ids = {r["job_id"] for r in q(run, "SELECT job_id FROM jobs")}
+    out = []
+    for p in psutil.process_iter(["status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and p.environ().get("SLURM_RL_JOB_ID") in ids:
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
 def belongs_to(run: RunDir, cmdline: list[str] | None) -> bool:
     """A process of the run has the run directory (or a path inside it) as an argument: a
     substring test would also match `RUNS/soak.json` for the run `RUNS/soak`."""

@@ -61,7 +61,7 @@ def test_a_killed_process_is_reported_at_once(role_process, watcher):
     p, address = role_process()
     watcher.watch(address)
     _connected(watcher, address)
-    t0 = time.time()
+    t0 = time.monotonic()
     p.kill()
     lost = watcher.lost.get(timeout=5)
     assert lost.address == address and ("closed" in lost.why or "reset" in lost.why)

@@ -66,7 +66,8 @@ def test_stop_cancels_every_role_and_leaves_nothing(tmp_path):
         res = CliRunner().invoke(cli, ["stop", str(run.path)])
         assert res.exit_code == 0, res.output
         assert "stopped" in res.output
-        assert runs.run_processes(run) == []
+        # the guarantee itself, checked at once: no process of the run, none that any of its jobs started
+        assert runs.run_processes(run) == [] and runs.job_processes(run) == []
         assert runs.meta(run, "run_state") == "stopped"
         # the trainer checkpointed the steps it had taken before going
         assert runs.q(run, "SELECT MAX(step) FROM checkpoints")[0][0] == runs.meta(run, "trainer_version")

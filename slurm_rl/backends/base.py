@@ -113,6 +113,16 @@ class Backend(abc.ABC):
         `pid` aim it at one rank of a multi-rank job: its node (node-down, drain), its process (crash,
         hang); without them the whole job (its first node)."""
 
+    def survivors(self, run_name: str, job_ids: list[str]) -> dict[str, str]:
+        """What of a stopped run still runs, after its jobs were cancelled: {key: what, for a message}.
+        By default the jobs among `job_ids` the scheduler does not show ended."""
+        snap = self.poll(job_ids)
+        return {j: f"job {j} {s.state.value}" for j, s in snap.jobs.items() if s.state.active}
+
+    def finish_off(self, survivors: dict[str, str]) -> None:
+        """The last resort on what `survivors` found (by default: cancel those jobs again)."""
+        self.cancel(list(survivors))
+
     def close(self) -> None:
         """Release resources held by the backend object (not the jobs)."""
 

@@ -282,6 +282,43 @@ class LocalBackend(Backend):
                 while time.time() < deadline and _group_alive(j.pid):
                     time.sleep(0.05)
 
+    def _job_processes(self, job_ids: list[str]) -> list[tuple[psutil.Process, str]]:
+        """Every live process started by one of these jobs (or any job of this run dir), wherever it
+        went: each carries its job's id in its environment, also one that left the job's process
+        group (a helper in a session of its own), which a group kill misses."""
+        ids = set(job_ids) | set(self._jobs)
+        out = []
+        for p in psutil.process_iter(["status"]):
+            try:
+                if p.pid == os.getpid() or p.info["status"] == psutil.STATUS_ZOMBIE:
+                    continue
+                jid = p.environ().get("SLURM_RL_JOB_ID")
+            except psutil.Error:
+                continue
+            if jid in ids:
+                out.append((p, jid))
+        return out
+
+    def survivors(self, run_name: str, job_ids: list[str]) -> dict[str, str]:
+        out = {}
+        for p, jid in self._job_processes(job_ids):
+            try:
+                what = " ".join(p.cmdline())[:120]
+            except psutil.Error:
+                what = "?"
+            out[str(p.pid)] = f"pid {p.pid} of job {jid} ({what})"
+        return out
+
+    def finish_off(self, survivors: dict[str, str]) -> None:
+        """SIGKILL each one still there (looked up again: a pid is killed only while it is the job's)."""
+        for p, _ in self._job_processes([]):
+            if str(p.pid) in survivors:
+                try:
+                    p.send_signal(signal.SIGCONT)
+                    p.kill()
+                except psutil.Error:
+                    pass
+
     def inject(self, job_id: str, fault: FaultKind, *, exit_code: int = 1, node: str | None = None,
                pid: int | None = None) -> str:
         with self._lock:

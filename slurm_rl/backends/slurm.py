@@ -184,6 +184,15 @@ class SlurmBackend(Backend):
         if not res.ok:
             raise BackendError(f"could not send SIG{sig} to process {pid} of job {job_id} on {node}: {res.describe()}")
 
+    def survivors(self, run_name: str, job_ids: list[str]) -> dict[str, str]:
+        """The jobs still pending, running or completing: those the store knows, and any job named after
+        the run (a submission whose id was never recorded)."""
+        out = super().survivors(run_name, job_ids)
+        for r in self.find_run_jobs(run_name):
+            if r.state.active:
+                out.setdefault(r.job_id, f"job {r.job_id} ({r.name}) {r.state.value}")
+        return out
+
     def find_run_jobs(self, run_name: str) -> list[SqueueRecord]:
         """This user's jobs of run `run_name` (named slurm-rl/<run>/...), from one squeue.
 

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 1 the run failed (or was stopped before it finished), 2 bad input
 (config, arguments, files), 3 the environment cannot do it (Slurm missing, controller
-unreachable), 130 interrupted. Viewers (`status --watch`, `events --follow`) exit 0 on Ctrl-C:
+unreachable), 4 the run is in use (another controller of it runs), 130 interrupted. Viewers (`status --watch`, `events --follow`) exit 0 on Ctrl-C:
 leaving them is how they are used.
 
 Shell completion (bash; zsh and fish alike with zsh_source / fish_source):
@@ -26,7 +26,8 @@ from rich.console import Console
 from slurm_rl import __version__
 from slurm_rl.errors import FATAL_ROLE_EXITS, BadInput, EnvironmentProblem, SlurmRLError
 
-EPILOG_EXIT = "Exit codes: 0 ok, 1 run failed/stopped, 2 bad input, 3 environment problem, 130 interrupted."
+EPILOG_EXIT = ("Exit codes: 0 ok, 1 run failed/stopped, 2 bad input, 3 environment problem, 4 run in use, "
+               "130 interrupted.")
 INTERRUPTED = 130
 FAULTS = ("crash", "hang", "exit:N", "node-down", "drain")
 ROLE_KINDS = ("trainer", "rollout", "spare")

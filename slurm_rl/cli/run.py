@@ -25,7 +25,7 @@ from slurm_rl.cli.base import (
     cli,
 )
 from slurm_rl.cli.view import _LiveStatus
-from slurm_rl.errors import BadInput, EnvironmentProblem, SlurmRLError, fatal_exit_code
+from slurm_rl.errors import BadInput, EnvironmentProblem, RunInUse, SlurmRLError, fatal_exit_code
 
 
 @cli.command(short_help="Start a run (live view until it ends).",
@@ -119,6 +119,8 @@ def _attach(run: Any, *, quiet: bool) -> int:
             pass
         return INTERRUPTED
     launcher.wait_controller_exit(run, addr)
+    if launcher.run_state(run) in launcher.TERMINAL_STATES:
+        launcher.wait_run_gone(run)       # nothing of an ended run is left running (a suspended one keeps its roles)
     rep = report_dict(run)
     _print_summary(rep)
     if rep["state"] not in launcher.TERMINAL_STATES:
@@ -220,15 +222,18 @@ def stop(run_dir: str, reason: str, timeout: float) -> None:
     if launcher.controller_alive(run):
         addr = run.read_controller()
         launcher.ask(run, P.StopRequest(reason=reason))
-        deadline = time.time() + timeout
+        deadline = time.monotonic() + timeout
         with _console(stderr=True).status("stopping"):
-            while launcher.controller_alive(run) and time.time() < deadline:
+            while launcher.controller_alive(run) and time.monotonic() < deadline:
                 time.sleep(0.2)
             if launcher.controller_alive(run):
                 raise EnvironmentProblem(f"the run did not stop within {timeout:.0f}s",
                                          hint="try again with a larger --timeout")
-            # it cleared its address first; nothing of the run is left once its process is gone too
-            launcher.wait_controller_exit(run, addr, timeout_s=max(1.0, deadline - time.time()))
+            # it cleared its address first (its last writes done): its process must end too, and
+            # whatever of the run's jobs its final cancel left
+            launcher.wait_controller_exit(run, addr, timeout_s=max(launcher.GONE_WAIT_S, deadline - time.monotonic()),
+                                          kill=True)
+        launcher.wait_run_gone(run)
     elif launcher.run_state(run) in launcher.TERMINAL_STATES:
         click.echo(f"{run.name}: already {launcher.run_state(run)}")
         return
@@ -252,7 +257,7 @@ def resume(run_dir: str, detach: bool, quiet: bool) -> None:
     run = require_run(run_dir)
     check_free(run)                       # a live controller holds the run's lock, however slow it is to answer
     if launcher.controller_alive(run):
-        raise BadInput(f"the controller of {run.name} is still running", hint=f"`slurm-rl status {run.path}`")
+        raise RunInUse(f"the controller of run {run.path} is still running", hint=f"`slurm-rl status {run.path}`")
     state = launcher.run_state(run)
     if state in launcher.TERMINAL_STATES:
         raise BadInput(f"run {run.name} has ended ({state}); nothing to resume",

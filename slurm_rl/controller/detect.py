@@ -15,6 +15,7 @@ from typing import Any
 from slurm_rl import protocol as P
 from slurm_rl.backends.base import Snapshot
 from slurm_rl.config import RecoveryPolicy
+from slurm_rl.controller import clock
 from slurm_rl.controller import view as V
 from slurm_rl.controller.context import Context
 from slurm_rl.controller.faults import Faults
@@ -81,6 +82,14 @@ class Poller:
             self._stop.wait(self.interval_s)
 
 
+def _link_key(ctx: Context) -> bytes | None:
+    """The run's key the liveness links are authenticated with (none in a bare test run dir)."""
+    try:
+        return ctx.run.sync_key()
+    except OSError:
+        return None
+
+
 class Detector:
     def __init__(self, ctx: Context, registry: Registry, lineage: Lineage, faults: Faults,
                  on_jobs_changed: Callable[[], None]):
@@ -91,7 +100,7 @@ class Detector:
         self.on_jobs_changed = on_jobs_changed
         rc = ctx.cfg.recovery
         self.prober = Prober(rc.probe_timeout_s)
-        self.links = LinkWatcher(rc.probe_timeout_s)
+        self.links = LinkWatcher(rc.probe_timeout_s, key=_link_key(ctx))
         self.node_health: dict[str, NodeHealth] = {}
         self.start_times = V.StartTimes()              # submission -> ready, per kind of start
         self.thresholds = V.Thresholds(
@@ -108,7 +117,7 @@ class Detector:
         self.prober.close()
         self.links.close()
 
-    # ---- messages from roles
+    # ---- messages from roles (`now`: their arrival on the controller's monotonic clock, clock.mono)
     def seen(self, slot: Slot, now: float) -> None:
         slot.last_hb = now
         if not slot.connected and slot.state.alive and not slot.goodbye:
@@ -136,7 +145,7 @@ class Detector:
         self.ctx.event("connected", f"{slot.name} connected from {msg.node} (job {msg.job_id}, pid {msg.pid}{ranks})",
                        slot=slot.name, job_id=msg.job_id, node=msg.node,
                        data={"rank": 0, "node": msg.node, "world_size": msg.world_size})
-        self.faults.milestone(slot, t_scheduled=now)
+        self.faults.milestone(slot, t_scheduled=time.time())
         self.registry.touch()
 
     def rank_hello(self, slot: Slot, msg: P.Hello, now: float) -> None:
@@ -186,12 +195,12 @@ class Detector:
                 slot.submitted_inc = -1
             self.ctx.event("ready", f"{slot.name} is ready ({phase.value})", slot=slot.name, job_id=slot.job_id,
                            node=slot.node)
-            self.faults.milestone(slot, t_loaded=now)
+            self.faults.milestone(slot, t_loaded=time.time())
             if slot.kind is RoleKind.SPARE and slot.fault_ids:
-                self.faults.recovered(slot, now, "standby ready again")
+                self.faults.recovered(slot, time.time(), "standby ready again")
         if slot.fault_ids and slot.kind is RoleKind.ROLLOUT and phase is Phase.GENERATING \
                 and prev_phase is not Phase.GENERATING:
-            self.faults.recovered(slot, now, "generating again")
+            self.faults.recovered(slot, time.time(), "generating again")
         self.registry.touch()
 
     def pulse(self, msg: P.Pulse, now: float) -> None:
@@ -234,7 +243,7 @@ class Detector:
                 continue
             s.probe_pending = False
             s.probe = p.result
-            s.probe_at = time.time()
+            s.probe_at = clock.mono()
         for lost in drained(self.links.lost):
             for s in self.registry:
                 if not (s.connected and s.state.alive):
@@ -261,9 +270,9 @@ class Detector:
             had_nodes = bool(s.job and s.job.nodes)
             s.job = js
             if js.proc_state and js.cpu_s is not None:
-                self._saw_process(s, js.proc_state, js.cpu_s, time.time())
+                self._saw_process(s, js.proc_state, js.cpu_s, clock.mono())
             if js.state is JobState.RUNNING and s.job_running_since is None:
-                s.job_running_since = time.time()
+                s.job_running_since = clock.mono()
             if js.nodes and not s.node:
                 s.node = js.nodes[0]
             if changed:
@@ -298,7 +307,7 @@ class Detector:
     # ---- the policy's view, and the detection actions
     def view(self, *, committed: int, full_restarts: int, node_failures: dict[str, int], excluded: set[str],
              restarting: bool, stopping: bool) -> V.View:
-        now = time.time()
+        now = clock.mono()
         window = self.ctx.cfg.recovery.budget_window_s
         views = []
         trainer_shape = self.ctx.cfg.trainer_shape()

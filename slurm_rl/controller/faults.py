@@ -11,6 +11,7 @@ from typing import Any
 
 from slurm_rl import protocol as P
 from slurm_rl.controller import chaos as chaos_mod
+from slurm_rl.controller import clock
 from slurm_rl.controller.context import Context
 from slurm_rl.controller.registry import Registry
 from slurm_rl.controller.slot import Slot
@@ -67,7 +68,7 @@ class Faults:
         """The faults a death answers: the injected ones awaiting it, else one opened now."""
         fids = self.pending.pop(s.name, [])
         if not fids:
-            t_fault = s.last_hb if s.last_hb is not None else now
+            t_fault = clock.to_wall(s.last_hb) if s.last_hb is not None else now   # stored: wall clock
             kind = "node_down" if "node down" in signals else ("exit" if s.job and s.job.state.terminal else "crash")
             fids = [self.ctx.store.open_fault(s.name, f"detected:{kind}", s.node, False, min(t_fault, now))]
         return fids
@@ -143,17 +144,18 @@ class Faults:
             return
         f = self.plan[self.next]
         seen, t_seen = self._pace
+        t = clock.mono()                 # the pacing; `now` (wall) stamps the injected fault
         if trainer_version != seen:
             if seen >= 0 and trainer_version == seen + 1:
-                self._step_gaps.append(now - t_seen)
-            self._pace = (trainer_version, now)
+                self._step_gaps.append(t - t_seen)
+            self._pace = (trainer_version, t)
         if trainer_version < f.at_step:
             return
         if self.due is None:
             # the median of recent step gaps ignores the one that a recovery stretched
             step_s = statistics.median(self._step_gaps) if self._step_gaps else 0.0
-            self.due = now + f.at_fraction * step_s
-        if now < self.due:
+            self.due = t + f.at_fraction * step_s
+        if t < self.due:
             return
         live = sorted((s for s in self.registry if s.kind is f.role and s.state is RoleState.READY and s.job_id),
                       key=lambda s: s.index)

@@ -23,12 +23,13 @@ import msgspec
 from slurm_rl import protocol as P
 from slurm_rl.backends.base import Backend, Snapshot
 from slurm_rl.config import RunConfig
+from slurm_rl.controller import clock
 from slurm_rl.controller import policy as pol
 from slurm_rl.controller.broker import Broker
 from slurm_rl.controller.context import Context
 from slurm_rl.controller.detect import DETECTION_ACTIONS, Detector, Poller, drained
 from slurm_rl.controller.faults import Faults
-from slurm_rl.controller.recover import Recovery
+from slurm_rl.controller.recover import Recovery, SubmitDone
 from slurm_rl.controller.registry import Registry
 from slurm_rl.controller.slot import Slot
 from slurm_rl.controller.weights import Lineage
@@ -199,7 +200,8 @@ class Controller:
         self.exit_code = EXIT_DISK_FULL
 
     def _tick(self) -> None:
-        now = time.time()
+        now = time.time()              # for what is stored (fault milestones, leases, job rows)
+        mono = clock.mono()            # for every timeout: policy, suspicion, the restart pause
         for r in drained(self.results):
             if isinstance(r, Snapshot):
                 self.detect.snapshot(r)
@@ -211,18 +213,21 @@ class Controller:
             self._tick_stopping(now)
             return
         rec = self.recover
-        if rec.restarting_until is not None and now >= rec.restarting_until:
+        if rec.restarting_until is not None and mono >= rec.restarting_until:
             rec.restarting_until = None
-        actions = pol.decide(now, self.detect.view(
+        actions = pol.decide(mono, self.detect.view(
             committed=self.lineage.committed, full_restarts=rec.full_restarts, node_failures=rec.node_failures,
             excluded=rec.excluded, restarting=rec.restarting_until is not None, stopping=self.stopping is not None))
         # roles found dead together (a node going down) are gone before anyone restores from them
         rec.dying = {a.slot for a in actions if isinstance(a, pol.Dead)}
         for a in actions:
             log.info("action %s: %s", type(a).__name__, a.reason)
-            (self.detect if isinstance(a, DETECTION_ACTIONS) else rec).apply(a, now)
+            if isinstance(a, DETECTION_ACTIONS):
+                self.detect.apply(a, mono)
+            else:
+                rec.apply(a, now)
         rec.dying = set()
-        rec.retry_submits(now)
+        rec.retry_submits(mono)
         self.broker.expire_leases(now)
         self.faults.chaos(now, self.lineage.trainer_version, paused=rec.restarting_until is not None)
         self._check_done()
@@ -234,6 +239,7 @@ class Controller:
 
     def _handle(self, msg: P.Request) -> P.Reply:
         now = time.time()
+        mono = clock.mono()            # a message's arrival, for the detect room's timeouts
         if isinstance(msg, P.StatusRequest):
             return P.Reply(payload=json.dumps(self.status(msg.events)).encode())
         if isinstance(msg, P.InjectRequest):
@@ -242,23 +248,23 @@ class Controller:
             self._begin_stop(msg.reason, failed=False)
             return P.Reply()
         if isinstance(msg, P.Pulse):
-            self.detect.pulse(msg, now)
+            self.detect.pulse(msg, mono)
             return P.Reply()
         ident = msg.ident
         slot = self.registry.get(ident.slot)
         if slot is None or slot.incarnation != ident.incarnation:
             return self._stale(msg, ident, now)
         if isinstance(msg, (P.Hello, P.Heartbeat)) and msg.rank > 0:
-            return self._rank(slot, msg, now)
+            return self._rank(slot, msg, mono)
         if isinstance(msg, P.Hello) and slot.job_id and msg.job_id and msg.job_id != slot.job_id:
             return self._duplicate_job(slot, msg)
         if isinstance(msg, P.Hello):
-            self.detect.hello(slot, msg, now)
+            self.detect.hello(slot, msg, mono)
             cmds = ([slot.assign] if slot.assign else []) + self.registry.take_commands(slot)
             return P.Reply(commands=cmds, weights=self.lineage.info(slot))
-        self.detect.seen(slot, now)
+        self.detect.seen(slot, mono)
         if isinstance(msg, P.Heartbeat):
-            self.detect.heartbeat(slot, msg, now)
+            self.detect.heartbeat(slot, msg, mono)
             return self._reply(slot)
         if isinstance(msg, P.LeaseRequest):
             return self._reply(slot, **self.broker.lease(slot, msg, now))
@@ -335,7 +341,7 @@ class Controller:
             # slot it is taking over (it switches once its current batch is done)
             target = self.registry.get(f"{redirect.kind}/{redirect.index}")
             if target is not None and target.incarnation == redirect.incarnation:
-                target.last_hb = now
+                target.last_hb = clock.mono()
             return P.Reply(commands=[redirect], weights=self.lineage.info())
         if isinstance(msg, P.SubmitGroups):
             # leases of a superseded incarnation were requeued; the store rejects its groups
@@ -383,7 +389,7 @@ class Controller:
             return
         self.stopping = (reason, failed)
         self.final_state = "finished" if finished else ("failed" if failed else "stopped")
-        self.stop_deadline = time.time() + self.cfg.controller.stop_grace_s
+        self.stop_deadline = clock.mono() + self.cfg.controller.stop_grace_s
         for s in self.registry:
             if s.state.alive:
                 s.stop_requested = True
@@ -395,11 +401,17 @@ class Controller:
         assert self.stopping is not None
         alive = [s for s in self.registry if s.state.alive and s.job_id and not s.goodbye
                  and not (s.job and s.job.state.terminal)]
-        if alive and self.stop_deadline is not None and now < self._stop_wait_until(alive):
+        if alive and self.stop_deadline is not None and clock.mono() < self._stop_wait_until(alive):
             self._flush()
             return
         reason, _ = self.stopping
-        jobs = [s.job_id for s in self.registry if s.job_id]
+        # a submission still on the helper thread starts its job all the same: wait for it (nothing
+        # submits any more), and that job is cancelled with the others
+        self.recover.close()
+        late = [r for r in drained(self.results) if isinstance(r, SubmitDone) and r.job_id]
+        for r in late:
+            self.store.record_job(r.job_id, r.slot, r.incarnation, self.backend.name, "PENDING", now)
+        jobs = [s.job_id for s in self.registry if s.job_id] + [r.job_id for r in late]
         # and jobs no slot owns any more whose end was never seen (a replaced role's old job):
         # cancelling a finished job is harmless, and the final poll records how each one ended
         jobs += [r["job_id"] for r in self.store.jobs(active_only=True) if r["job_id"] not in jobs]

@@ -10,7 +10,6 @@ import logging
 import os
 import queue
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 from slurm_rl import protocol as P
 from slurm_rl.backends.base import LaunchSpec
+from slurm_rl.controller import clock
 from slurm_rl.controller import view as V
 from slurm_rl.controller.broker import Broker
 from slurm_rl.controller.context import Context
@@ -105,7 +105,7 @@ class Recovery:
     def _dead(self, s: Slot, a: V.Dead, now: float) -> None:
         prev_state = s.state
         s.state = RoleState.DEAD
-        s.restarts.append(now)
+        s.restarts.append(clock.mono())
         fids = self.faults.detected(s, a.signals, now)
         store = self.ctx.store
         for fid in fids:
@@ -155,10 +155,10 @@ class Recovery:
         target.proc_cpu, target.cpu_moved_at = standby.proc_cpu, standby.cpu_moved_at
         target.version = standby.version
         target.world_size, target.rdzv, target.ranks = standby.world_size, standby.rdzv, dict(standby.ranks)
-        target.last_hb = standby.last_hb if standby.last_hb is not None else now
-        target.progress_at = now
+        target.last_hb = standby.last_hb if standby.last_hb is not None else clock.mono()
+        target.progress_at = clock.mono()
         target.phase = standby_phase
-        target.phase_since = now
+        target.phase_since = clock.mono()
         target.fault_ids = fault_ids
         cmd = P.Command(op="become", kind=target.kind.value, index=target.index, incarnation=target.incarnation,
                         resume_step=resume_step, reason=reason)
@@ -240,17 +240,16 @@ class Recovery:
             s.exclude = ()
             self.submit(s, "full restart")
         # give the cancelled jobs a moment to go before judging the new ones
-        self.restarting_until = now + 2.0
+        self.restarting_until = clock.mono() + 2.0
 
     # ---- jobs
     def submit(self, s: Slot, reason: str) -> None:
         """A new job for the slot's next incarnation, submitted on the helper thread."""
-        now = time.time()
         s.incarnation += 1
         s.reset_runtime()
         s.state = RoleState.PENDING
         s.job_id = None
-        s.submitted_at = now
+        s.submitted_at = clock.mono()
         s.submitted_inc = s.incarnation
         s.submit_retry_at = None
         resume = self.lineage.committed if s.kind is RoleKind.TRAINER else -1
@@ -276,7 +275,7 @@ class Recovery:
 
         self._exec.submit(work)
 
-    def retry_submits(self, now: float) -> None:
+    def retry_submits(self, now: float) -> None:      # now: clock.mono()
         for s in self.registry:
             if s.state is RoleState.PENDING and s.submit_retry_at is not None and now >= s.submit_retry_at:
                 s.incarnation -= 1        # submit bumps it again: same incarnation, new try
@@ -310,7 +309,7 @@ class Recovery:
             return
         if r.job_id is None:
             s.submit_failures += 1
-            s.submit_retry_at = now + min(60.0, 5.0 * s.submit_failures)
+            s.submit_retry_at = clock.mono() + min(60.0, 5.0 * s.submit_failures)
             self.ctx.event("submit_failed", f"submitting {s.name} failed: {r.error}", slot=s.name)
             if s.submit_failures >= 5:
                 self.stop_run(f"{s.name} could not be submitted 5 times: {r.error}", True)

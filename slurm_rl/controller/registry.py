@@ -3,12 +3,14 @@ promoted processes, and their persisted state (the `roles` table), rebuilt from 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 
 import msgspec
 
 from slurm_rl import protocol as P
+from slurm_rl.controller import clock
 from slurm_rl.controller.context import Context
 from slurm_rl.controller.slot import Slot
 from slurm_rl.states import JobState, Phase, RoleKind, RoleState
@@ -24,7 +26,7 @@ class Registry:
         self.job_slots: dict[str, str] = {}           # job id -> slot it was started for
         self.job_endings: dict[str, JobState] = {}    # job id -> terminal state seen
         self.dirty = True
-        self._last_flush = 0.0
+        self._last_flush = -math.inf
 
     # ---- lookups
     def __iter__(self) -> Iterator[Slot]:
@@ -64,7 +66,7 @@ class Registry:
     def resume(self, committed: int) -> list[Slot]:
         """Rebuild from the store; live jobs are assumed alive until a signal says otherwise
         (heartbeats resume within a second). Returns the slots that need a new job."""
-        now = time.time()
+        now = clock.mono()
         cfg = self.ctx.cfg
         jobs = {r["job_id"]: r for r in self.ctx.store.jobs()}
         missing: list[Slot] = []
@@ -72,7 +74,8 @@ class Registry:
         for r in self.ctx.store.roles():
             kind = RoleKind(r["kind"])
             slot = Slot(kind=kind, index=r["idx"], state=RoleState(r["state"]), incarnation=r["incarnation"],
-                        job_id=r["job_id"], node=r["node"], restarts=[0.0] * int(r["restarts"] or 0))
+                        job_id=r["job_id"], node=r["node"],
+                        restarts=[-math.inf] * int(r["restarts"] or 0))    # counted, their times not kept
             slot.extra = kind is RoleKind.SPARE and slot.index >= cfg.spare.replicas
             if slot.state.alive and slot.job_id:
                 slot.connected = slot.state not in (RoleState.PENDING,)
@@ -86,7 +89,7 @@ class Registry:
             if slot.state.alive and not slot.job_id:
                 missing.append(slot)         # its submission was in flight when the controller stopped
             if slot.job_id and slot.job_id in jobs:
-                slot.submitted_at = jobs[slot.job_id]["submitted"]
+                slot.submitted_at = clock.from_wall(jobs[slot.job_id]["submitted"])
         for kind in _KINDS:                  # slots the config wants that the store lacks
             for i in range(cfg.replicas(kind)):
                 name = f"{kind.value}/{i}"
@@ -138,13 +141,18 @@ class Registry:
 
     def flush(self, force: bool = False) -> bool:
         """Write every slot's row, at most once a second unless forced; True when it wrote."""
-        now = time.time()
-        if not force and (not self.dirty or now - self._last_flush < 1.0):
+        mono = clock.mono()
+        if not force and (not self.dirty or mono - self._last_flush < 1.0):
             return False
-        self._last_flush = now
+        self._last_flush = mono
         self.dirty = False
         rows = [(s.name, s.kind.value, s.index, s.state.value, s.incarnation, s.job_id, s.node, s.phase.value,
-                 s.progress, s.version, s.last_hb, len(s.restarts), s.detail, now, s.phase_since)
+                 s.progress, s.version, _wall(s.last_hb), len(s.restarts), s.detail, time.time(), _wall(s.phase_since))
                 for s in self.slots.values()]
         self.ctx.store.upsert_roles(rows)
         return True
+
+
+def _wall(t: float | None) -> float | None:
+    """A slot's monotonic time as stored: wall-clock time, which `status` ages by its own clock."""
+    return None if t is None else clock.to_wall(t)

@@ -81,7 +81,7 @@ class RoleRuntime:
         self.server = WeightServer(host=bind_host(cfg), transports=tuple(transports), auth_key=run.sync_key()) \
             if self.rank.leader else None
         self.addrs = self.server.start() if self.server is not None else {}
-        self.liveness = LivenessListener(bind_host(cfg))
+        self.liveness = LivenessListener(bind_host(cfg), key=run.sync_key())   # the controller's links prove it
         self.client = ControlClient(run, name=f"{ident.slot}/main")
         self._hb_client = ControlClient(run, name=f"{ident.slot}/hb")
         self._stop = threading.Event()

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from slurm_rl.errors import SyncError
+from slurm_rl.netauth import AUTH_DEADLINE_S, MAX_UNAUTHENTICATED
 from slurm_rl.sync.base import Transport, WeightSet
 from slurm_rl.sync.holdings import Holdings
 from slurm_rl.sync.hostid import host_id
@@ -46,11 +47,15 @@ class WeightServer:
 
     `port` is the TCP port (0: any); UCX listens on port+1 when a port is given. A transfer that
     makes no progress for `stall_timeout_s` (a hung or vanished puller) is cut so it cannot pin an
-    old version forever; at most `max_transfers` run at once, later pullers are told BUSY.
+    old version forever; at most `max_transfers` run at once, later pullers are told BUSY. A
+    connection that has not authenticated within `auth_deadline_s` is closed, at most
+    `max_unauthenticated` are held (a new one closes the oldest), and they never count as
+    transfers (slurm_rl.netauth).
     """
 
     def __init__(self, *, host: str, transports: Sequence[str | Transport] = ("tcp",), port: int = 0,
-                 auth_key: bytes | None = None, stall_timeout_s: float = 60.0, max_transfers: int = 64):
+                 auth_key: bytes | None = None, stall_timeout_s: float = 60.0, max_transfers: int = 64,
+                 auth_deadline_s: float = AUTH_DEADLINE_S, max_unauthenticated: int = MAX_UNAUTHENTICATED):
         self.host = host
         self.transports = tuple(dict.fromkeys(Transport.parse(t) for t in transports))
         if not self.transports:
@@ -59,6 +64,8 @@ class WeightServer:
         self.auth_key = auth_key
         self.stall_timeout_s = stall_timeout_s
         self.max_transfers = max_transfers
+        self.auth_deadline_s = auth_deadline_s
+        self.max_unauthenticated = max_unauthenticated
         self.unavailable: dict[Transport, str] = {}
         self.addresses: dict[str, str] = {}
         self._holdings = Holdings()
@@ -68,7 +75,8 @@ class WeightServer:
         """Start listening; returns {transport: address} for the transports that run."""
         if self._servers:
             return dict(self.addresses)
-        opts = dict(stall_timeout_s=self.stall_timeout_s, max_transfers=self.max_transfers)
+        opts = dict(stall_timeout_s=self.stall_timeout_s, max_transfers=self.max_transfers,
+                    auth_deadline_s=self.auth_deadline_s, max_unauthenticated=self.max_unauthenticated)
         try:
             for t in self.transports:
                 server: _TransportServer

@@ -28,6 +28,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xxhash
@@ -58,9 +59,8 @@ def shm_status() -> tuple[bool, str]:
 class ShmServer(SocketServer):
     kind = "shm"
 
-    def __init__(self, host_id: str, holdings: Holdings, key: bytes | None, *,
-                 stall_timeout_s: float, max_transfers: int):
-        super().__init__(holdings, key, stall_timeout_s=stall_timeout_s, max_transfers=max_transfers)
+    def __init__(self, host_id: str, holdings: Holdings, key: bytes | None, **opts: Any):
+        super().__init__(holdings, key, **opts)
         self.host_id = host_id
         self.name = f"slurm-rl-sync.{os.getpid()}.{os.urandom(6).hex()}"
 

@@ -8,6 +8,7 @@ as anything but SyncError.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 from slurm_rl.errors import SyncError
 from slurm_rl.sync.base import Deadline, Manifest, WeightSet
@@ -73,17 +74,22 @@ def client_handshake(sock: socket.socket, version: int, key: bytes | None, deadl
 
 
 def server_handshake(sock: socket.socket, holdings: Holdings, key: bytes | None, deadline: Deadline,
-                     peer: str, *, refuse: str | None = None) -> WeightSet | None:
+                     peer: str, *, auth_deadline: Deadline | None = None,
+                     admit: Callable[[], str | None] | None = None) -> WeightSet | None:
     """Holder side: returns the requested set, pinned (caller must `holdings.release`), or None if refused.
 
-    `refuse` is a reason to turn the puller away after the handshake (e.g. too many transfers).
+    HELLO out and the REQUEST in must both be done by `auth_deadline` (netauth.AUTH_DEADLINE_S: a
+    stranger may not hold the connection); `admit`, called once the request is authenticated, gives
+    a reason to turn the puller away (e.g. too many transfers) or None.
     """
     hello = Hello.make(key)
-    send_all(sock, hello.pack(), deadline, peer)
-    request = Request.unpack(recv_exact(sock, REQUEST_SIZE, deadline, peer))
+    auth_deadline = auth_deadline or deadline
+    send_all(sock, hello.pack(), auth_deadline, peer)
+    request = Request.unpack(recv_exact(sock, REQUEST_SIZE, auth_deadline, peer))
     if not request.valid(hello, key):
         send_all(sock, Reply.make(Status.AUTH_FAILED, b"wrong auth key", hello, request, key), deadline, peer)
         return None
+    refuse = admit() if admit is not None else None
     if refuse is not None:
         send_all(sock, Reply.make(Status.BUSY, refuse.encode(), hello, request, key), deadline, peer)
         return None

@@ -12,8 +12,10 @@ import logging
 import socket
 import threading
 import time
+from typing import Any
 
 from slurm_rl.errors import SyncError
+from slurm_rl.netauth import AUTH_DEADLINE_S, MAX_UNAUTHENTICATED, Pending
 from slurm_rl.sync.base import Assembler, Deadline, ProgressFn, WeightSet
 from slurm_rl.sync.holdings import Holdings
 from slurm_rl.sync.stream import (
@@ -30,44 +32,70 @@ log = logging.getLogger("slurm_rl.sync")
 
 
 class ConnectionSet:
-    """Live connection threads of a server, so `stop()` can cut them and the transfer cap can be enforced."""
+    """Live connection threads of a server, so `stop()` can cut them; those that authenticated are
+    the transfers, which the cap counts (strangers are held apart, in `pending`, and never count)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_unauthenticated: int) -> None:
         self._lock = threading.Lock()
         self._socks: set[socket.socket] = set()
+        self._transfers: set[socket.socket] = set()
+        self.pending: Pending[socket.socket] = Pending(max_unauthenticated)
 
-    def add(self, s: socket.socket) -> int:
+    def add(self, s: socket.socket) -> None:
+        """A new connection, unauthenticated; the oldest strangers beyond the cap are cut."""
         with self._lock:
             self._socks.add(s)
-            return len(self._socks)
+        for old in self.pending.add(s):
+            _cut(old)
+
+    def authenticated(self, s: socket.socket) -> int | None:
+        """`s` proved the key: the number of transfers with it, or None if it was cut meanwhile."""
+        if not self.pending.done(s):
+            return None
+        with self._lock:
+            self._transfers.add(s)
+            return len(self._transfers)
 
     def discard(self, s: socket.socket) -> None:
+        self.pending.done(s)
         with self._lock:
             self._socks.discard(s)
+            self._transfers.discard(s)
 
     def close_all(self) -> None:
         with self._lock:
             socks, self._socks = list(self._socks), set()
         for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _cut(s)
+
+
+def _cut(s: socket.socket) -> None:
+    """End a connection another thread serves: its blocked call fails at once, and it closes it."""
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class SocketServer:
-    """Accept loop + one thread per transfer, shared by the TCP and the shm transports."""
+    """Accept loop + one thread per connection, shared by the TCP and the shm transports.
+
+    A connection must authenticate within `auth_deadline_s`; at most `max_unauthenticated` wait to
+    (netauth); only authenticated ones count toward `max_transfers`.
+    """
 
     kind = "socket"
 
-    def __init__(self, holdings: Holdings, key: bytes | None, *, stall_timeout_s: float, max_transfers: int):
+    def __init__(self, holdings: Holdings, key: bytes | None, *, stall_timeout_s: float, max_transfers: int,
+                 auth_deadline_s: float = AUTH_DEADLINE_S, max_unauthenticated: int = MAX_UNAUTHENTICATED):
         self.holdings = holdings
         self.key = key
         self.stall_timeout_s = stall_timeout_s
         self.max_transfers = max_transfers
+        self.auth_deadline_s = auth_deadline_s
         self._listen: socket.socket | None = None
         self._stop = threading.Event()
-        self._conns = ConnectionSet()
+        self._conns = ConnectionSet(max_unauthenticated)
         self._thread: threading.Thread | None = None
 
     def _serve_loop(self) -> None:
@@ -84,16 +112,25 @@ class SocketServer:
                 time.sleep(0.1)
                 continue
             peer = f"{self.kind} puller {addr or 'local'}"
-            n = self._conns.add(conn)
-            refuse = f"{n - 1} transfers already running (max {self.max_transfers})" if n > self.max_transfers else None
-            threading.Thread(target=self._handle, args=(conn, peer, refuse), name=f"slurm-rl-sync-{self.kind}",
+            auth_deadline = Deadline(self.auth_deadline_s)      # from the accept on
+            self._conns.add(conn)
+            threading.Thread(target=self._handle, args=(conn, peer, auth_deadline), name=f"slurm-rl-sync-{self.kind}",
                              daemon=True).start()
 
-    def _handle(self, conn: socket.socket, peer: str, refuse: str | None) -> None:
+    def _admit(self, conn: socket.socket) -> str | None:
+        n = self._conns.authenticated(conn)
+        if n is None:
+            raise SyncError("cut while authenticating (too many unauthenticated connections)")
+        refuse = self._refuse(conn)
+        if refuse is None and n > self.max_transfers:
+            refuse = f"{n - 1} transfers already running (max {self.max_transfers})"
+        return refuse
+
+    def _handle(self, conn: socket.socket, peer: str, auth_deadline: Deadline) -> None:
         ws: WeightSet | None = None
         try:
-            refuse = refuse or self._refuse(conn)
-            ws = server_handshake(conn, self.holdings, self.key, Deadline(self.stall_timeout_s), peer, refuse=refuse)
+            ws = server_handshake(conn, self.holdings, self.key, Deadline(self.stall_timeout_s), peer,
+                                  auth_deadline=auth_deadline, admit=lambda: self._admit(conn))
             if ws is None:
                 return
             t0 = time.perf_counter()
@@ -146,9 +183,8 @@ class SocketServer:
 class TcpServer(SocketServer):
     kind = "tcp"
 
-    def __init__(self, host: str, port: int, holdings: Holdings, key: bytes | None, *,
-                 stall_timeout_s: float, max_transfers: int):
-        super().__init__(holdings, key, stall_timeout_s=stall_timeout_s, max_transfers=max_transfers)
+    def __init__(self, host: str, port: int, holdings: Holdings, key: bytes | None, **opts: Any):
+        super().__init__(holdings, key, **opts)
         self.host = host
         self.port = port
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from slurm_rl.errors import SyncError
+from slurm_rl.netauth import AUTH_DEADLINE_S, MAX_UNAUTHENTICATED
 from slurm_rl.sync.base import (
     WeightSet,
 )
@@ -70,6 +71,8 @@ class _Conn:
     phase: _Phase = _Phase.AWAIT_REQUEST
     hello: Hello | None = None
     transfers: int = 0
+    authed: bool = False                                  # a REQUEST with the run's key came in
+    opened: float = field(default_factory=time.monotonic)
     last_progress: float = field(default_factory=time.monotonic)
     started: float = 0.0
     ctrl: list[Any] = field(default_factory=list)        # control sends in flight
@@ -84,16 +87,24 @@ class _Conn:
 
 
 class UcxServer:
-    """UCX listener + progress thread serving a `Holdings`."""
+    """UCX listener + progress thread serving a `Holdings`.
+
+    A connection that has sent no authenticated REQUEST within `auth_deadline_s` is closed, at most
+    `max_unauthenticated` are held (a new one closes the oldest) and only SERVING ones count toward
+    `max_transfers` (slurm_rl.netauth).
+    """
 
     def __init__(self, host: str, port: int, holdings: Holdings, key: bytes | None, *,
-                 stall_timeout_s: float, max_transfers: int):
+                 stall_timeout_s: float, max_transfers: int, auth_deadline_s: float = AUTH_DEADLINE_S,
+                 max_unauthenticated: int = MAX_UNAUTHENTICATED):
         self.host = host
         self.port = port
         self.holdings = holdings
         self.key = key
         self.stall_timeout_s = stall_timeout_s
         self.max_transfers = max_transfers
+        self.auth_deadline_s = auth_deadline_s
+        self.max_unauthenticated = max_unauthenticated
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -158,6 +169,10 @@ class UcxServer:
                         continue
                     c = _Conn(cid=next_id, ep=ep)
                     next_id += 1
+                    strangers = [o for o in conns.values() if not o.authed and o.phase is not _Phase.CLOSED]
+                    for old in strangers[:max(0, len(strangers) + 1 - self.max_unauthenticated)]:
+                        log.info("closing an unauthenticated UCX connection: more than %d", self.max_unauthenticated)
+                        self._close(old)     # the oldest first (dicts keep insertion order)
                     conns[c.cid] = c
                     self._greet(c, ucx, array)
                 for item in [i for i in inbox if i[3].completed]:
@@ -240,6 +255,8 @@ class UcxServer:
             for r in [*c.ctrl, *c.sends.values()]:
                 if r.completed and (err := _failed(r)) is not None:
                     raise SyncError(repr(err))
+            if not c.authed and now - c.opened > self.auth_deadline_s:
+                raise SyncError(f"not authenticated within {self.auth_deadline_s:g}s")
             # Forget finished control sends, or the loop would see "something completed" forever and
             # never sleep in epoll (a busy holder burning a core).
             c.bufs = [b for b, r in zip(c.bufs, c.ctrl) if not r.completed]
@@ -273,7 +290,9 @@ class UcxServer:
         request = Request.unpack(c.request)
         c.request = None
         status, payload = Status.OK, b""
-        if not request.valid(c.hello, self.key):
+        valid = request.valid(c.hello, self.key)
+        c.authed = c.authed or valid
+        if not valid:
             status, payload = Status.AUTH_FAILED, b"wrong auth key"
         elif serving >= self.max_transfers:
             status, payload = Status.BUSY, f"{serving} transfers already running".encode()
