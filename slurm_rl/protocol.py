@@ -74,6 +74,11 @@ class WeightsInfo(msgspec.Struct, frozen=True):
     # the step each weight epoch forked from (the committed step of its rollback): versions up to
     # the fork are the same weights in the older epochs (`shared_with_later_epochs`)
     epoch_bases: list[int] = []
+    # a sharded trainer's version is `parts` parts (slurm_rl.sync.parts): `holders` serve every
+    # part (relays), part_holders[p] part p alone (the trainer's rank p)
+    parts: int = 1
+    part_holders: list[dict[str, str]] = []
+    part_hosts: list[str] = []
 
 
 def shared_with_later_epochs(epoch_bases: list[int], wepoch: int, version: int) -> bool:

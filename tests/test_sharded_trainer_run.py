@@ -58,6 +58,8 @@ def test_a_fault_of_rank_1_is_one_trainer_fault_recovered_without_touching_rollo
     runs.assert_no_prompt_done_twice(run)
     restored = runs.events(run, "trainer_restore")
     assert restored and "on 2 ranks" in restored[-1]["msg"]
+    # no disk read for the weights: each new rank pulled its own part from the rollouts that relay them
+    assert json.loads(restored[-1]["data"])["weights"] == "live holders (each rank its own part)", restored[-1]["msg"]
     # the trainer's MTTR split: its load into build / verify / weights / optimizer, from that restore
     parts = json.loads(restored[-1]["data"])
     f = rep["faults"][0]

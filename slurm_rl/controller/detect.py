@@ -150,7 +150,8 @@ class Detector:
 
     def rank_hello(self, slot: Slot, msg: P.Hello, now: float) -> None:
         """A rank > 0 of a multi-rank role: alive from now on, watched like rank 0."""
-        seen = RankSeen(node=msg.node or None, pid=msg.pid, live_addr=msg.live_addr, last_hb=now)
+        seen = RankSeen(node=msg.node or None, pid=msg.pid, live_addr=msg.live_addr, last_hb=now,
+                        sync_addrs=dict(msg.sync_addrs), host_id=msg.host_id)
         old = slot.ranks.get(msg.rank)
         if old is not None and old.live_addr and old.live_addr != msg.live_addr:
             self.links.unwatch(old.live_addr)
@@ -167,6 +168,8 @@ class Detector:
         if seen is None:                    # its hello was lost (a controller resume): it is alive
             seen = slot.ranks[msg.rank] = RankSeen(node=None, pid=None)
         seen.last_hb = now
+        if msg.sync_addrs:
+            seen.sync_addrs = dict(msg.sync_addrs)
         if msg.live_addr and msg.live_addr != seen.live_addr:
             if seen.live_addr:
                 self.links.unwatch(seen.live_addr)

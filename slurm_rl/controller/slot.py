@@ -21,6 +21,8 @@ class RankSeen:
     live_addr: str = ""
     last_hb: float | None = None
     link_lost_at: float | None = None
+    sync_addrs: dict[str, str] = field(default_factory=dict)   # serves its part of each version
+    host_id: str = ""
 
 
 @dataclass

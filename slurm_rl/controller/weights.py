@@ -28,6 +28,10 @@ class Lineage:
         self.ckpt_checked: dict[int, tuple[tuple, str]] = {}   # step -> (files' stat, problem: '' intact)
         self.ckpt_reported: set[int] = set()
         self._rr = 0
+        # how many parts the trainer's versions are in (its world size; slurm_rl.sync.parts): the
+        # configured shape until a trainer says hello
+        nodes, per_node = ctx.cfg.trainer_shape()
+        self.parts = nodes * per_node
 
     # ---- fencing
     def valid(self, wepoch: int, version: int) -> bool:
@@ -57,9 +61,23 @@ class Lineage:
         if relays:
             self._rr = (self._rr + 1) % len(relays)
             relays = relays[self._rr:] + relays[:self._rr]
-        ordered = relays + trainers
+        # a sharded trainer's ranks each serve their part of its versions (slurm_rl.sync.parts)
+        sharded = [s for s in trainers if s.world_size > 1]
+        trainer = self.registry.trainer()
+        if trainer.connected and trainer.world_size > 0:
+            self.parts = trainer.world_size
+        part_holders: list[dict[str, str]] = []
+        part_hosts: list[str] = []
+        if sharded:
+            t = sharded[0]
+            ranks = [(dict(t.sync_addrs), t.host_id)] + [
+                (dict(t.ranks[r].sync_addrs), t.ranks[r].host_id) if r in t.ranks else ({}, "")
+                for r in range(1, t.world_size)]
+            part_holders, part_hosts = [a for a, _ in ranks], [h for _, h in ranks]
+        ordered = relays + [s for s in trainers if s.world_size <= 1]
         return P.WeightsInfo(version=newest, wepoch=self.wepoch, holders=[dict(s.sync_addrs) for s in ordered],
-                             holder_hosts=[s.host_id for s in ordered], epoch_bases=list(self.epoch_bases))
+                             holder_hosts=[s.host_id for s in ordered], epoch_bases=list(self.epoch_bases),
+                             parts=self.parts, part_holders=part_holders, part_hosts=part_hosts)
 
     def held(self, slot: Slot, version: int, wepoch: int, addrs: dict[str, str] | None) -> None:
         """A role says which version it holds (a heartbeat or VersionHeld)."""

@@ -92,3 +92,16 @@ def broadcast(obj: Any, info: RankInfo) -> Any:
     box = [obj if info.leader else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_ok(ok: bool, info: RankInfo) -> bool:
+    """True on every rank if `ok` is true on every rank (one small all-reduce; also a barrier)."""
+    if not info.distributed:
+        return ok
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())

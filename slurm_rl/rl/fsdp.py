@@ -65,6 +65,75 @@ def load_full_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor],
                                                                 strict=True))
 
 
+def _sharded_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """This rank's view of the model under HF names: DTensors (FSDP2's Shard(0) parameters) and
+    plain tensors (anything not sharded). A tied head is left out. No collective."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    sd = get_model_state_dict(model)
+    if _tied(model):
+        sd.pop("lm_head.weight", None)
+    return sd
+
+
+def _is_dim0_shard(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor, Shard
+
+    if not isinstance(t, DTensor):
+        return False
+    if tuple(t.placements) != (Shard(0),):
+        raise ValueError(f"a parameter placed {t.placements}: only FSDP2's Shard(0) is supported")
+    return True
+
+
+def local_state_dict(model: torch.nn.Module, *, rank: int) -> dict[str, torch.Tensor]:
+    """The rows this rank holds of every sharded parameter (views, no copy), plus - on rank 0 only -
+    whatever is not sharded: this rank's part of the weights (slurm_rl.sync.parts). No collective."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in _sharded_params(model).items():
+        if _is_dim0_shard(t):
+            out[name] = t.to_local()
+        elif rank == 0:
+            out[name] = t
+    return out
+
+
+def load_local_state_dict(model: torch.nn.Module, part: Mapping[str, torch.Tensor], *, rank: int) -> None:
+    """This rank's part of the weights (`local_state_dict`'s shape, from a trainer of the same world
+    size) into its shards, in place; no collective. A missing or misshapen tensor raises (a tensor
+    that is not sharded is only in part 0: ranks > 0 keep their own)."""
+    _load_rows(model, rank, lambda name, local: part.get(name))
+
+
+def load_whole_into_shards(model: torch.nn.Module, whole: Mapping[str, torch.Tensor], *, rank: int,
+                           world_size: int) -> None:
+    """Whole weights (every rank has them) into this rank's shards: each takes its rows, torch.chunk's
+    split as FSDP2's; no collective."""
+    def rows(name: str, local: torch.Tensor) -> torch.Tensor | None:
+        t = whole.get(name)
+        if t is None or local.dim() == 0 or t.dim() == 0:
+            return t
+        chunks = torch.chunk(t, world_size, dim=0)
+        return chunks[rank] if rank < len(chunks) else t[t.shape[0]:]
+    _load_rows(model, rank, rows)
+
+
+def _load_rows(model: torch.nn.Module, rank: int, source: Any) -> None:
+    with torch.no_grad():
+        for name, t in _sharded_params(model).items():
+            sharded = _is_dim0_shard(t)
+            dst = t.to_local() if sharded else t
+            src = source(name, dst)
+            if src is None and not sharded and rank > 0:
+                continue            # not sharded: only part 0 carries it, and this rank built it already
+            if src is None:
+                raise ValueError(f"rank {rank}: the weights have no {name!r}")
+            if tuple(src.shape) != tuple(dst.shape):
+                raise ValueError(f"rank {rank}: {name!r} is {tuple(src.shape)} in the weights, {tuple(dst.shape)} "
+                                 "in this rank's shard (pulled from a trainer of another shape?)")
+            dst.copy_(src)
+
+
 def save_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path,
                    process_group: Any = None) -> None:
     """Every rank writes its optimizer shards into `path` (DCP); a collective."""

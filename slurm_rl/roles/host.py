@@ -16,7 +16,7 @@ import torch
 
 from slurm_rl.roles.runtime import RoleRuntime
 from slurm_rl.states import Phase
-from slurm_rl.sync import WeightSet
+from slurm_rl.sync import Parts
 
 log = logging.getLogger("slurm_rl.roles")
 
@@ -97,7 +97,7 @@ class RoleHost:
         log.info("%s engine ready in %.1fs", cfg.rollout.engine.value, time.time() - t0)
         return self.engine
 
-    def apply_weights(self, ws: WeightSet) -> None:
+    def apply_weights(self, ws: Parts) -> None:
         if self.engine is not None:
             self.engine.load_weights(ws.tensors())
 

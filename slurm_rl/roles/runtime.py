@@ -32,7 +32,7 @@ from slurm_rl.liveness import LivenessListener
 from slurm_rl.rl.dist import RankInfo
 from slurm_rl.rundir import RunDir
 from slurm_rl.states import Phase
-from slurm_rl.sync import BandwidthMeter, WeightServer, WeightSet, choose_address, host_id, pull_any
+from slurm_rl.sync import BandwidthMeter, Parts, WeightServer, WeightSet, choose_address, host_id, pull_parts
 
 log = logging.getLogger("slurm_rl.roles")
 
@@ -68,7 +68,7 @@ class RoleRuntime:
         self.detail = ""
         self.commands: queue.SimpleQueue[P.Command] = queue.SimpleQueue()
         self.newest: P.WeightsInfo | None = None
-        self.held: WeightSet | None = None
+        self.held: Parts | None = None          # a whole version (every part of it), served to others
         self.held_version = -1
         self.held_wepoch = 0
         self.host_id = host_id()
@@ -77,10 +77,9 @@ class RoleRuntime:
             transports.append("shm")
         if cfg.sync.transport in ("auto", "ucx"):
             transports.append("ucx")
-        # ranks > 0 serve no weights: rank 0 publishes the whole model for the role
-        self.server = WeightServer(host=bind_host(cfg), transports=tuple(transports), auth_key=run.sync_key()) \
-            if self.rank.leader else None
-        self.addrs = self.server.start() if self.server is not None else {}
+        # every rank of a sharded trainer serves its own part of each version (slurm_rl.sync.parts)
+        self.server = WeightServer(host=bind_host(cfg), transports=tuple(transports), auth_key=run.sync_key())
+        self.addrs = self.server.start()
         self.liveness = LivenessListener(bind_host(cfg), key=run.sync_key())   # the controller's links prove it
         self.client = ControlClient(run, name=f"{ident.slot}/main")
         self._hb_client = ControlClient(run, name=f"{ident.slot}/hb")
@@ -138,7 +137,7 @@ class RoleRuntime:
         that address (host:port) and starts heartbeating. A replaced incarnation exits."""
         deadline = time.time() + timeout_s
         hello = P.Hello(ident=self.ident, job_id=self.job_id, node=self.node, pid=os.getpid(), host_id=self.host_id,
-                        sync_addrs={}, live_addr=self.liveness.address, rank=self.rank.rank,
+                        sync_addrs=self.addrs, live_addr=self.liveness.address, rank=self.rank.rank,
                         world_size=self.rank.world_size)
         while True:
             try:
@@ -176,8 +175,7 @@ class RoleRuntime:
         if self._hb.ident is not None:
             self._hb.join(timeout=2)
         self.liveness.close()
-        if self.server is not None:
-            self.server.stop()
+        self.server.stop()
         self.client.close()
         self._hb_client.close()
 
@@ -251,10 +249,12 @@ class RoleRuntime:
             self._absorb(reply)
 
     # ---------------------------------------------------------------- weights
-    def hold(self, ws: WeightSet, wepoch: int, *, report: bool = True) -> None:
-        """Serve this version to others from now on, and tell the controller we hold it."""
-        self.server.publish(ws)
-        self.held = ws
+    def hold(self, ws: WeightSet | Parts, wepoch: int, *, report: bool = True) -> None:
+        """Serve this version (whole, or every part of it) to others from now on, and tell the
+        controller we hold it."""
+        parts = ws if isinstance(ws, Parts) else Parts.whole(ws)
+        self.server.publish(parts.sets)
+        self.held = parts
         self.held_version = ws.version
         self.held_wepoch = wepoch
         if report:
@@ -263,22 +263,23 @@ class RoleRuntime:
 
     def needs_sync(self) -> bool:
         w = self.newest
-        if w is None or w.version < 0 or not w.holders or w.version != self.held_version:
-            return w is not None and w.version >= 0 and bool(w.holders)
+        servable = w is not None and (bool(w.holders) or (bool(w.part_holders) and all(w.part_holders)))
+        if w is None or w.version < 0 or not servable or w.version != self.held_version:
+            return w is not None and w.version >= 0 and servable
         # the same number: the same weights in the same epoch, or in an older one up to its fork (a
         # rollout holding the committed step a restored trainer resumed from); beyond the fork, a
         # rollback made the number name other weights
         return not (w.wepoch == self.held_wepoch or (
             self.held_wepoch < w.wepoch and P.shared_with_later_epochs(w.epoch_bases, self.held_wepoch, w.version)))
 
-    def sync_newest(self, apply: Callable[[WeightSet], None]) -> bool:
-        """Pull the newest version from any holder and apply it; False if none could serve it."""
+    def sync_newest(self, apply: Callable[[Parts], None]) -> bool:
+        """Pull the newest version (every part, in parallel) from any holders and apply it; False if
+        none could serve it."""
         w = self.newest
         if w is None or not self.needs_sync():
             return False
-        addrs = [choose_address(h, prefer=self.cfg.sync.transport, local_host_id=self.host_id) for h in w.holders]
-        addrs = [a for a in addrs if a]
-        if not addrs:
+        relays, ranks = self.sources(w)
+        if not relays and not all(ranks):
             return False
         self.set_phase(Phase.SYNCING_WEIGHTS, f"v{w.version}")
 
@@ -289,17 +290,48 @@ class RoleRuntime:
         deadline, stall = self.pull_deadline()
         try:
             # one holder that hangs before a good one is cut at `stall` and the next gets the rest
-            ws, addr = pull_any(addrs, w.version, deadline_s=deadline, progress=progress, auth_key=self.run.sync_key(),
-                                total_deadline_s=deadline + stall, stall_s=stall, meter=self.pull_meter)
+            got = pull_parts(relays, ranks, w.version, w.parts, deadline_s=deadline, progress=progress,
+                             auth_key=self.run.sync_key(), total_deadline_s=deadline + stall, stall_s=stall,
+                             meter=self.pull_meter)
         except SyncError as e:
-            log.warning("could not pull version %d from %d holder(s): %s", w.version, len(addrs), e)
+            log.warning("could not pull version %d from %d holder(s): %s", w.version, len(relays) + len(ranks), e)
             self.set_phase(Phase.IDLE, f"v{w.version} unavailable; keeping v{self.held_version}")
             self.bump()
             return False
-        apply(ws)
-        self.hold(ws, w.wepoch)
-        log.info("now holding version %d (from %s)", ws.version, addr)
+        assert isinstance(got, Parts)
+        apply(got)
+        self.hold(got, w.wepoch)
+        log.info("now holding version %d (%d part(s))", got.version, got.count)
         return True
+
+    def sources(self, w: P.WeightsInfo) -> tuple[list[str], list[str]]:
+        """(relays: each serves every part, ranks: part p from ranks[p] only, "" where unusable),
+        the addresses this process can reach, best first."""
+        def addr(h: dict[str, str]) -> str:
+            try:
+                return choose_address(h, prefer=self.cfg.sync.transport, local_host_id=self.host_id)
+            except SyncError:
+                return ""
+        relays = [a for a in (addr(h) for h in w.holders) if a]
+        return relays, [addr(h) for h in w.part_holders]
+
+    def pull_part(self, part: int) -> WeightSet | None:
+        """Part `part` of the newest version alone (a restored rank's own shard), from any holder;
+        None if no holder could serve it."""
+        w = self.newest
+        if w is None:
+            return None
+        relays, ranks = self.sources(w)
+        deadline, stall = self.pull_deadline()
+        try:
+            got = pull_parts(relays, ranks, w.version, w.parts, deadline_s=deadline, auth_key=self.run.sync_key(),
+                             total_deadline_s=deadline + stall, stall_s=stall, meter=self.pull_meter, only=part,
+                             progress=lambda done, total: self.bump(1))
+        except SyncError as e:
+            log.warning("could not pull part %d of version %d: %s", part, w.version, e)
+            return None
+        assert isinstance(got, WeightSet)
+        return got
 
 
     def pull_deadline(self) -> tuple[float, float]:

@@ -24,7 +24,7 @@ from slurm_rl.rl.grpo import Group, PolicyTrainer, Sample
 from slurm_rl.roles.host import RoleHost, resolve_device
 from slurm_rl.roles.runtime import RoleRuntime
 from slurm_rl.states import Phase
-from slurm_rl.sync import WeightSet
+from slurm_rl.sync import Parts, WeightSet
 
 log = logging.getLogger("slurm_rl.roles.trainer")
 
@@ -78,7 +78,7 @@ def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Comma
             rt.set_phase(Phase.PUBLISHING, f"v{version}")
             ws = WeightSet.from_state_dict(trainer.state_dict_for_sync(copy=False), version)
             rt.server.publish(ws)
-            rt.held, rt.held_version, rt.held_wepoch = ws, version, wepoch
+            rt.held, rt.held_version, rt.held_wepoch = Parts.whole(ws), version, wepoch
             t1 = time.time()
             metrics = step_metrics(stats, t1 - t0)
             _tell(rt, P.StepDone(ident=rt.ident, version=version, wepoch=wepoch, group_ids=[g.group_id for g in groups],

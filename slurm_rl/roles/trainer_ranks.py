@@ -19,10 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import torch
 
 from slurm_rl import protocol as P
 from slurm_rl.checkpoint import Checkpointer
+from slurm_rl.errors import SyncError
 from slurm_rl.rl import dist as rd
 from slurm_rl.rl import fsdp, sharded_ckpt
 from slurm_rl.rl.grpo import PolicyTrainer
@@ -39,7 +41,7 @@ from slurm_rl.roles.trainer import (
     step_metrics,
 )
 from slurm_rl.states import Phase
-from slurm_rl.sync import WeightSet
+from slurm_rl.sync import Parts, WeightSet, pull_parts
 
 log = logging.getLogger("slurm_rl.roles.trainer")
 
@@ -104,10 +106,10 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
                 log.info("step %d reward %.3f loss %.4f (%.2fs on %d ranks)", version, stats.reward_mean, stats.loss,
                          t1 - t0, info.world_size)
             if version % cfg.trainer.checkpoint_every == 0 or version == alg.steps:
-                _save(rt, saver, version, wepoch)
+                _save(rt, trainer, saver, version, wepoch)
                 last_ckpt = version
         if end == "stop" and version > last_ckpt:
-            _save(rt, saver, version, wepoch)      # asked to stop: keep every step taken
+            _save(rt, trainer, saver, version, wepoch)      # asked to stop: keep every step taken
         rt.set_phase(Phase.CHECKPOINTING, "final checkpoint")
         saver.wait()
         if leader:
@@ -125,59 +127,64 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
 
 
 def _publish(rt: RoleRuntime, trainer: PolicyTrainer, version: int, wepoch: int, *, report: bool = True) -> None:
-    """Gather the whole weights to rank 0 (a collective), which serves them as `version`."""
-    sd = fsdp.full_state_dict(trainer.model)
-    if not rt.rank.leader:
-        return
+    """Every rank serves its own rows of the weights as its part of `version` (slurm_rl.sync.parts):
+    no gather. Once all serve it (a barrier), rank 0 may say the version is held."""
+    info = rt.rank
     want = trainer.precision.sync_dtype
-    ws = WeightSet.from_state_dict({k: v.to(want) if v.is_floating_point() else v for k, v in sd.items()}, version)
-    if report:
-        rt.hold(ws, wepoch)
-    else:
-        rt.server.publish(ws)
-        rt.held, rt.held_version, rt.held_wepoch = ws, version, wepoch
+    part = fsdp.local_state_dict(trainer.model, rank=info.rank)
+    ws = WeightSet.from_state_dict({k: v.to(want) if v.is_floating_point() else v for k, v in part.items()}, version,
+                                   part=info.rank, parts=info.world_size)
+    rt.server.publish(ws)
+    rt.held_version, rt.held_wepoch = version, wepoch
+    rd.all_ok(True, info)
+    if report and info.leader:
+        rt.call(P.VersionHeld(ident=rt.ident, version=version, wepoch=wepoch, sync_addrs=rt.addrs), timeout_s=5.0,
+                attempts=2)
 
 
-def _save(rt: RoleRuntime, saver: sharded_ckpt.ShardedSaver, version: int, wepoch: int) -> None:
-    """Begin checkpoint `version` (collective); it is written while training goes on, and rank 0 tells
-    the controller once it is in place (`_report_checkpoints`, each turn of the loop)."""
+def _save(rt: RoleRuntime, trainer: PolicyTrainer, saver: sharded_ckpt.ShardedSaver, version: int,
+          wepoch: int) -> None:
+    """Begin checkpoint `version` (collective: the whole weights are gathered to rank 0 for it); it
+    is written while training goes on, and rank 0 tells the controller once it is in place
+    (`_report_checkpoints`, each turn of the loop)."""
     if saver.busy:
         rt.set_phase(Phase.CHECKPOINTING, f"step {version}: the previous checkpoint is still being written")
-    weights = rt.held.tensors() if rt.rank.leader and rt.held is not None and rt.held_version == version else {}
-    if rt.rank.leader and not weights:
-        raise RuntimeError(f"checkpoint {version}: rank 0 does not hold version {version}'s weights")
+    want = trainer.precision.sync_dtype
+    whole = fsdp.full_state_dict(trainer.model)
+    weights = {k: v.to(want) if v.is_floating_point() else v for k, v in whole.items()}
     saver.start(version, weights, {"wepoch": wepoch})
 
 
 def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step: int, t_start: float) -> None:
     """Weights of version `step` on every rank, the newest usable optimizer shards, with an event
-    saying how and where the time went (as the single-process trainer's: `restore_split`)."""
+    saying how and where the time went (as the single-process trainer's: `restore_split`).
+
+    Weights come from live holders first (no disk read): each rank pulls its own part, where the
+    version is in as many parts as this trainer has ranks, else every rank the whole version (and
+    takes its rows). Only if some rank gets nothing do they all read the checkpoint of `step`."""
     t_verify = time.time()
     info, leader = rt.rank, rt.rank.leader
-    best, source, sd = None, "", {}
-    t_weights = t_verify
-    if leader:
-        best, _ = reader.newest_valid(at_most=step)
-        t_weights = time.time()
-        if best is not None and best.step == step:
-            source = f"checkpoint {step}"
-        else:
-            got: dict[str, torch.Tensor] = {}
-            if rt.newest is not None and rt.newest.version == step and rt.sync_newest(
-                    lambda ws: got.update(ws.tensors())):
-                sd, source = got, "a live holder"
-    source, best_step, best_path = rd.broadcast(
-        (source, best.step, str(best.path)) if best is not None else (source, -1, ""), info)
-    if not source:
-        raise RuntimeError(f"cannot restore version {step}: no holder, no checkpoint")
+    best = reader.newest_valid(at_most=step)[0] if leader else None
+    best_step, best_path = rd.broadcast((best.step, str(best.path)) if best is not None else (-1, ""), info)
+    t_weights = time.time()
+    newest = rt.newest if leader and rt.newest is not None and rt.newest.version == step else None
+    encoded = rd.broadcast(msgspec.json.encode(newest) if newest is not None else b"", info)
+    source = ""
+    if encoded:
+        rt.newest = msgspec.json.decode(encoded, type=P.WeightsInfo)
+        ok = _pull_own_part(rt, trainer, rt.newest)
+        if rd.all_ok(ok, info):
+            source = "live holders (each rank its own part)" if rt.newest.parts == info.world_size \
+                else "live holders (the whole version, on every rank)"
     ckpt_dir = Path(best_path) if best_path else None
     parts: dict[str, float] = {}
-    if source.startswith("checkpoint"):
-        assert ckpt_dir is not None
+    if not source:
+        if best_step != step or ckpt_dir is None:
+            raise RuntimeError(f"cannot restore version {step}: no holder, no checkpoint")
         sharded_ckpt.load(ckpt_dir, trainer, weights=True, times=parts)
+        source = f"checkpoint {step}"
     else:
-        fsdp.load_full_state_dict(trainer.model, sd if leader else {}, rank=info.rank)
-        pulled = time.time() - t_weights                    # the pull and the scatter to every rank
+        pulled = time.time() - t_weights                    # every rank's pull of its part
         if ckpt_dir is not None:
             sharded_ckpt.load(ckpt_dir, trainer, weights=False, times=parts)
         parts["weights_s"] = pulled
@@ -191,3 +198,24 @@ def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step
                                   "staged": "no", "restore_s": f"{took:.3f}",
                                   **restore_split(t_verify - t_start, t_weights - t_verify + parts.get("verify_s", 0.0),
                                                   parts["weights_s"], parts.get("optimizer_s", 0.0))}))
+
+
+def _pull_own_part(rt: RoleRuntime, trainer: PolicyTrainer, w: P.WeightsInfo) -> bool:
+    """This rank's weights of version `w.version` from live holders, into its shards."""
+    info = rt.rank
+    try:
+        if w.parts == info.world_size:
+            ws = rt.pull_part(info.rank)
+            if ws is None:
+                return False
+            fsdp.load_local_state_dict(trainer.model, ws.tensors(), rank=info.rank)
+        else:
+            relays, ranks = rt.sources(w)
+            whole = pull_parts(relays, ranks, w.version, w.parts, deadline_s=rt.pull_deadline()[0],
+                               auth_key=rt.run.sync_key(), meter=rt.pull_meter)
+            assert isinstance(whole, Parts)
+            fsdp.load_whole_into_shards(trainer.model, whole.tensors(), rank=info.rank, world_size=info.world_size)
+    except (SyncError, ValueError) as e:
+        log.warning("rank %d: weights v%d from live holders failed: %s", info.rank, w.version, e)
+        return False
+    return True

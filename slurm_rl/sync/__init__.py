@@ -25,6 +25,7 @@ from slurm_rl.sync.buffers import trim_buffer_pool
 from slurm_rl.sync.client import Address, BandwidthMeter, StallDeadline, choose_address, pull, pull_any
 from slurm_rl.sync.fanout import RelayStep, relay_plan, star_plan
 from slurm_rl.sync.hostid import host_id
+from slurm_rl.sync.parts import Parts, pull_parts
 from slurm_rl.sync.server import WeightServer
 from slurm_rl.sync.shm import MAPPINGS as _MAPPINGS
 from slurm_rl.sync.shm import shm_status
@@ -37,7 +38,7 @@ def release_cached_memory() -> int:
 
 
 __all__ = [
-    "DEFAULT_BUCKET_BYTES", "Address", "BandwidthMeter", "Manifest", "RelayStep", "StallDeadline", "SyncAuthError",
+    "DEFAULT_BUCKET_BYTES", "Address", "BandwidthMeter", "Manifest", "Parts", "RelayStep", "StallDeadline", "SyncAuthError",
     "TensorMeta", "Transport", "TransportUnavailable", "VersionNotHeld", "WeightServer", "WeightSet", "choose_address", "host_id", "pull",
-    "pull_any", "relay_plan", "release_cached_memory", "shm_status", "star_plan", "trim_buffer_pool", "ucx_status",
+    "pull_any", "pull_parts", "relay_plan", "release_cached_memory", "shm_status", "star_plan", "trim_buffer_pool", "ucx_status",
 ]

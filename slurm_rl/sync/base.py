@@ -126,6 +126,10 @@ class Manifest:
     total_bytes: int
     bucket_bytes: int
     bucket_hashes: tuple[int, ...]       # xxh3_64 of each bucket_bytes slice of the buffer
+    # a version the ranks of a sharded trainer publish is `parts` sets, one per rank; this is `part`
+    # (slurm_rl.sync.parts). A whole version is part 0 of 1.
+    part: int = 0
+    parts: int = 1
 
     @property
     def num_buckets(self) -> int:
@@ -140,6 +144,7 @@ class Manifest:
             "format": MANIFEST_FORMAT, "version": self.version, "total_bytes": self.total_bytes,
             "bucket_bytes": self.bucket_bytes, "bucket_hashes": list(self.bucket_hashes),
             "tensors": [[t.name, t.dtype, list(t.shape), t.offset, t.nbytes] for t in self.tensors],
+            "part": self.part, "parts": self.parts,
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -156,6 +161,7 @@ class Manifest:
                 bucket_hashes=tuple(int(h) for h in doc["bucket_hashes"]),
                 tensors=tuple(TensorMeta(str(n), str(d), tuple(int(s) for s in shape), int(o), int(b))
                               for n, d, shape, o, b in doc["tensors"]),
+                part=int(doc.get("part", 0)), parts=int(doc.get("parts", 1)),
             )
         except SyncError:
             raise
@@ -164,8 +170,17 @@ class Manifest:
         m.check()
         return m
 
+    def expect(self, version: int, part: int, peer: str) -> None:
+        """The holder answered what was asked: that version, that part."""
+        if self.version != version:
+            raise SyncError(f"{peer} answered v{self.version} to a request for v{version}")
+        if self.part != part:
+            raise SyncError(f"{peer} answered part {self.part} of v{version} to a request for part {part}")
+
     def check(self) -> None:
         """Internal consistency: sizes, offsets, bucket count. Guards allocations driven by a peer."""
+        if not 0 <= self.part < self.parts:
+            raise SyncError(f"manifest v{self.version}: part {self.part} of {self.parts}")
         if self.total_bytes < 0 or self.bucket_bytes <= 0:
             raise SyncError(f"manifest v{self.version}: bad sizes total={self.total_bytes} bucket={self.bucket_bytes}")
         if self.num_buckets != math.ceil(self.total_bytes / self.bucket_bytes):
@@ -214,10 +229,15 @@ class WeightSet:
     def nbytes(self) -> int:
         return self.manifest.total_bytes
 
+    @property
+    def part(self) -> int:
+        return self.manifest.part
+
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, torch.Tensor], version: int,
-                        bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> WeightSet:
-        """Pack a state dict (CPU or GPU tensors, any supported dtype) into one buffer: one copy per tensor."""
+                        bucket_bytes: int = DEFAULT_BUCKET_BYTES, *, part: int = 0, parts: int = 1) -> WeightSet:
+        """Pack a state dict (CPU or GPU tensors, any supported dtype) into one buffer: one copy per tensor.
+        `part`/`parts`: this is one rank's share of a sharded trainer's version (slurm_rl.sync.parts)."""
         if bucket_bytes <= 0:
             raise SyncError(f"bucket_bytes must be positive, got {bucket_bytes}")
         metas: list[TensorMeta] = []
@@ -239,7 +259,9 @@ class WeightSet:
                 src = t.detach().contiguous().reshape(-1).view(torch.uint8)
                 dst[meta.offset:meta.offset + meta.nbytes].copy_(src)
         manifest = Manifest(version=int(version), tensors=tuple(metas), total_bytes=total,
-                            bucket_bytes=bucket_bytes, bucket_hashes=_bucket_hashes(flat, total, bucket_bytes))
+                            bucket_bytes=bucket_bytes, bucket_hashes=_bucket_hashes(flat, total, bucket_bytes),
+                            part=part, parts=parts)
+        manifest.check()
         return cls(manifest, flat, host)
 
     def tensors(self) -> dict[str, torch.Tensor]:

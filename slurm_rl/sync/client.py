@@ -114,8 +114,9 @@ class BandwidthMeter:
 
 def pull(address: str, version: int, *, deadline_s: float, progress: ProgressFn | None = None,
          auth_key: bytes | None = None, stall_s: float | None = None,
-         meter: BandwidthMeter | None = None) -> WeightSet:
-    """Fetch exactly `version` from one holder; returns only complete, hash-verified data.
+         meter: BandwidthMeter | None = None, part: int = 0) -> WeightSet:
+    """Fetch exactly `version` (its `part`, for a sharded trainer's version: slurm_rl.sync.parts) from
+    one holder; returns only complete, hash-verified data.
 
     Raises SyncError otherwise: a killed peer surfaces at once, a hung one at the deadline (or after
     `stall_s` without a verified bucket), a corrupt bucket as a hash mismatch, a version the holder
@@ -134,11 +135,11 @@ def pull(address: str, version: int, *, deadline_s: float, progress: ProgressFn 
     t0 = time.perf_counter()
     try:
         if addr.transport is Transport.TCP:
-            ws = pull_tcp(addr.host, addr.port, version, deadline=deadline, progress=report, key=auth_key)
+            ws = pull_tcp(addr.host, addr.port, version, deadline=deadline, progress=report, key=auth_key, part=part)
         elif addr.transport is Transport.UCX:
-            ws = pull_ucx(addr.host, addr.port, version, deadline=deadline, progress=report, key=auth_key)
+            ws = pull_ucx(addr.host, addr.port, version, deadline=deadline, progress=report, key=auth_key, part=part)
         else:
-            ws = pull_shm(addr.host, addr.name, version, deadline=deadline, progress=report, key=auth_key)
+            ws = pull_shm(addr.host, addr.name, version, deadline=deadline, progress=report, key=auth_key, part=part)
     except SyncError as e:
         if isinstance(deadline, StallDeadline) and deadline.stalled():
             raise SyncError(f"pulling weights v{version} from {address}: nothing arrived for {deadline.stall_s:.1f}s "
@@ -153,7 +154,8 @@ def pull(address: str, version: int, *, deadline_s: float, progress: ProgressFn 
     dt = time.perf_counter() - t0
     if meter is not None:
         meter.add(ws.nbytes, dt)
-    log.info("pulled weights v%d (%.1f MB) from %s in %.3fs (%.2f GB/s)", version, ws.nbytes / 1e6, address, dt,
+    log.info("pulled weights v%d%s (%.1f MB) from %s in %.3fs (%.2f GB/s)", version,
+             f" part {part}/{ws.manifest.parts}" if ws.manifest.parts > 1 else "", ws.nbytes / 1e6, address, dt,
              ws.nbytes / max(dt, 1e-9) / 1e9)
     return ws
 
@@ -188,7 +190,7 @@ def _touching(deadline: StallDeadline, report: ProgressFn | None) -> ProgressFn:
 
 def pull_any(addresses: Sequence[str], version: int, *, deadline_s: float, progress: ProgressFn | None = None,
              auth_key: bytes | None = None, total_deadline_s: float | None = None, stall_s: float | None = None,
-             meter: BandwidthMeter | None = None) -> tuple[WeightSet, str]:
+             meter: BandwidthMeter | None = None, part: int = 0) -> tuple[WeightSet, str]:
     """Try holders in order, moving to the next on SyncError; returns (weights, address used).
 
     Each attempt gets `deadline_s` (and `stall_s`, see `pull`); `total_deadline_s` (optional) bounds
@@ -209,7 +211,7 @@ def pull_any(addresses: Sequence[str], version: int, *, deadline_s: float, progr
             budget = min(budget, left)
         try:
             return pull(address, version, deadline_s=budget, progress=progress, auth_key=auth_key, stall_s=stall_s,
-                        meter=meter), address
+                        meter=meter, part=part), address
         except SyncError as e:
             # A holder that has moved on to a newer version is normal in a running job, not a fault.
             level = logging.INFO if isinstance(e, VersionNotHeld) else logging.WARNING

@@ -116,10 +116,14 @@ class WeightServer:
         self.unavailable[t] = why
         log.warning("weight-sync transport %s not available here: %s", t, why)
 
-    def publish(self, ws: WeightSet) -> None:
-        """Serve `ws` from now on; older versions stay only while transfers of them are in flight."""
-        self._holdings.publish(ws)
-        log.info("serving weights v%d (%.1f MB)", ws.version, ws.nbytes / 1e6)
+    def publish(self, ws: WeightSet | Sequence[WeightSet]) -> None:
+        """Serve `ws` from now on (a whole set, or parts of one version: slurm_rl.sync.parts); older
+        versions stay only while transfers of them are in flight."""
+        group = [ws] if isinstance(ws, WeightSet) else list(ws)
+        self._holdings.publish(group)
+        log.info("serving weights v%d%s (%.1f MB)", group[0].version,
+                 "" if group[0].manifest.parts == 1 else f" parts {[g.part for g in group]}/{group[0].manifest.parts}",
+                 sum(g.nbytes for g in group) / 1e6)
 
     def versions(self) -> list[int]:
         return self._holdings.versions()

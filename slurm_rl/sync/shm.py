@@ -203,7 +203,7 @@ MAPPINGS = MappingCache()
 
 
 def pull_shm(host_id: str, name: str, version: int, *, deadline: Deadline, progress: ProgressFn | None,
-             key: bytes | None) -> WeightSet:
+             key: bytes | None, part: int = 0) -> WeightSet:
     peer = f"shm://{host_id}/{name}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     outcome = Outcome.FAILED
@@ -213,7 +213,7 @@ def pull_shm(host_id: str, name: str, version: int, *, deadline: Deadline, progr
             sock.connect("\0" + name)
         except OSError as e:
             raise SyncError(f"cannot connect to {peer}: {e} (holder gone, or not on this host/network namespace)") from None
-        manifest = client_handshake(sock, version, key, deadline, peer)
+        manifest = client_handshake(sock, version, key, deadline, peer, part)
         try:
             sock.settimeout(deadline.remaining(f"receive from {peer}"))
             msg, fds, flags, _ = socket.recv_fds(sock, _FD_MSG.size, 1)

@@ -60,16 +60,16 @@ def send_all(sock: socket.socket, data: bytes | memoryview, deadline: Deadline, 
         raise SyncError(f"connection to {peer} broke: {e}") from None
 
 
-def client_handshake(sock: socket.socket, version: int, key: bytes | None, deadline: Deadline, peer: str) -> Manifest:
-    """Puller side: authenticate, ask for `version`, return the holder's verified-MAC manifest."""
+def client_handshake(sock: socket.socket, version: int, key: bytes | None, deadline: Deadline, peer: str,
+                     part: int = 0) -> Manifest:
+    """Puller side: authenticate, ask for `part` of `version`, return the holder's verified-MAC manifest."""
     hello = Hello.unpack(recv_exact(sock, HELLO_SIZE, deadline, peer))
-    request = Request.make(hello, version, key)
+    request = Request.make(hello, version, key, part)
     send_all(sock, request.pack(), deadline, peer)
     reply = Reply.unpack(recv_exact(sock, REPLY_SIZE, deadline, peer))
     payload = recv_exact(sock, reply.payload_len, deadline, peer)
     manifest = Manifest.decode(reply.check(payload, hello, request, key, version=version, peer=peer))
-    if manifest.version != version:
-        raise SyncError(f"{peer} answered v{manifest.version} to a request for v{version}")
+    manifest.expect(version, part, peer)
     return manifest
 
 
@@ -93,7 +93,7 @@ def server_handshake(sock: socket.socket, holdings: Holdings, key: bytes | None,
     if refuse is not None:
         send_all(sock, Reply.make(Status.BUSY, refuse.encode(), hello, request, key), deadline, peer)
         return None
-    ws = holdings.acquire(request.version)
+    ws = holdings.acquire(request.version, request.part)
     if ws is None:
         held = ",".join(str(v) for v in holdings.versions()).encode()
         send_all(sock, Reply.make(Status.NOT_HELD, held, hello, request, key), deadline, peer)

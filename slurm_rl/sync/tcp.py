@@ -215,7 +215,7 @@ class TcpServer(SocketServer):
 
 
 def pull_tcp(host: str, port: int, version: int, *, deadline: Deadline, progress: ProgressFn | None,
-             key: bytes | None) -> WeightSet:
+             key: bytes | None, part: int = 0) -> WeightSet:
     peer = f"tcp://{host}:{port}"
     try:
         sock = socket.create_connection((host, port), timeout=deadline.remaining(f"connect to {peer}"))
@@ -226,7 +226,7 @@ def pull_tcp(host: str, port: int, version: int, *, deadline: Deadline, progress
     outcome = Outcome.FAILED
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        manifest = client_handshake(sock, version, key, deadline, peer)
+        manifest = client_handshake(sock, version, key, deadline, peer, part)
         asm = Assembler(manifest, progress)
         for k in range(manifest.num_buckets):
             recv_into_exact(sock, asm.view(k), deadline, peer)

@@ -155,23 +155,23 @@ class _Stale(Exception):
 
 
 def pull_ucx(host: str, port: int, version: int, *, deadline: Deadline, progress: ProgressFn | None,
-             key: bytes | None) -> WeightSet:
+             key: bytes | None, part: int = 0) -> WeightSet:
     ucx, array = _api()
     session = SESSIONS.take(host, port)
     if session is not None:
         try:
-            return _transfer(session, version, deadline, progress, key, reused=True)
+            return _transfer(session, version, deadline, progress, key, reused=True, part=part)
         except _Stale as e:
             log.debug("kept UCX connection to %s was stale (%s); reconnecting", session.peer, e)
     try:
         session = _Session(ucx, array, host, port)
     except ucx.UCXError as e:
         raise SyncError(f"cannot connect to ucx://{host}:{port}: {e!r}") from None
-    return _transfer(session, version, deadline, progress, key, reused=False)
+    return _transfer(session, version, deadline, progress, key, reused=False, part=part)
 
 
 def _transfer(s: _Session, version: int, deadline: Deadline, progress: ProgressFn | None,
-              key: bytes | None, *, reused: bool) -> WeightSet:
+              key: bytes | None, *, reused: bool, part: int = 0) -> WeightSet:
     keep = False
     answered = False
     try:
@@ -180,7 +180,7 @@ def _transfer(s: _Session, version: int, deadline: Deadline, progress: ProgressF
             raise SyncError(f"{s.peer} sent a malformed hello")
         hello = Hello.unpack(msg[:HELLO_SIZE])
         (cid,) = _CONN_ID.unpack(msg[HELLO_SIZE:])
-        request = Request.make(hello, version, key)
+        request = Request.make(hello, version, key, part)
         s.send(request.pack(), _C2S | _REQUEST << 40 | cid, "request", deadline)
         msg = s.recv(_REPLY, "reply", deadline, REPLY_SIZE + MAX_PAYLOAD)
         answered = True
@@ -196,8 +196,7 @@ def _transfer(s: _Session, version: int, deadline: Deadline, progress: ProgressF
                 keep = True
             raise
         manifest = Manifest.decode(payload)
-        if manifest.version != version:
-            raise SyncError(f"{s.peer} answered v{manifest.version} to a request for v{version}")
+        manifest.expect(version, part, s.peer)
         asm = Assembler(manifest, progress)
         chunks = _chunks(manifest)
         recvs: dict[int, Any] = {}

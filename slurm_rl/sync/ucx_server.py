@@ -297,7 +297,7 @@ class UcxServer:
         elif serving >= self.max_transfers:
             status, payload = Status.BUSY, f"{serving} transfers already running".encode()
         else:
-            c.ws = self.holdings.acquire(request.version)
+            c.ws = self.holdings.acquire(request.version, request.part)
             if c.ws is None:
                 status = Status.NOT_HELD
                 payload = ",".join(str(v) for v in self.holdings.versions()).encode()

@@ -1,7 +1,7 @@
 """The small fixed-size messages every transport exchanges before and after the bulk bytes.
 
     holder -> puller   HELLO    magic, protocol, flags (auth required), holder nonce
-    puller -> holder   REQUEST  magic, version, puller nonce, MAC
+    puller -> holder   REQUEST  magic, version, part, puller nonce, MAC
     holder -> puller   REPLY    magic, status, payload length, MAC; then the payload
                                 (the manifest when OK, a reason otherwise)
     holder -> puller   ...      the buckets, in order (transport specific)
@@ -27,13 +27,13 @@ from slurm_rl.errors import SyncError
 from slurm_rl.sync.base import SyncAuthError, VersionNotHeld
 
 MAGIC = b"SRLW"
-PROTOCOL = 1
+PROTOCOL = 2                    # 2: a request names the part (slurm_rl.sync.parts)
 NONCE = 16
 MAC = 32
 MAX_PAYLOAD = 64 << 20          # a manifest of ~500k tensors; anything larger is a broken peer
 
 _HELLO = struct.Struct("!4sHH16s")
-_REQUEST = struct.Struct("!4sq16s32s")
+_REQUEST = struct.Struct("!4sqH16s32s")
 _REPLY = struct.Struct("!4sHHI32s")
 _DONE = struct.Struct("!4sI")
 HELLO_SIZE, REQUEST_SIZE, REPLY_SIZE, DONE_SIZE = _HELLO.size, _REQUEST.size, _REPLY.size, _DONE.size
@@ -91,32 +91,35 @@ class Request:
     version: int
     nonce: bytes
     mac: bytes
+    part: int = 0
 
     @classmethod
-    def make(cls, hello: Hello, version: int, key: bytes | None) -> Request:
+    def make(cls, hello: Hello, version: int, key: bytes | None, part: int = 0) -> Request:
         """Build the request, refusing mismatched auth settings before sending anything."""
         if hello.auth and key is None:
             raise SyncAuthError("holder requires the run's auth key and none was given")
         if not hello.auth and key is not None:
             raise SyncAuthError("holder does not authenticate but we have an auth key: refusing an unauthenticated holder")
+        if not 0 <= part < 1 << 16:
+            raise SyncError(f"weights part {part} out of range")
         nonce = os.urandom(NONCE)
-        return cls(version, nonce, _mac(key, b"req", hello.nonce, nonce, struct.pack("!q", version)))
+        return cls(version, nonce, _mac(key, b"req", hello.nonce, nonce, struct.pack("!qH", version, part)), part)
 
     def valid(self, hello: Hello, key: bytes | None) -> bool:
         if key is None:
             return True
-        want = _mac(key, b"req", hello.nonce, self.nonce, struct.pack("!q", self.version))
+        want = _mac(key, b"req", hello.nonce, self.nonce, struct.pack("!qH", self.version, self.part))
         return hmac.compare_digest(want, self.mac)
 
     def pack(self) -> bytes:
-        return _REQUEST.pack(MAGIC, self.version, self.nonce, self.mac)
+        return _REQUEST.pack(MAGIC, self.version, self.part, self.nonce, self.mac)
 
     @classmethod
     def unpack(cls, data: bytes) -> Request:
-        magic, version, nonce, mac = _REQUEST.unpack(data)
+        magic, version, part, nonce, mac = _REQUEST.unpack(data)
         if magic != MAGIC:
             raise SyncError("bad request magic")
-        return cls(version, nonce, mac)
+        return cls(version, nonce, mac, part)
 
 
 @dataclass(frozen=True, slots=True)
