@@ -29,3 +29,23 @@ def run_ranks(code: str, argv: Sequence[Sequence[str]], timeout_s: float = 300) 
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-2000:] + err[-3000:]
     return outs
+
+
+# The start of a 2-rank script for `run_ranks` (argv: model dir, work dir, rank): rank 0 serves the
+# process group's store and writes its address to work/addr, rank 1 reads it; `info` is this rank's.
+JOIN_TWO = r'''
+import json, os, pickle, sys, time, torch
+from pathlib import Path
+from slurm_rl.rl import dist as rd, fsdp
+
+model_dir, work, rank = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+info = rd.RankInfo(rank=rank, world_size=2)
+if rank == 0:
+    store, addr = rd.serve_store("127.0.0.1", 2, 120)
+    (work / "addr.tmp").write_text(addr); os.replace(work / "addr.tmp", work / "addr")
+    rd.join(info, device="cpu", timeout_s=120, store=store)
+else:
+    while not (work / "addr").exists():
+        time.sleep(0.05)
+    rd.join(info, device="cpu", timeout_s=120, rdzv=(work / "addr").read_text())
+'''

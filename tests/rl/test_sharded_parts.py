@@ -11,25 +11,12 @@ from safetensors.torch import load_file
 
 from slurm_rl.sync import Parts, WeightSet
 from slurm_rl.sync.parts import join
-from tests.ranks import run_ranks
+from tests.ranks import JOIN_TWO, run_ranks
 
-_RANK = r'''
-import os, sys, time, torch
-from pathlib import Path
+_RANK = JOIN_TWO + r'''
 from safetensors.torch import save_file, load_file
-from slurm_rl.rl import dist as rd, fsdp
 from slurm_rl.rl.grpo import PolicyTrainer
 
-model_dir, work, rank = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-info = rd.RankInfo(rank=rank, world_size=2)
-if rank == 0:
-    store, addr = rd.serve_store("127.0.0.1", 2, 120)
-    (work / "addr.tmp").write_text(addr); os.replace(work / "addr.tmp", work / "addr")
-    rd.join(info, device="cpu", timeout_s=120, store=store)
-else:
-    while not (work / "addr").exists():
-        time.sleep(0.05)
-    rd.join(info, device="cpu", timeout_s=120, rdzv=(work / "addr").read_text())
 tr = PolicyTrainer(model_dir, ranks=info, wrap_model=lambda m: (fsdp.shard(m, compute_dtype=torch.float32), m)[1],
                    autocast=False, lr=1e-3, seed=0)
 with torch.no_grad():                                   # weights no fresh model has: a part must carry them

@@ -15,29 +15,16 @@ from slurm_rl.errors import BadInput
 from slurm_rl.rl.dist import RankInfo
 from slurm_rl.rl.grpo import Group, PolicyTrainer, Sample
 from slurm_rl.rl.model import load_tokenizer
-from tests.ranks import run_ranks
+from tests.ranks import JOIN_TWO, run_ranks
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINER = dict(lr=1e-3, micro_batch_size=2, seed=0)
 
 # One rank of the sharded step: rank 0 serves the store and writes its port, rank 1 reads it.
-_RANK = r'''
-import json, os, pickle, sys, time, torch
-from pathlib import Path
+_RANK = JOIN_TWO + r'''
 from safetensors.torch import save_file
-from slurm_rl.rl import dist as rd, fsdp
 from slurm_rl.rl.grpo import PolicyTrainer
 
-model_dir, work, rank = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-info = rd.RankInfo(rank=rank, world_size=2)
-if rank == 0:
-    store, addr = rd.serve_store("127.0.0.1", 2, 120)
-    (work / "addr.tmp").write_text(addr); os.replace(work / "addr.tmp", work / "addr")
-    rd.join(info, device="cpu", timeout_s=120, store=store)
-else:
-    while not (work / "addr").exists():
-        time.sleep(0.05)
-    rd.join(info, device="cpu", timeout_s=120, rdzv=(work / "addr").read_text())
 kw = json.loads(sys.argv[4])
 compute = {"bfloat16": torch.bfloat16}.get(kw.get("dtype", ""), torch.float32)
 # as the trainer role builds it (roles/trainer_ranks.py): FSDP2's mixed-precision policy casts, no autocast
