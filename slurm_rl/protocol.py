@@ -114,6 +114,7 @@ class Heartbeat(msgspec.Struct, tag="hb", frozen=True):
     sync_addrs: dict[str, str] = {}
     live_addr: str = ""
     rank: int = 0
+    parts: int = 1                # the parts the held version is in (slurm_rl.sync.parts)
 
 
 class LeaseRequest(msgspec.Struct, tag="lease", frozen=True):
@@ -155,6 +156,7 @@ class VersionHeld(msgspec.Struct, tag="held", frozen=True):
     version: int
     wepoch: int
     sync_addrs: dict[str, str]
+    parts: int = 1
 
 
 class CheckpointSaved(msgspec.Struct, tag="ckpt", frozen=True):

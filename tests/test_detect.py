@@ -93,3 +93,45 @@ def test_a_completing_job_keeps_the_nodes_it_ran_on(tmp_path: Path) -> None:
         assert poll(JobState.COMPLETED, "n1") == "n1,n2"
     finally:
         detect.close()
+
+
+def test_a_sharded_trainer_is_listed_as_parts_and_relays_say_their_count(tmp_path: Path) -> None:
+    """The WeightsInfo a puller gets: a 2-rank trainer's ranks as part_holders (part r from rank r),
+    not as a whole holder; a rollout that relays the parts is a holder, and the parts count is
+    what holders said (so a trainer re-formed at another size still finds the old count)."""
+    registry, detect = _rooms(tmp_path)
+    lin = detect.lineage
+    trainer = registry.trainer()
+    ident = P.Ident("trainer", 0, trainer.incarnation)
+    l0, l1, l2 = (LivenessListener("127.0.0.1") for _ in range(3))
+    try:
+        t0 = time.time()
+        detect.hello(trainer, P.Hello(ident=ident, job_id="J", node="n1", pid=10, host_id="h1",
+                                      sync_addrs={"tcp": "tcp://n1:1"}, live_addr=l0.address, world_size=2,
+                                      rdzv="127.0.0.1:1234"), t0)
+        detect.rank_hello(trainer, P.Hello(ident=ident, job_id="J", node="n2", pid=11, host_id="h2",
+                                           sync_addrs={"tcp": "tcp://n2:1"}, live_addr=l1.address, rank=1,
+                                           world_size=2), t0)
+        lin.held(trainer, 0, 0, None, 2)
+        w = lin.info()
+        assert w.holders == [] and w.parts == 2
+        assert w.part_holders == [{"tcp": "tcp://n1:1"}, {"tcp": "tcp://n2:1"}] and w.part_hosts == ["h1", "h2"]
+        rollout = registry.slots["rollout/0"]
+        rident = P.Ident("rollout", 0, rollout.incarnation)
+        detect.hello(rollout, P.Hello(ident=rident, job_id="R", node="n3", pid=12, host_id="h3",
+                                      sync_addrs={"tcp": "tcp://n3:1"}, live_addr=l2.address), t0)
+        detect.heartbeat(rollout, P.Heartbeat(ident=rident, phase="generating", progress=1, version=0, wepoch=0,
+                                              sync_addrs={"tcp": "tcp://n3:1"}, live_addr=l2.address, parts=2), t0)
+        w = lin.info(for_slot=trainer)
+        assert w.holders == [{"tcp": "tcp://n3:1"}] and w.parts == 2
+        # the trainer is gone, the rollout holds a version of a 4-rank trainer (a resume at another
+        # size): its count stands, not the configured shape's (2)
+        trainer.reset_runtime()
+        detect.heartbeat(rollout, P.Heartbeat(ident=rident, phase="generating", progress=2, version=0, wepoch=0,
+                                              live_addr=l2.address, parts=4), t0 + 1)
+        w = lin.info()
+        assert w.holders == [{"tcp": "tcp://n3:1"}] and w.parts == 4 and w.part_holders == []
+    finally:
+        for lst in (l0, l1, l2):
+            lst.close()
+        detect.close()

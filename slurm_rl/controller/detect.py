@@ -190,7 +190,7 @@ class Detector:
             slot.sync_addrs = dict(msg.sync_addrs)
         if msg.live_addr != slot.live_addr:
             self.watch(slot, msg.live_addr)       # e.g. after a controller resume
-        self.lineage.held(slot, msg.version, msg.wepoch, None)
+        self.lineage.held(slot, msg.version, msg.wepoch, None, msg.parts)
         if slot.state is RoleState.STARTING and phase in _ACTIVE_PHASES_READY:
             slot.state = RoleState.READY
             if slot.submitted_inc == slot.incarnation and slot.submitted_at is not None:

@@ -282,7 +282,7 @@ class Controller:
             self.registry.touch()
             return self._reply(slot)
         if isinstance(msg, P.VersionHeld):
-            self.lineage.held(slot, msg.version, msg.wepoch, msg.sync_addrs)
+            self.lineage.held(slot, msg.version, msg.wepoch, msg.sync_addrs, msg.parts)
             return self._reply(slot)
         if isinstance(msg, P.CheckpointSaved):
             self.store.add_checkpoint(msg.step, msg.path, now)

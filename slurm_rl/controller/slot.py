@@ -53,6 +53,7 @@ class Slot:
     job: JobStatus | None = None
     job_running_since: float | None = None
     version: int = -1                 # held weight version (valid lineage), -1 none
+    parts: int = 1                    # the parts that version is in (slurm_rl.sync.parts)
     sync_addrs: dict[str, str] = field(default_factory=dict)
     live_addr: str = ""               # the role process's liveness port (slurm_rl.liveness)
     link_lost_at: float | None = None  # when the controller's connection to it ended
@@ -114,6 +115,7 @@ class Slot:
         self.node = None
         self.host_id = ""
         self.world_size = 1
+        self.parts = 1                  # the parts of the version it holds (slurm_rl.sync.parts)
         self.rdzv = ""
         self.ranks = {}
 

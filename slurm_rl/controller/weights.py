@@ -28,8 +28,8 @@ class Lineage:
         self.ckpt_checked: dict[int, tuple[tuple, str]] = {}   # step -> (files' stat, problem: '' intact)
         self.ckpt_reported: set[int] = set()
         self._rr = 0
-        # how many parts the trainer's versions are in (its world size; slurm_rl.sync.parts): the
-        # configured shape until a trainer says hello
+        # how many parts the newest version is in (slurm_rl.sync.parts), as its holders last said:
+        # the configured trainer shape until one does
         nodes, per_node = ctx.cfg.trainer_shape()
         self.parts = nodes * per_node
 
@@ -61,11 +61,12 @@ class Lineage:
         if relays:
             self._rr = (self._rr + 1) % len(relays)
             relays = relays[self._rr:] + relays[:self._rr]
-        # a sharded trainer's ranks each serve their part of its versions (slurm_rl.sync.parts)
+        # a sharded trainer's ranks each serve their part of its versions (slurm_rl.sync.parts);
+        # the parts of the newest version are as its holders say (a relay of a trainer since
+        # re-formed at another world size holds the old count)
         sharded = [s for s in trainers if s.world_size > 1]
-        trainer = self.registry.trainer()
-        if trainer.connected and trainer.world_size > 0:
-            self.parts = trainer.world_size
+        if holders:
+            self.parts = holders[0].parts
         part_holders: list[dict[str, str]] = []
         part_hosts: list[str] = []
         if sharded:
@@ -79,10 +80,11 @@ class Lineage:
                              holder_hosts=[s.host_id for s in ordered], epoch_bases=list(self.epoch_bases),
                              parts=self.parts, part_holders=part_holders, part_hosts=part_hosts)
 
-    def held(self, slot: Slot, version: int, wepoch: int, addrs: dict[str, str] | None) -> None:
-        """A role says which version it holds (a heartbeat or VersionHeld)."""
+    def held(self, slot: Slot, version: int, wepoch: int, addrs: dict[str, str] | None, parts: int = 1) -> None:
+        """A role says which version it holds (a heartbeat or VersionHeld), in how many parts."""
         if addrs:
             slot.sync_addrs = dict(addrs)
+        slot.parts = max(1, parts)
         if version < 0 or not self.valid(wepoch, version):
             slot.version = -1
             return

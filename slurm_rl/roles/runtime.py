@@ -71,6 +71,7 @@ class RoleRuntime:
         self.held: Parts | None = None          # a whole version (every part of it), served to others
         self.held_version = -1
         self.held_wepoch = 0
+        self.held_parts = 1                     # the parts the held version is in
         self.host_id = host_id()
         transports = ["tcp"]
         if cfg.sync.transport in ("auto", "shm"):
@@ -241,7 +242,8 @@ class RoleRuntime:
         while not self._stop.wait(interval):
             hb = P.Heartbeat(ident=self.ident, phase=self.phase.value, progress=self.progress_now,
                              version=self.held_version, wepoch=self.held_wepoch, detail=self.detail[:200],
-                             sync_addrs=self.addrs, live_addr=self.liveness.address, rank=self.rank.rank)
+                             sync_addrs=self.addrs, live_addr=self.liveness.address, rank=self.rank.rank,
+                             parts=self.held_parts)
             try:
                 reply = self._hb_client.request(hb, timeout_s=max(1.0, 2 * interval), attempts=1)
             except (EnvironmentProblem, ProtocolError):
@@ -257,9 +259,10 @@ class RoleRuntime:
         self.held = parts
         self.held_version = ws.version
         self.held_wepoch = wepoch
+        self.held_parts = parts.count
         if report:
-            self.call(P.VersionHeld(ident=self.ident, version=ws.version, wepoch=wepoch, sync_addrs=self.addrs),
-                      timeout_s=5.0, attempts=2)
+            self.call(P.VersionHeld(ident=self.ident, version=ws.version, wepoch=wepoch, sync_addrs=self.addrs,
+                                    parts=parts.count), timeout_s=5.0, attempts=2)
 
     def needs_sync(self) -> bool:
         w = self.newest
@@ -315,23 +318,19 @@ class RoleRuntime:
         relays = [a for a in (addr(h) for h in w.holders) if a]
         return relays, [addr(h) for h in w.part_holders]
 
-    def pull_part(self, part: int) -> WeightSet | None:
-        """Part `part` of the newest version alone (a restored rank's own shard), from any holder;
-        None if no holder could serve it."""
+    def pull_newest(self, *, part: int | None = None, parts: int | None = None) -> Parts | WeightSet:
+        """The newest version from any holders, every part or `part` alone (a restored rank's own
+        shard), taken as in `parts` parts (default: as the controller says); raises SyncError
+        (`PartCount` where the version is in another number of parts)."""
         w = self.newest
         if w is None:
-            return None
+            raise SyncError("the controller named no weights to pull")
         relays, ranks = self.sources(w)
+        n = w.parts if parts is None else parts
         deadline, stall = self.pull_deadline()
-        try:
-            got = pull_parts(relays, ranks, w.version, w.parts, deadline_s=deadline, auth_key=self.run.sync_key(),
-                             total_deadline_s=deadline + stall, stall_s=stall, meter=self.pull_meter, only=part,
-                             progress=lambda done, total: self.bump(1))
-        except SyncError as e:
-            log.warning("could not pull part %d of version %d: %s", part, w.version, e)
-            return None
-        assert isinstance(got, WeightSet)
-        return got
+        return pull_parts(relays, ranks if n == w.parts else [], w.version, n, deadline_s=deadline,
+                          auth_key=self.run.sync_key(), total_deadline_s=deadline + stall, stall_s=stall,
+                          meter=self.pull_meter, only=part, progress=lambda done, total: self.bump(1))
 
 
     def pull_deadline(self) -> tuple[float, float]:

@@ -41,7 +41,8 @@ from slurm_rl.roles.trainer import (
     step_metrics,
 )
 from slurm_rl.states import Phase
-from slurm_rl.sync import Parts, WeightSet, pull_parts
+from slurm_rl.sync import WeightSet
+from slurm_rl.sync.parts import PartCount
 
 log = logging.getLogger("slurm_rl.roles.trainer")
 
@@ -135,11 +136,11 @@ def _publish(rt: RoleRuntime, trainer: PolicyTrainer, version: int, wepoch: int,
     ws = WeightSet.from_state_dict({k: v.to(want) if v.is_floating_point() else v for k, v in part.items()}, version,
                                    part=info.rank, parts=info.world_size)
     rt.server.publish(ws)
-    rt.held_version, rt.held_wepoch = version, wepoch
+    rt.held_version, rt.held_wepoch, rt.held_parts = version, wepoch, info.world_size
     rd.all_ok(True, info)
     if report and info.leader:
-        rt.call(P.VersionHeld(ident=rt.ident, version=version, wepoch=wepoch, sync_addrs=rt.addrs), timeout_s=5.0,
-                attempts=2)
+        rt.call(P.VersionHeld(ident=rt.ident, version=version, wepoch=wepoch, sync_addrs=rt.addrs,
+                              parts=info.world_size), timeout_s=5.0, attempts=2)
 
 
 def _save(rt: RoleRuntime, trainer: PolicyTrainer, saver: sharded_ckpt.ShardedSaver, version: int,
@@ -201,20 +202,20 @@ def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step
 
 
 def _pull_own_part(rt: RoleRuntime, trainer: PolicyTrainer, w: P.WeightsInfo) -> bool:
-    """This rank's weights of version `w.version` from live holders, into its shards."""
+    """This rank's weights of version `w.version` from live holders, into its shards: its own part
+    where the version is in as many parts as this trainer has ranks, else the whole (its rows)."""
     info = rt.rank
     try:
-        if w.parts == info.world_size:
-            ws = rt.pull_part(info.rank)
-            if ws is None:
-                return False
-            fsdp.load_local_state_dict(trainer.model, ws.tensors(), rank=info.rank)
-        else:
-            relays, ranks = rt.sources(w)
-            whole = pull_parts(relays, ranks, w.version, w.parts, deadline_s=rt.pull_deadline()[0],
-                               auth_key=rt.run.sync_key(), meter=rt.pull_meter)
-            assert isinstance(whole, Parts)
-            fsdp.load_whole_into_shards(trainer.model, whole.tensors(), rank=info.rank, world_size=info.world_size)
+        parts = w.parts
+        if parts == info.world_size:
+            try:
+                own = rt.pull_newest(part=info.rank)
+                fsdp.load_local_state_dict(trainer.model, own.tensors(), rank=info.rank)
+                return True
+            except PartCount as e:
+                parts = e.parts
+        whole = rt.pull_newest(parts=parts)
+        fsdp.load_whole_into_shards(trainer.model, whole.tensors(), rank=info.rank, world_size=info.world_size)
     except (SyncError, ValueError) as e:
         log.warning("rank %d: weights v%d from live holders failed: %s", info.rank, w.version, e)
         return False

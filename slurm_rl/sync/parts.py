@@ -114,22 +114,24 @@ def pull_parts(relays: Sequence[str], ranks: Sequence[str], version: int, parts:
 
     `relays` serve every part, `ranks[p]` part p only. Each part tries its sources in turn (see
     `pull_any`); a part no source delivers fails the pull. A version that turns out to be in another
-    number of parts than `parts` (the controller's word is about the trainer it knows) is pulled
-    again once, in that number, from the relays."""
+    number of parts than `parts` is pulled again once, in that number, from the relays; for one part
+    alone (`only`) that raises `PartCount`, which says the number."""
     try:
         return _pull(relays, ranks, version, parts, deadline_s, stall_s, total_deadline_s, progress, auth_key,
                      meter, only)
-    except _OtherCount as e:
+    except PartCount as e:
         if not relays or only is not None:
-            raise SyncError(f"weights v{version} is in {e.parts} parts, not {parts}, and no relay holds them") from None
+            raise PartCount(f"weights v{version} is in {e.parts} parts, not {parts}", e.parts) from None
         log.info("weights v%d is in %d parts, not %d: pulling again", version, e.parts, parts)
         return _pull(relays, (), version, e.parts, deadline_s, stall_s, total_deadline_s, progress, auth_key,
                      meter, None)
 
 
-class _OtherCount(SyncError):
-    def __init__(self, parts: int):
-        super().__init__(f"the version is in {parts} parts")
+class PartCount(SyncError):
+    """The version is in another number of parts (`parts`) than asked for."""
+
+    def __init__(self, message: str, parts: int):
+        super().__init__(message)
         self.parts = parts
 
 
@@ -155,7 +157,7 @@ def _pull(relays: Sequence[str], ranks: Sequence[str], version: int, parts: int,
         ws, _ = pull_any(addrs, version, deadline_s=deadline_s, progress=report, auth_key=auth_key,
                          total_deadline_s=total_deadline_s, stall_s=stall_s, meter=meter, part=p)
         if ws.manifest.parts != parts:
-            raise _OtherCount(ws.manifest.parts)
+            raise PartCount(f"weights v{version} is in {ws.manifest.parts} parts, not {parts}", ws.manifest.parts)
         return ws
 
     if len(wanted) == 1:
@@ -169,4 +171,4 @@ def _pull(relays: Sequence[str], ranks: Sequence[str], version: int, parts: int,
     return Parts(got)
 
 
-__all__ = ["Parts", "join", "pull_parts", "sources_for"]
+__all__ = ["PartCount", "Parts", "join", "pull_parts", "sources_for"]

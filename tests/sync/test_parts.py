@@ -12,7 +12,7 @@ import torch
 from slurm_rl.errors import SyncError
 from slurm_rl.sync import Parts, VersionNotHeld, WeightServer, WeightSet, pull, pull_parts
 from slurm_rl.sync.holdings import Holdings
-from slurm_rl.sync.parts import join, sources_for
+from slurm_rl.sync.parts import PartCount, join, sources_for
 from tests.sync.test_contract import transport  # noqa: F401  (the transport fixture)
 
 pytestmark = pytest.mark.timeout(120)
@@ -82,8 +82,9 @@ def test_the_version_in_another_number_of_parts_is_pulled_again_from_relays(tran
         got = pull_parts([addr], [], 9, 4, deadline_s=30, auth_key=KEY)
         assert isinstance(got, Parts) and got.count == 2
         _equal(got.tensors(), whole)
-        with pytest.raises(SyncError, match="2 parts, not 4"):
+        with pytest.raises(PartCount, match="2 parts, not 4") as e:
             pull_parts([addr], [], 9, 4, deadline_s=30, auth_key=KEY, only=0)
+        assert e.value.parts == 2
     finally:
         server.stop()
 
