@@ -69,3 +69,23 @@ def test_a_fault_of_rank_1_is_one_trainer_fault_recovered_without_touching_rollo
     row = next(m for m in rep["mttr"] if m["role"] == "trainer")
     assert row["weights_s"] == f["weights_s"] and row["optimizer_s"] == f["optimizer_s"]
     assert rep["trainer"]["world_size"] == 2
+
+
+def test_a_full_restart_of_a_two_rank_trainer_reads_its_weights_from_the_checkpoint(tmp_path: Path) -> None:
+    """Full-restart policy: every job is cancelled, no rollout is left to pull the parts from, so
+    the new ranks take the weights of the committed checkpoint from disk (the fallback path)."""
+    run = runs.launch(tmp_path, *RANKS, "algorithm.steps=24", "spare.replicas=0", "recovery.policy=full-restart")
+    try:
+        runs.wait_for(lambda: len(runs.events(run, "checkpoint")) >= 2, 240, "two checkpoints", run)
+        res = CliRunner().invoke(cli, ["inject", str(run.path), "trainer/0", "--fault", "crash", "--rank", "1"])
+        assert res.exit_code == 0, res.output
+        rep = runs.wait_done(run, timeout=400)
+    finally:
+        runs.cleanup(run)
+    assert rep["state"] == "finished" and rep["steps"] == 24, rep["end_reason"]
+    assert rep["restarts"]["full"] == 1
+    restore = json.loads(runs.events(run, "trainer_restore")[-1]["data"])
+    restart = json.loads(runs.events(run, "full_restart")[0]["data"])
+    assert restore["weights"] == f"checkpoint {restart['step']}" and restore["optimizer_step"] == str(restart["step"])
+    assert int(restart["step"]) >= 8 and float(restore["weights_s"]) > 0
+    runs.assert_accounted(rep)

@@ -1,6 +1,7 @@
 """FSDP2 for the trainer: shard a Hugging Face causal LM over the process group's ranks, and move
-its state in and out whole (weights to publish, weights a restore pulled) or sharded (optimizer state
-through torch.distributed.checkpoint, which reshards on load: saved at 2 ranks, loaded at 1 or 4).
+its state in and out whole (weights a checkpoint writes or reads), as each rank's own rows (its part
+of a published version, slurm_rl.sync.parts; no collective), or sharded (optimizer state through
+torch.distributed.checkpoint, which reshards on load: saved at 2 ranks, loaded at 1 or 4).
 
 Each decoder layer is its own FSDP unit, and the root holds the embeddings, the final norm and
 the head (tied embeddings stay one parameter). The parameters are fp32 (the master weights, and

@@ -78,7 +78,7 @@ def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Comma
             rt.set_phase(Phase.PUBLISHING, f"v{version}")
             ws = WeightSet.from_state_dict(trainer.state_dict_for_sync(copy=False), version)
             rt.server.publish(ws)
-            rt.held, rt.held_version, rt.held_wepoch = Parts.whole(ws), version, wepoch
+            rt.held, rt.held_version, rt.held_wepoch, rt.held_parts = Parts.whole(ws), version, wepoch, 1
             t1 = time.time()
             metrics = step_metrics(stats, t1 - t0)
             _tell(rt, P.StepDone(ident=rt.ident, version=version, wepoch=wepoch, group_ids=[g.group_id for g in groups],

@@ -1,17 +1,18 @@
 """The trainer as a multi-rank job: FSDP2 over `trainer.nodes` x ranks per node, one process each.
 
-Rank 0 speaks for the role (batches, step reports, checkpoints, publishing the weights rollouts
-pull); every rank steps. Each turn of the loop begins with one broadcast from rank 0: the next
-batch, or stop, or done, so all ranks run the same collectives in the same order. Weights are
-gathered whole to rank 0 after each step and published from there; checkpoints are collective and
-asynchronous (slurm_rl.rl.sharded_ckpt.ShardedSaver: the published whole weights + DCP optimizer
-shards, written while the next steps train, restorable at any world size).
+Rank 0 speaks for the role (batches, step reports, checkpoints); every rank steps. Each turn of the
+loop begins with one broadcast from rank 0: the next batch, or stop, or done, so all ranks run the
+same collectives in the same order. After each step every rank serves its own rows of the weights
+as its part of the version (slurm_rl.sync.parts): nothing is gathered to publish. Checkpoints are
+collective and asynchronous (slurm_rl.rl.sharded_ckpt.ShardedSaver: the whole weights, gathered to
+rank 0 for the checkpoint, + DCP optimizer shards, written while the next steps train, restorable
+at any world size).
 
-Restoring at committed step c (a new trainer job after any rank's fault): rank 0 gets version c's
-weights from a checkpoint of c or from any live holder (a rollout), and scatters them; the optimizer
-shards come from the newest intact checkpoint at or before c.
+Restoring at committed step c (a new trainer job after any rank's fault): each rank pulls its own
+part of version c from the live holders (rollouts relay every part), and only if some rank gets
+nothing do all read the checkpoint of c; the optimizer shards come from the newest intact
+checkpoint at or before c.
 """
-
 from __future__ import annotations
 
 import logging
