@@ -71,3 +71,48 @@ def test_an_unloadable_optimizer_state_falls_back_to_an_older_checkpoint(tmp_pat
         runs.cleanup(run)
     assert not marker.exists()
     assert runs.run_processes(run) == []
+
+
+@pytest_slow
+def test_a_full_restart_onto_an_unloadable_optimizer_state_trains_on_and_replaces_it(tmp_path):
+    """Full-restart policy: the controller restarts from the newest checkpoint at or below the
+    committed step (its hashes are fine); the new trainer takes its weights, an older optimizer
+    state, and writes that step's checkpoint again, so a second restart would find one that loads."""
+    from slurm_rl.checkpoint import load_plain
+
+    run = runs.launch(tmp_path, "algorithm.steps=100000", "recovery.policy=full-restart", "spare.replicas=0",
+                      "rollout.replicas=1", "trainer.checkpoint_every=5", "trainer.keep_checkpoints=4",
+                      "recovery.max_full_restarts=4", "recovery.phase_timeouts.stepping=30",
+                      "recovery.process_state=false", name="ckr")
+    marker = tmp_path / "ran"
+    try:
+        runs.wait_ready(run)
+        runs.wait_for(lambda: len([s for s in _checkpoint_steps(run) if s <= runs.committed(run)]) >= 2, 90,
+                      "two committed checkpoints", run)
+        runs.inject(run, "trainer/0", "hang")
+        time.sleep(0.5)
+        c = runs.committed(run)
+        # every one from the newest committed up: whichever the restart takes does not load
+        victim = max(s for s in _checkpoint_steps(run) if s <= c)
+        for step in [s for s in _checkpoint_steps(run) if s >= victim]:
+            d = run.checkpoints / f"step-{step:06d}"
+            _hostile(d, marker)
+            _rehash(d)
+        runs.inject(run, "trainer/0", "crash")
+        runs.wait_for(lambda: runs.events(run, "full_restart"), 30, "the full restart", run)
+        start = int(json.loads(runs.events(run, "full_restart")[0]["data"])["step"])
+        assert start >= victim
+        runs.wait_for(lambda: runs.meta(run, "run_state") != "running" or runs.committed(run) >= start + 10, 120,
+                      "10 steps after the restart", run)
+        assert runs.meta(run, "run_state") == "running", runs.meta(run, "end_reason")
+        assert len(runs.events(run, "full_restart")) == 1
+        fb = [e for e in runs.events(run, "checkpoint_fallback") if f"checkpoint {start} does not load" in e["msg"]]
+        assert fb, [tuple(e) for e in runs.events(run, "checkpoint_fallback")]
+        # written again by the restored trainer (or pruned by later saves): none left that does not load
+        for step in _checkpoint_steps(run):
+            load_plain(run.checkpoints / f"step-{step:06d}" / "optimizer.pt")
+        runs.stop_and_audit(run)
+    finally:
+        runs.cleanup(run)
+    assert not marker.exists()
+    assert runs.run_processes(run) == []
