@@ -12,6 +12,9 @@ plane (what `slurm-rl inject` does), one episode at a time, each drawn from a se
   recovery   a fault, then a second one into the replacement while it is still starting/loading
   controller a fault, then the controller SIGKILLed while that recovery is under way, and after
              0.5-3 s (the roles carry on without it) `slurm-rl resume`
+  diskfull   (--disk-full, root, local backend: the run on a tmpfs of its own) the disk filled until
+             ENOSPC; the controller must stop itself (exit 75, run resumable); space freed, `resume`
+             (bench/soak_disk.py)
 
 Fault kinds come from a shuffled deck, so every kind is hit about equally often. Between
 episodes it waits until every fault is recovered (or gives up after --settle-timeout and says
@@ -31,6 +34,7 @@ status request. After the last episode the run is stopped with `slurm-rl stop`, 
   I5 controller memory flat     median RSS of the last quarter vs the first (after start-up)
   I6 every fault recovered      every fault row has t_recovered; no full restart; the run was not failed
   I7 store intact               PRAGMA integrity_check == ok
+  I8 disk full, clean stop      (diskfull episodes) each time the controller exited 75 on its own, and resumed
 
 It prints the fault count by kind, each invariant with PASS/FAIL and its figures, and the
 recovery time distribution (min/median/p90/max per role and kind, from `slurm-rl report --json`).
@@ -60,6 +64,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import soak_disk
 from soak_audit import KINDS, audit, distribution, print_summary
 
 from slurm_rl import protocol as P
@@ -124,6 +129,9 @@ class Soak:
     drained: dict[str, float] = field(default_factory=dict)       # node -> when drained (awaiting resume)
     downed: dict[str, float] = field(default_factory=dict)        # Slurm: crashed lab node -> when
     controller_pid: int | None = None
+    disk_root: Path | None = None    # the tmpfs the run lives on (diskfull episodes)
+    reaper: soak_disk.Reaper | None = None
+    disk_episodes: list[soak_disk.DiskFull] = field(default_factory=list)
     _deck: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -165,6 +173,8 @@ class Soak:
         conn = sqlite3.connect(f"file:{self.run.db}?mode=ro", uri=True, timeout=10)
         try:
             while not self._stop.wait(0.25):
+                if self.reaper is not None:
+                    self.reaper.reap()
                 try:
                     if self.controller_pid != pid:          # a resumed controller: follow the new process
                         pid = self.controller_pid
@@ -228,9 +238,13 @@ class Soak:
 
     def episode(self, c: ControlClient, ep: int) -> None:
         st = self.status(c)
-        kind = self.rng.choices(["single", "pair", "recovery", "controller"], weights=[6, 2, 2, 1])[0]
+        kind = self.rng.choices(["single", "pair", "recovery", "controller", "diskfull"],
+                                weights=[6, 2, 2, 1, 1 if self.disk_root else 0])[0]
         if self.forced:
             kind = self.forced.pop(0)
+        if kind == "diskfull":
+            soak_disk.play(self, ep, cli, Injection(ep, kind, time.time(), "controller", "disk-full"))
+            return
         if kind == "controller":
             # a fault, then the controller killed (SIGKILL) while that recovery is under way, then resumed
             fault = self.draw_kind(exclude=("drain",))
@@ -382,7 +396,8 @@ class Soak:
         c = self.client()
         try:
             ep = 0
-            while sum(1 for i in self.injections if i.ok and i.fault != "controller-kill") < self.n_faults:
+            while sum(1 for i in self.injections if i.ok and i.fault not in ("controller-kill", "disk-full")) \
+                    < self.n_faults:
                 ep += 1
                 self.settle(c, f"before episode {ep}")
                 time.sleep(self.rng.choice([0.2, 0.5, 1.0, 2.0, 4.0]) * self.rng.random() + 0.1)
@@ -398,8 +413,8 @@ class Soak:
 
 # ====================================================================== launch, stop, audit
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "slurm_rl.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=str(REPO), check=False)
+    # run_own: the orphan reaper of the diskfull episodes must not take this child's status
+    return soak_disk.run_own([sys.executable, "-m", "slurm_rl.cli", *args], timeout, cwd=str(REPO))
 
 
 def launch(runs_dir: Path, name: str, backend: str, seed: int, extra: list[str]) -> RunDir:
@@ -462,7 +477,10 @@ def main(argv: list[str] | None = None) -> int:
                          "included) to be back: more stress, and a trainer fault may then hit while the new trainer "
                          "is the only holder of the committed step (outside the guarantee, see docs/failure-model.md)")
     ap.add_argument("--episodes", default="", metavar="KIND,KIND",
-                    help="episode kinds to play first (single, pair, recovery, controller), then random ones")
+                    help="episode kinds to play first (single, pair, recovery, controller, diskfull), then random ones")
+    ap.add_argument("--disk-full", action="store_true",
+                    help="diskfull episodes too (implied by diskfull in --episodes): needs root, local backend")
+    ap.add_argument("--disk-mib", type=int, default=1024, help="size of the run's tmpfs for --disk-full (MiB)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override (repeatable)")
     ap.add_argument("--out", help="write the results as JSON here")
@@ -473,13 +491,23 @@ def main(argv: list[str] | None = None) -> int:
         lab = Path(os.environ.get("TMPDIR") or "/tmp") / "slurm-rl-lab"
         if (lab / "nodectl.sh").exists():
             os.environ["SLURM_RL_LAB"] = str(lab)
+    forced = [e.strip() for e in args.episodes.split(",") if e.strip()]
+    disk = args.disk_full or "diskfull" in forced
+    if disk and (why := soak_disk.unavailable(args.backend)):
+        raise SystemExit(why)
     runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="slurm-rl-soak-"))
+    run_root = runs_dir
+    if disk:
+        soak_disk.become_subreaper()       # before the launch: its controller is re-parented to this process
+        run_root = runs_dir / "disk"
+        soak_disk.mount(run_root, args.disk_mib)
     t_start = time.time()
-    print(f"soak: {args.faults} faults, seed {args.seed}, backend {args.backend}, runs dir {runs_dir}", flush=True)
-    run = launch(runs_dir, args.name, args.backend, args.seed, args.sets)
+    print(f"soak: {args.faults} faults, seed {args.seed}, backend {args.backend}, runs dir {run_root}"
+          + (f" (a {args.disk_mib} MiB tmpfs)" if disk else ""), flush=True)
+    run = launch(run_root, args.name, args.backend, args.seed, args.sets)
     soak = Soak(run=run, backend=args.backend, rng=random.Random(args.seed), n_faults=args.faults,
-                settle_timeout=args.settle_timeout, overlap=args.overlap,
-                forced=[e.strip() for e in args.episodes.split(",") if e.strip()])
+                settle_timeout=args.settle_timeout, overlap=args.overlap, forced=forced,
+                disk_root=run_root if disk else None, reaper=soak_disk.Reaper() if disk else None)
     ok = False
     try:
         addr = run.read_controller()
@@ -510,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
                 "args": vars(args), "run": str(run.path), "ok": ok, "wall_s": round(t_end - t_ready, 1),
                 "injections": [asdict(i) for i in soak.injections], "stuck": soak.stuck,
                 "invariants": results, "recovery": dist, "faults": rep["faults"],
+                "disk_full": [asdict(d) for d in soak.disk_episodes],
                 "report": {k: rep[k] for k in ("steps", "steps_computed", "ettr", "badput", "trajectories",
                                                "groups", "restarts", "state", "end_reason")},
                 "samples": [asdict(s) for s in soak.samples[:: max(1, len(soak.samples) // 2000)]],
@@ -526,10 +555,15 @@ def main(argv: list[str] | None = None) -> int:
                         p.kill()
                 except psutil.Error:
                     pass
-        if ok and not args.keep and not args.runs_dir:
-            shutil.rmtree(runs_dir, ignore_errors=True)
+        if disk:
+            print(f"run tmpfs: {soak_disk.used_mib(run_root):.0f} of {args.disk_mib} MiB used at the end")
+        if ok and not args.keep:
+            if disk:
+                soak_disk.umount(run_root)
+            if not args.runs_dir:
+                shutil.rmtree(runs_dir, ignore_errors=True)
         elif not ok:
-            print(f"run kept for inspection: {run.path}")
+            print(f"run kept for inspection: {run.path}" + (" (on a tmpfs: `umount -l` it when done)" if disk else ""))
     return 0 if ok else 1
 
 

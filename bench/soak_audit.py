@@ -167,6 +167,20 @@ def audit(soak: Soak, rep: dict[str, Any], leftovers: list[str], t_ready: float)
     finally:
         conn.close()
     res["I7 store intact"] = {"ok": integrity == "ok", "detail": f"PRAGMA integrity_check: {integrity}"}
+
+    # I8 ------------------------------------------------------------------------------
+    disk = soak.disk_episodes
+    if disk:
+        bad = [d.episode for d in disk if d.exit_code != 75 or not d.resumed or d.error]
+        stops = [d.stop_s for d in disk if d.stop_s is not None]
+        res["I8 disk full: the controller stops cleanly, the run resumes"] = {
+            "ok": not bad,
+            "detail": f"{len(disk)} disk-full episodes: controller exit codes {[d.exit_code for d in disk]} "
+                      f"(75 wanted), stopped {min(stops, default=0):.1f}-{max(stops, default=0):.1f} s after the "
+                      f"disk filled; disk_full event written {sum(d.event for d in disk)} times (when the store "
+                      f"could still take it); role processes kept across the stop "
+                      f"{sum(d.roles_kept for d in disk)}/{sum(d.roles_before for d in disk)}; resumed "
+                      f"{sum(d.resumed for d in disk)}/{len(disk)}" + (f"; FAILED episodes {bad}" if bad else "")}
     return res
 
 
@@ -198,7 +212,7 @@ def print_summary(soak: Soak, rep: dict[str, Any], results: dict[str, dict[str, 
     print(f"== soak of {soak.run.name}: {(t_end - t_ready) / 60:.1f} min under faults, {rep['steps']} committed steps, "
           f"ETTR {rep['ettr']:.1%}")
     print(f"== faults injected: {len(ok_inj)} ({len(soak.injections) - len(ok_inj)} refused: target gone meanwhile)")
-    print("   by kind:   " + ", ".join(f"{k} {by_kind.get(k, 0)}" for k in (*KINDS, "controller-kill")))
+    print("   by kind:   " + ", ".join(f"{k} {by_kind.get(k, 0)}" for k in (*KINDS, "controller-kill", "disk-full")))
     by_role = Counter(i.slot.split("/")[0] for i in ok_inj)
     print("   by role:   " + ", ".join(f"{k} {v}" for k, v in sorted(by_role.items())))
     eps = Counter(i.episode_kind for i in ok_inj if not i.second)
@@ -206,7 +220,8 @@ def print_summary(soak: Soak, rep: dict[str, Any], results: dict[str, dict[str, 
     during = [i for i in ok_inj if i.second and i.episode_kind == "recovery"]
     kills = sum(1 for i in ok_inj if i.fault == "controller-kill")
     print(f"   episodes:  single {eps.get('single', 0)}, trainer+rollout at once {pairs}, controller killed "
-          f"mid-recovery and resumed {kills}, fault into a replacement while it starts {len(during)} "
+          f"mid-recovery and resumed {kills}, disk full and resumed {by_kind.get('disk-full', 0)}, "
+          f"fault into a replacement while it starts {len(during)} "
           f"({', '.join(sorted(Counter(f'{i.target_state}/{i.target_phase}' for i in during)))})")
     rows = Counter(f["kind"] for f in rep["faults"])
     print(f"   fault records in the store: {len(rep['faults'])} "

@@ -116,3 +116,38 @@ def test_other_errors_are_not_taken_for_a_full_disk(controller, monkeypatch):
     with pytest.raises(sqlite3.OperationalError):
         c._loop_once()
     assert c.exit_code is None
+
+
+def _statvfs_with(free: int):
+    real = __import__("os").statvfs
+
+    def fake(path):
+        st = real(path)
+        return SimpleNamespace(f_bavail=free // st.f_frsize, f_frsize=st.f_frsize)
+    return fake
+
+
+def test_no_space_left_is_a_full_disk_before_the_store_says_so(controller, monkeypatch):
+    """SQLite's WAL reuses pages it already has, so on a full disk the store went on for seconds
+    (soak: 20 s) while the roles' own writes failed, and the controller replaced them with jobs that
+    died of it too. The tick looks at the free space first, and decides nothing on a full disk."""
+    from slurm_rl.controller import loop, policy
+
+    c = controller
+    c.server = _Server(None)
+    monkeypatch.setattr(loop.os, "statvfs", _statvfs_with(0))
+    decided = []
+    monkeypatch.setattr(policy, "decide", lambda *a, **k: decided.append(1) or [])
+    c._loop_once()
+    _assert_suspended(c)
+    assert decided == []
+
+
+def test_some_space_left_is_not_a_full_disk(controller, monkeypatch):
+    from slurm_rl.controller import loop
+
+    c = controller
+    c.server = _Server(None)
+    monkeypatch.setattr(loop.os, "statvfs", _statvfs_with(64 << 20))
+    c._loop_once()
+    assert c.exit_code is None

@@ -43,6 +43,8 @@ from slurm_rl.store import Store
 log = logging.getLogger("slurm_rl.controller")
 
 EXIT_DISK_FULL = 75          # EX_TEMPFAIL: resumable once there is space
+MIN_FREE_BYTES = 1 << 20     # less available under the run dir is a full disk
+SPACE_CHECK_S = 1.0
 
 
 def disk_full(e: BaseException | None) -> bool:
@@ -83,6 +85,7 @@ class Controller:
         self.final_state = "stopped"
         self.exit_code: int | None = None
         self.disk_full = False
+        self._space_checked = float("-inf")
 
     def _jobs_changed(self) -> None:
         self.poller.track(self.registry.poll_ids())
@@ -199,6 +202,21 @@ class Controller:
                 log.error("could not record it in the store: %s", again)
         self.exit_code = EXIT_DISK_FULL
 
+    def _check_space(self, mono: float) -> None:
+        """No space left under the run dir is a full disk before the store says so: SQLite's WAL
+        reuses the pages it has, so the store could go on for seconds while the roles' own writes
+        failed and every replacement decided meanwhile died of the same."""
+        if mono - self._space_checked < SPACE_CHECK_S:
+            return
+        self._space_checked = mono
+        try:
+            st = os.statvfs(self.run.path)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < MIN_FREE_BYTES:
+            raise OSError(errno.ENOSPC, f"no space left on the run's file system ({free} bytes available)")
+
     def _tick(self) -> None:
         now = time.time()              # for what is stored (fault milestones, leases, job rows)
         mono = clock.mono()            # for every timeout: policy, suspicion, the restart pause
@@ -210,8 +228,9 @@ class Controller:
                 self.recover.job_result(r, now)
         self.detect.drain()
         if self.stopping is not None:
-            self._tick_stopping(now)
+            self._tick_stopping(now)   # a stop goes on whatever the space: it must end every job
             return
+        self._check_space(mono)        # before anything is decided on a full disk
         rec = self.recover
         if rec.restarting_until is not None and mono >= rec.restarting_until:
             rec.restarting_until = None

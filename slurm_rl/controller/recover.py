@@ -160,6 +160,11 @@ class Recovery:
         target.phase = standby_phase
         target.phase_since = clock.mono()
         target.fault_ids = fault_ids
+        # a drain injected into the standby's node is answered by its process's move off it, now under
+        # target's name (a rollout promoted to trainer before its drain was seen left the drain open)
+        drain = self.faults.moves.pop(standby.name, None)
+        if drain is not None and self.faults.moves.setdefault(target.name, drain) != drain:
+            self.ctx.store.update_fault(drain, t_recovered=now, action=f"promoted to {target.name}")
         cmd = P.Command(op="become", kind=target.kind.value, index=target.index, incarnation=target.incarnation,
                         resume_step=resume_step, reason=reason)
         target.assign = P.Command(op="assign", kind=target.kind.value, index=target.index,

@@ -19,7 +19,7 @@ import time
 from typing import Any, Protocol
 
 from slurm_rl import protocol as P
-from slurm_rl.checkpoint import Checkpointer, SaveResult
+from slurm_rl.checkpoint import Checkpointer, Restored, SaveResult
 from slurm_rl.rl.grpo import Group, PolicyTrainer, Sample
 from slurm_rl.roles.host import RoleHost, resolve_device
 from slurm_rl.roles.runtime import RoleRuntime
@@ -54,14 +54,16 @@ def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Comma
     ckpt.set_aside_after(resume_step)          # later checkpoints hold undone steps of an older lineage
     wepoch = rt.newest.wepoch if rt.newest is not None else 0
     version = resume_step
+    unusable = False
     if version > 0:
-        _restore(rt, trainer, ckpt, version, staged=staged, t_promoted=t_promoted)
+        unusable = _restore(rt, trainer, ckpt, version, staged=staged, t_promoted=t_promoted)
     trainer.version = version
     rt.hold(WeightSet.from_state_dict(trainer.state_dict_for_sync(copy=False), version), wepoch)
     last_ckpt = version
-    if version > 0 and version not in ckpt.steps():
+    if version > 0 and (unusable or version not in ckpt.steps()):
         # the standby that became this trainer was a holder of the committed step; until another
-        # holder pulls it, a checkpoint is what keeps that step if this trainer dies too
+        # holder pulls it, a checkpoint is what keeps that step if this trainer dies too (one of
+        # that step whose optimizer state did not load is replaced: a full restart would take it)
         assert rt.held is not None
         ckpt.save_async(version, rt.held.tensors(), copy.deepcopy(trainer.optimizer_state()), {"wepoch": wepoch})
     host.close_engine(background=True)
@@ -178,9 +180,10 @@ def _to_group(g: P.GroupMsg) -> Group:
 
 
 def _restore(rt: RoleRuntime, trainer: PolicyTrainer, ckpt: Checkpointer, step: int, *, staged: bool,
-             t_promoted: float) -> None:
+             t_promoted: float) -> bool:
     """Weights of version `step` and the newest usable optimizer state, with an event saying how and
-    where the time went (building the trainer, verifying checkpoints, weights, optimizer state)."""
+    where the time went (building the trainer, verifying checkpoints, weights, optimizer state).
+    True if checkpoint `step` itself verified but its optimizer state did not load."""
     t_verify = time.time()
     best, skipped = ckpt.newest_valid(at_most=step)
     for problem in skipped:
@@ -199,12 +202,12 @@ def _restore(rt: RoleRuntime, trainer: PolicyTrainer, ckpt: Checkpointer, step: 
             raise RuntimeError(f"cannot restore version {step}: no holder, no checkpoint")
         source = "a live holder"
     t_opt = time.time()
+    had_any = best is not None
+    best, unusable = _load_optimizer(rt, trainer, ckpt, best, step)
     if best is not None:
-        # the fp32 master weights saved with an older optimizer state would roll the weights back
-        trainer.load_optimizer_state(ckpt.load_optimizer(best.step), master_weights=best.step == step)
         opt = f"optimizer from checkpoint {best.step}" + (f" ({step - best.step} steps older)" if best.step < step else "")
     else:
-        opt = "fresh optimizer (no checkpoint yet)"
+        opt = "fresh optimizer (" + ("no checkpoint's optimizer state loads" if had_any else "no checkpoint yet") + ")"
     t_end = time.time()
     took = t_end - t_promoted
     built = "trainer staged by the standby" if staged else "trainer built now"
@@ -214,6 +217,35 @@ def _restore(rt: RoleRuntime, trainer: PolicyTrainer, ckpt: Checkpointer, step: 
                               "staged": "yes" if staged else "no", "restore_s": f"{took:.3f}",
                               **restore_split(t_verify - t_promoted, t_weights - t_verify, t_opt - t_weights,
                                               t_end - t_opt)}))
+    return unusable
+
+
+def _load_optimizer(rt: RoleRuntime, trainer: PolicyTrainer, ckpt: Checkpointer, best: Restored | None,
+                    step: int) -> tuple[Restored | None, bool]:
+    """The newest optimizer state that loads, from `best` down; (the checkpoint used or None for a
+    fresh optimizer, whether checkpoint `step`'s own was refused). A checkpoint whose files match its
+    meta can still fail here (a hostile optimizer.pt `load_plain` refuses, an older writer's, or one
+    damaged with its meta made to agree): it is skipped with a checkpoint_fallback event, else every
+    restart would die on it again."""
+    unusable = False
+    while best is not None:
+        try:
+            # the fp32 master weights saved with an older optimizer state would roll the weights back
+            trainer.load_optimizer_state(ckpt.load_optimizer(best.step), master_weights=best.step == step)
+            return best, unusable
+        except Exception as e:  # noqa: BLE001 - any failure to read or apply it: try an older one
+            unusable |= best.step == step
+            why = (str(e).strip().splitlines() or [""])[0][:300] or e.__class__.__name__
+            rt.call(P.RoleEvent(ident=rt.ident, kind="checkpoint_fallback",
+                                msg=f"optimizer state of checkpoint {best.step} does not load "
+                                    f"({e.__class__.__name__}: {why}); using an older one or a fresh optimizer",
+                                data={"step": str(best.step), "reason": why}))
+            log.warning("optimizer state of checkpoint %d does not load: %s", best.step, e)
+            best, skipped = ckpt.newest_valid(at_most=best.step - 1)
+            for problem in skipped:
+                rt.call(P.RoleEvent(ident=rt.ident, kind="checkpoint_fallback",
+                                    msg=f"skipped checkpoint {problem}; using an older one"))
+    return None, unusable
 
 
 def restore_split(build: float, verify: float, weights: float, optimizer: float) -> dict[str, str]:
