@@ -424,10 +424,11 @@ class Store:
                             (slot, kind, node, int(injected), t_fault, json.dumps(data or {})))
             return int(cur.lastrowid or 0)
 
-    def update_fault(self, fault_id: int, **fields: Any) -> None:
+    def update_fault(self, fault_id: int, once: tuple[str, ...] = (), **fields: Any) -> None:
+        """Set a fault's columns; those named in `once` only where still unset."""
         if not fields:
             return
-        cols = ", ".join(f"{k}=?" for k in fields)
+        cols = ", ".join(f"{k}=COALESCE({k}, ?)" if k in once else f"{k}=?" for k in fields)
         with self.tx() as c:
             c.execute(f"UPDATE faults SET {cols} WHERE id=?", (*fields.values(), fault_id))
 

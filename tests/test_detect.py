@@ -135,3 +135,33 @@ def test_a_sharded_trainer_is_listed_as_parts_and_relays_say_their_count(tmp_pat
         for lst in (l0, l1, l2):
             lst.close()
         detect.close()
+
+
+def test_a_restored_trainer_is_loaded_when_it_publishes_even_before_a_ready_heartbeat(tmp_path: Path) -> None:
+    """The MTTR split of a trainer fault: its load ends when the new trainer publishes the restored
+    version. A fast restore can commit its first step before any heartbeat said it was ready; the
+    load must still be recorded, and a later ready heartbeat must not move it."""
+    registry, detect = _rooms(tmp_path)
+    trainer = registry.trainer()
+    store = detect.ctx.store
+    trainer.fault_ids = [store.open_fault(trainer.name, "hang", "n1", True, time.time())]
+    ident = P.Ident("trainer", 0, trainer.incarnation)
+    live = LivenessListener("127.0.0.1")
+    try:
+        t0 = time.time()
+        detect.hello(trainer, P.Hello(ident=ident, job_id="J", node="n1", pid=10, host_id="h", sync_addrs={},
+                                      live_addr=live.address), t0)
+        detect.lineage.trainer_version = 8                 # the committed step it was restored at
+        detect.lineage.held(trainer, 8, 0, None)           # the restored version, published
+        (row,) = store.faults()
+        assert row["t_scheduled"] is not None and row["t_loaded"] is not None
+        assert row["t_scheduled"] <= row["t_loaded"] <= row["t_synced"]
+        loaded = row["t_loaded"]
+        time.sleep(0.01)
+        detect.heartbeat(trainer, P.Heartbeat(ident=ident, phase="stepping", progress=1, version=8, wepoch=0,
+                                              live_addr=live.address), time.time())
+        (row,) = store.faults()
+        assert row["t_loaded"] == loaded
+    finally:
+        live.close()
+        detect.close()

@@ -198,7 +198,7 @@ class Detector:
                 slot.submitted_inc = -1
             self.ctx.event("ready", f"{slot.name} is ready ({phase.value})", slot=slot.name, job_id=slot.job_id,
                            node=slot.node)
-            self.faults.milestone(slot, t_loaded=time.time())
+            self.faults.milestone(slot, once=("t_loaded",), t_loaded=time.time())
             if slot.kind is RoleKind.SPARE and slot.fault_ids:
                 self.faults.recovered(slot, time.time(), "standby ready again")
         if slot.fault_ids and slot.kind is RoleKind.ROLLOUT and phase is Phase.GENERATING \

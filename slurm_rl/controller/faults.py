@@ -34,10 +34,14 @@ class Faults:
         self._step_gaps: deque[float] = deque(maxlen=7)
 
     # ---- records
-    def milestone(self, slot: Slot, **fields: Any) -> None:
-        """Record a recovery milestone on every open fault the slot is recovering from."""
+    def milestone(self, slot: Slot, once: tuple[str, ...] = (), **fields: Any) -> None:
+        """Record a recovery milestone on every open fault the slot is recovering from (those named
+        in `once` only if not recorded yet). A new process scheduled starts its load and sync anew."""
+        if "t_scheduled" in fields:
+            fields.setdefault("t_loaded", None)
+            fields.setdefault("t_synced", None)
         for fid in slot.fault_ids:
-            self.ctx.store.update_fault(fid, **fields)
+            self.ctx.store.update_fault(fid, once, **fields)
 
     def recovered(self, slot: Slot, now: float, what: str) -> None:
         rows = {r["id"]: r for r in self.ctx.store.faults()}

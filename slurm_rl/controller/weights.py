@@ -90,7 +90,11 @@ class Lineage:
             return
         if version != slot.version:
             slot.version = version
-            self.faults.milestone(slot, t_synced=time.time())
+            now = time.time()
+            # a trainer's restore ends as it publishes the restored version: its load is done then,
+            # whether or not a heartbeat said it was ready first (its weights came within the load)
+            loaded = {"t_loaded": now} if slot.kind is RoleKind.TRAINER else {}
+            self.faults.milestone(slot, once=("t_loaded",), **loaded, t_synced=now)
             if slot.kind is not RoleKind.TRAINER:
                 self.commit(version)
 
