@@ -279,6 +279,7 @@ class Controller:
             return self._duplicate_job(slot, msg)
         if isinstance(msg, P.Hello):
             self.detect.hello(slot, msg, mono)
+            self.lineage.recheck_resume(slot, now)
             cmds = ([slot.assign] if slot.assign else []) + self.registry.take_commands(slot)
             return P.Reply(commands=cmds, weights=self.lineage.info(slot))
         self.detect.seen(slot, mono)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 
+import msgspec
+
 from slurm_rl import protocol as P
 from slurm_rl.controller.context import Context
 from slurm_rl.controller.faults import Faults
@@ -116,15 +118,15 @@ class Lineage:
         """Newest version a new trainer can still get: from a live holder or an intact checkpoint.
 
         Normally the committed version; less when every holder of it died too (a node with the
-        trainer and the rollouts that held its newest weights went down at once).
+        trainer and the rollouts that held its newest weights went down at once), or moved on to
+        a newer version that was then undone (a holder serves only the version it holds).
         """
         held = [s.version for s in self.registry
                 if s.kind is not RoleKind.TRAINER and s.connected and s.state.alive and s.name not in dying
-                and s.version >= 0]
-        best = max(held + [0])
-        if best < self.committed:
-            best = max(best, self.newest_checkpoint(self.committed))
-        return min(best, self.committed)
+                and 0 <= s.version <= self.committed]
+        if self.committed in held:
+            return self.committed
+        return min(max(max(held, default=0), self.newest_checkpoint(self.committed)), self.committed)
 
     def newest_checkpoint(self, at_most: int | None = None) -> int:
         """Step of the newest intact checkpoint (verified against its hashes); 0 if none.
@@ -169,6 +171,22 @@ class Lineage:
             if s.version > self.committed and s.kind is not RoleKind.TRAINER:
                 s.version = -1
         return replay
+
+    def recheck_resume(self, slot: Slot, now: float) -> None:
+        """A new trainer job says hello: is the step it is to resume at still to be had? Between its
+        submission and now the holders of that step may have moved on to a newer version that the
+        trainer's loss undid (their reports crossed the loss); then the trainer is lost again, at
+        the newest step a holder or an intact checkpoint still has, before it tries (it would fail
+        with nothing to restore from)."""
+        a = slot.assign
+        if slot.kind is not RoleKind.TRAINER or a is None or a.resume_step <= 0 \
+                or slot.submitted_inc != slot.incarnation or self.restore_point(set()) >= a.resume_step:
+            return
+        replay = self.trainer_lost(now, set())
+        had = {r["id"]: float(r["replay_s"] or 0.0) for r in self.ctx.store.faults()}
+        for fid in slot.fault_ids:
+            self.ctx.store.update_fault(fid, replay_s=had.get(fid, 0.0) + replay / len(slot.fault_ids))
+        slot.assign = msgspec.structs.replace(a, resume_step=self.committed)
 
     def restart_from(self, step: int, now: float) -> tuple[int, int, float]:
         """A full restart from checkpoint `step`: every newer step and group is dropped, a new epoch
