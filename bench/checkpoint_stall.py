@@ -8,7 +8,8 @@ Two rank processes (gloo, CPU) shard a random Llama with FSDP2 (slurm_rl.rl.fsdp
 step so the optimizer has state, then save `--saves` times each way into a fresh directory:
 `sync` is `sharded_ckpt.save` (the caller waits for every byte: DCP shards, the whole weights,
 hashes, fsyncs, rename); `async` is `ShardedSaver.start` (the caller waits only for the shards to be
-copied; the writing runs on threads while the next step trains), timed to its return. Also shown:
+copied; the writing runs on threads while the next step trains), timed from the gather of the
+whole weights it writes (the trainer publishes parts, so a checkpoint gathers) to its return. Also shown:
 how long the async save took to be complete on disk (`ShardedSaver.wait` after `start`), and the
 step time with a save in flight against without, so the cost the threads take from training shows.
 The stall is rank 0's wall time; the ratio is sync / async (higher is better).
@@ -16,10 +17,8 @@ The stall is rank 0's wall time; the ratio is sync / async (higher is better).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _twoproc import free_port, model_args, print_ratios  # noqa: E402
 
 _RANK = r'''
 import json, os, sys, time, torch
@@ -60,9 +62,8 @@ for i in range(saves):
     out["sync"].append(time.perf_counter() - t0)
 saver = sharded_ckpt.ShardedSaver(work / "async", tr)
 for i in range(saves):
-    dist.barrier(); t0 = time.perf_counter()
-    sd = fsdp.full_state_dict(tr.model)        # what the trainer publishes anyway: not part of the stall
-    t1 = time.perf_counter()
+    dist.barrier(); t1 = time.perf_counter()
+    sd = fsdp.full_state_dict(tr.model)        # the trainer gathers the whole weights for a checkpoint only
     saver.start(i + 1, sd, {})
     out["async"].append(time.perf_counter() - t1)
     out["step_during_save"].append(step())
@@ -77,12 +78,6 @@ os._exit(0)   # torch 2.13 CPU can abort in gloo teardown (docs/failure-model.md
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(hidden: int, layers: int, saves: int) -> dict:
     from slurm_rl.rl.model import build_tiny_model
 
@@ -91,7 +86,7 @@ def measure(hidden: int, layers: int, saves: int) -> dict:
         model = build_tiny_model(work / "model", hidden=hidden, layers=layers, heads=hidden // 64, kv_heads=hidden // 64,
                                  max_position_embeddings=128)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-        port = str(_free_port())
+        port = str(free_port())
         procs = [subprocess.Popen([sys.executable, "-c", _RANK, str(model), str(work), str(r), port, str(saves)],
                                   env=env, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
         for p in procs:
@@ -105,32 +100,18 @@ def measure(hidden: int, layers: int, saves: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hidden", type=int, default=768)
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--saves", type=int, default=3)
-    ap.add_argument("--json", action="store_true", help="print the measurements as JSON instead of a table")
-    a = ap.parse_args()
+    a = model_args(__doc__.splitlines()[0], "saves", 3, "saves each way")
     r = measure(a.hidden, a.layers, a.saves)
     med = {k: statistics.median(v) for k, v in r.items() if isinstance(v, list)}
     if a.json:
         print(json.dumps({"hidden": a.hidden, "layers": a.layers, "saves": a.saves, "params": r["params"],
                           "bytes_on_disk": r["bytes_on_disk"], "median_s": med, "all_s": r}, indent=1))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"checkpoint stall, 2 gloo ranks, {r['params'] / 1e6:.0f}M params, "
-                    f"{r['bytes_on_disk'] / 1e6:.0f} MB per checkpoint (median of {a.saves} saves)")
-    for c in ("what", "sync s", "async s", "sync / async"):
-        t.add_column(c, justify="right" if c != "what" else "left")
-    t.add_row("training held up by a save", f"{med['sync']:.3f}", f"{med['async']:.3f}",
-              f"{med['sync'] / max(med['async'], 1e-9):.1f}x")
-    t.add_row("save complete on disk", f"{med['sync']:.3f}", f"{med['async_total']:.3f}",
-              f"{med['sync'] / max(med['async_total'], 1e-9):.2f}x")
-    t.add_row("step time (plain / with a save in flight)", f"{med['step_plain']:.3f}",
-              f"{med['step_during_save']:.3f}", f"{med['step_plain'] / max(med['step_during_save'], 1e-9):.2f}x")
-    Console().print(t)
+    print_ratios(f"checkpoint stall, 2 gloo ranks, {r['params'] / 1e6:.0f}M params, "
+                 f"{r['bytes_on_disk'] / 1e6:.0f} MB per checkpoint (median of {a.saves} saves)", ("sync", "async"),
+                 [("training held up by a save", med["sync"], med["async"], ".1f"),
+                  ("save complete on disk", med["sync"], med["async_total"], ".2f"),
+                  ("step time (plain / with a save in flight)", med["step_plain"], med["step_during_save"], ".2f")])
 
 
 if __name__ == "__main__":
