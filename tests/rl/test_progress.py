@@ -75,7 +75,7 @@ def bare_runtime(interval: float = 0.02) -> tuple[RoleRuntime, list[P.Heartbeat]
     rt._lock = threading.Lock()
     rt._progress_lock = threading.Lock()
     rt.phase, rt.detail, rt.progress, rt._partial = Phase.GENERATING, "", 0, 0
-    rt.held, rt.held_version, rt.held_wepoch, rt.newest = None, 0, 0, None
+    rt.held, rt.held_version, rt.held_wepoch, rt.held_parts, rt.newest = None, 0, 0, 1, None
     rt.addrs, rt.liveness = {}, SimpleNamespace(address="")
     rt.commands = __import__("queue").SimpleQueue()
     beats: list[P.Heartbeat] = []
