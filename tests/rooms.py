@@ -20,16 +20,22 @@ from slurm_rl.store import Store
 
 
 class Backend:
-    """Takes submissions and cancellations, starts nothing."""
+    """Takes submissions and cancellations, starts nothing (also a whole Controller's backend)."""
+
+    name = "local"
 
     def __init__(self) -> None:
         self.cancelled: list[str] = []
+        self.call_counts: dict[str, int] = {}
 
     def submit(self, spec: object) -> str:
         return "J"
 
     def cancel(self, ids: list[str]) -> None:
         self.cancelled += ids
+
+    def close(self) -> None:
+        pass
 
 
 def lineage_rooms(tmp_path: Path, **cfg: object) -> tuple[Context, Registry, Faults, Lineage]:

@@ -217,6 +217,17 @@ def _checkpoint_steps(run) -> list[int]:
                   if p.is_dir() and p.name.split("-")[1].isdigit())
 
 
+def _freeze_at_committed_checkpoint(run) -> int:
+    """SIGSTOP the trainer (stopped when inject returns: no newer checkpoint appears; run with
+    recovery.process_state=false, so it is not declared dead before the crash that follows), let
+    what it sent before be heard, and return the newest checkpoint at or below the committed step:
+    the one a restore looks at first (one written just before the stop may lie above it)."""
+    runs.inject(run, "trainer/0", "hang")
+    time.sleep(0.5)
+    c = runs.committed(run)
+    return max(s for s in _checkpoint_steps(run) if s <= c)
+
+
 def _corrupt(path: Path) -> None:
     data = bytearray(path.read_bytes())
     for i in range(0, len(data), max(1, len(data) // 8)):
@@ -235,12 +246,7 @@ def test_trainer_restores_past_a_corrupted_newest_checkpoint(tmp_path):
         runs.wait_ready(run)
         runs.wait_for(lambda: len([s for s in _checkpoint_steps(run) if s <= runs.committed(run)]) >= 2, 90,
                       "two committed checkpoints", run)
-        # freeze it: no newer checkpoint appears meanwhile (process_state off: a stopped trainer must
-        # not be declared dead before the crash below)
-        runs.inject(run, "trainer/0", "hang")
-        time.sleep(0.5)
-        c = runs.committed(run)
-        victim = max(s for s in _checkpoint_steps(run) if s <= c)
+        victim = _freeze_at_committed_checkpoint(run)
         _corrupt(run.checkpoints / f"step-{victim:06d}" / "optimizer.pt")
         runs.inject(run, "trainer/0", "crash")
         runs.wait_for(lambda: [e for e in runs.events(run, "recovered") if e["slot"] == "trainer/0"], 60,
@@ -272,13 +278,9 @@ def test_full_restart_past_a_corrupted_newest_checkpoint(tmp_path):
     try:
         runs.wait_ready(run)
         runs.wait_for(lambda: len(_checkpoint_steps(run)) >= 3, 90, "three checkpoints", run)
-        runs.inject(run, "trainer/0", "hang")      # SIGSTOPped when this returns: no more checkpoints
-        time.sleep(0.5)                             # what it sent before the stop is heard
-        # a full restart takes the newest at or below the committed step: a checkpoint written just
-        # before the stop may be unheard of (above it). Every one from the newest committed up is
-        # damaged, so whichever the restart looks at first must fail verification.
-        c = runs.committed(run)
-        victim = max(s for s in _checkpoint_steps(run) if s <= c)
+        # every one from the newest committed up is damaged, so whichever the restart looks at
+        # first must fail verification
+        victim = _freeze_at_committed_checkpoint(run)
         for step in [s for s in _checkpoint_steps(run) if s >= victim]:
             _corrupt(run.checkpoints / f"step-{step:06d}" / "weights.safetensors")
         runs.inject(run, "trainer/0", "crash")

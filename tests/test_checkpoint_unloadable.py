@@ -10,7 +10,6 @@ one) with an event naming the checkpoint and why, not die on it again and again.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import torch
 
 from tests import runs
 from tests.rl.test_checkpoint_load_safe import _Payload, _rehash
-from tests.test_checkpoint import _checkpoint_steps
+from tests.test_checkpoint import _checkpoint_steps, _freeze_at_committed_checkpoint
 
 pytest_slow = pytest.mark.slow
 
@@ -46,10 +45,7 @@ def test_an_unloadable_optimizer_state_falls_back_to_an_older_checkpoint(tmp_pat
         runs.wait_ready(run)
         runs.wait_for(lambda: len([s for s in _checkpoint_steps(run) if s <= runs.committed(run)]) >= 2, 90,
                       "two committed checkpoints", run)
-        runs.inject(run, "trainer/0", "hang")      # frozen: no newer checkpoint meanwhile
-        time.sleep(0.5)
-        c = runs.committed(run)
-        victim = max(s for s in _checkpoint_steps(run) if s <= c)
+        victim = _freeze_at_committed_checkpoint(run)
         d = run.checkpoints / f"step-{victim:06d}"
         damage(d, marker)
         _rehash(d)                                  # it verifies
@@ -89,11 +85,8 @@ def test_a_full_restart_onto_an_unloadable_optimizer_state_trains_on_and_replace
         runs.wait_ready(run)
         runs.wait_for(lambda: len([s for s in _checkpoint_steps(run) if s <= runs.committed(run)]) >= 2, 90,
                       "two committed checkpoints", run)
-        runs.inject(run, "trainer/0", "hang")
-        time.sleep(0.5)
-        c = runs.committed(run)
         # every one from the newest committed up: whichever the restart takes does not load
-        victim = max(s for s in _checkpoint_steps(run) if s <= c)
+        victim = _freeze_at_committed_checkpoint(run)
         for step in [s for s in _checkpoint_steps(run) if s >= victim]:
             d = run.checkpoints / f"step-{step:06d}"
             _hostile(d, marker)

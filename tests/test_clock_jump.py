@@ -17,22 +17,12 @@ from slurm_rl.controller.loop import Controller
 from slurm_rl.rundir import RunDir
 from slurm_rl.states import Phase, RoleKind, RoleState
 from slurm_rl.store import read_events
+from tests.rooms import Backend
 
 pytestmark = pytest.mark.timeout(120)
 
 SUSPECT_S = 3.0       # heartbeat silence that makes a role SUSPECT here (a loaded CI machine stalls for less)
 PHASES = {RoleKind.TRAINER: Phase.WAITING_FOR_DATA, RoleKind.ROLLOUT: Phase.GENERATING, RoleKind.SPARE: Phase.IDLE}
-
-
-class _Backend:
-    name = "local"
-    call_counts: dict[str, int] = {}
-
-    def cancel(self, ids: list[str]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
@@ -41,7 +31,7 @@ def controller(tmp_path):
     run.path.mkdir(parents=True)
     cfg = RunConfig.model_validate({"controller": {"tick_s": 0.01},
                                     "recovery": {"suspect_after_s": SUSPECT_S, "hang_after_s": 10.0}})
-    c = Controller(run, cfg, _Backend())  # type: ignore[arg-type]
+    c = Controller(run, cfg, Backend())  # type: ignore[arg-type]
     c.lineage.start(run_state="running")
     c.registry.create()
     c.server = SimpleNamespace(recv=lambda timeout: None)

@@ -17,6 +17,7 @@ from slurm_rl.config import RunConfig
 from slurm_rl.controller.loop import Controller
 from slurm_rl.rundir import RunDir
 from slurm_rl.store import read_events
+from tests.rooms import Backend
 
 
 class _Server:
@@ -33,22 +34,11 @@ class _Server:
         self.replies.append(reply)
 
 
-class _Backend:
-    name = "local"
-    call_counts: dict[str, int] = {}
-
-    def cancel(self, ids: list[str]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture
 def controller(tmp_path):
     run = RunDir(tmp_path / "run")
     run.path.mkdir(parents=True)
-    c = Controller(run, RunConfig.model_validate({"controller": {"tick_s": 0.01}}), _Backend())  # type: ignore[arg-type]
+    c = Controller(run, RunConfig.model_validate({"controller": {"tick_s": 0.01}}), Backend())  # type: ignore[arg-type]
     c.lineage.start(run_state="running")
     c.registry.create()
     yield c
