@@ -79,8 +79,10 @@ class Repairer(threading.Thread):
                     self.down_since.pop(node, None)
 
 
-def run_policy(policy: str, args: argparse.Namespace, runs_dir: Path) -> dict:
-    name = f"ettr-{policy}"
+def run_policy(policy: str, args: argparse.Namespace, runs_dir: Path, *, label: str = "",
+               extra: tuple[str, ...] = ()) -> dict:
+    label = label or policy
+    name = f"ettr-{label.replace('+', '-plus-').replace('=', '-').replace('.', '-')}"
     sets = [f"runs_dir={runs_dir}", f"recovery.policy={policy}", f"algorithm.steps={args.steps}",
             f"rollout.engine={args.engine}", f"seed={args.seed}", "chaos.enabled=true",
             f"chaos.mean_interval_steps={args.mean_interval}", f"chaos.seed={args.seed}",
@@ -99,20 +101,20 @@ def run_policy(policy: str, args: argparse.Namespace, runs_dir: Path) -> dict:
             f"trainer.checkpoint_every={args.checkpoint_every}"]
     if args.backend == "slurm":
         sets += ["controller.host=127.0.0.1", f"slurm.cpus_per_task={args.cpus_per_task}"]
-    sets += args.set
+    sets += args.set + list(extra)
     cmd = [sys.executable, "-m", "slurm_rl.cli", "launch", str(ROOT / args.config), "--backend", args.backend,
            "--name", name, "--quiet"]
     for s in sets:
         cmd += ["--set", s]
     t0 = time.time()
-    print(f"[ettr] {policy}: launching ({' '.join(cmd[3:])})", file=sys.stderr, flush=True)
+    print(f"[ettr] {label}: launching ({' '.join(cmd[3:])})", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"[ettr] {policy} run failed (exit {proc.returncode})")
+        raise SystemExit(f"[ettr] {label} run failed (exit {proc.returncode})")
     rep = report_dict(RunDir(runs_dir / name))
     rep["end_to_end_s"] = round(time.time() - t0, 1)
-    print(f"[ettr] {policy}: ETTR {rep['ettr']:.3f}, {len(rep['faults'])} faults, {rep['end_to_end_s']}s",
+    print(f"[ettr] {label}: ETTR {rep['ettr']:.3f}, {len(rep['faults'])} faults, {rep['end_to_end_s']}s",
           file=sys.stderr, flush=True)
     return rep
 
@@ -139,6 +141,9 @@ def main() -> int:
     p.add_argument("--repair-s", type=float, default=15.0, help="restart a crashed lab node after this long")
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
+                   help="also run role-based with this override (repeatable: all in one variant), beside the "
+                        "others under the same fault plan, e.g. --variant spare.trainer_nodes=2")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--out", help="write both reports and the summary to this JSON file")
@@ -155,7 +160,12 @@ def main() -> int:
         repairer = Repairer(lab, args.repair_s)
         repairer.start()
     try:
-        reports = {pol: run_policy(pol, args, runs_dir) for pol in policies}
+        reports = {}
+        for pol in policies:
+            reports[pol] = run_policy(pol, args, runs_dir)
+            if pol == "role-based" and args.variant:
+                label = "role-based+" + ",".join(args.variant)
+                reports[label] = run_policy(pol, args, runs_dir, label=label, extra=tuple(args.variant))
     finally:
         if repairer is not None:
             repairer.stop.set()

@@ -206,7 +206,7 @@ def _fault_rows(conn: sqlite3.Connection, t0: float) -> list[dict[str, Any]]:
 
 def _rollback_capable(f: sqlite3.Row) -> bool:
     """Could this fault have rolled trainer steps back? A trainer loss, or any fault under full restart."""
-    return str(f["slot"]).startswith("trainer") or "full restart" in str(f["action"] or "")
+    return str(f["slot"]).startswith("trainer/") or "full restart" in str(f["action"] or "")
 
 
 def fault_badput(conn: sqlite3.Connection, meta: dict[str, Any],
@@ -310,13 +310,16 @@ def pace(conn: sqlite3.Connection, kept: list[sqlite3.Row]) -> dict[str, float |
 def trainer_shape(conn: sqlite3.Connection) -> dict[str, Any]:
     """The trainer's world size and the distinct nodes its ranks ran on, over every incarnation."""
     rows = conn.execute("SELECT kind, node, data FROM events WHERE slot='trainer/0' AND kind IN "
-                        "('connected', 'rank_connected')").fetchall()
+                        "('connected', 'rank_connected', 'trainer_restored')").fetchall()
     world, nodes = 1, set()
     for r in rows:
+        data = json.loads(r["data"]) if r["data"] else {}
         if r["node"]:
             nodes.add(r["node"])
-        if r["kind"] == "connected" and r["data"]:
-            world = max(world, int(json.loads(r["data"]).get("world_size") or 1))
+        if r["kind"] == "trainer_restored":      # a standby's nodes, promoted: its ranks said hello as the standby
+            nodes.update(data.get("nodes") or [])
+        if r["kind"] in ("connected", "trainer_restored"):
+            world = max(world, int(data.get("world_size") or 1))
     return {"world_size": world, "nodes": sorted(nodes)}
 
 
@@ -376,7 +379,8 @@ def report_dict(run: RunDir, *, now: float | None = None) -> dict[str, Any]:
             "faults": faults,
             "mttr": mttr_table(faults),
             "restarts": {"trainer": restarts.get("trainer", 0), "rollout": restarts.get("rollout", 0),
-                         "spare": restarts.get("spare", 0), "full": full_restarts},
+                         "spare": restarts.get("spare", 0), "trainer_spare": restarts.get("trainer-spare", 0),
+                         "full": full_restarts},
             "scheduler_calls": meta.get("scheduler_calls", {}),
             "pace": pace(conn, kept),
             "trainer": trainer_shape(conn),

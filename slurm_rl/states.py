@@ -9,6 +9,9 @@ class RoleKind(str, enum.Enum):
     TRAINER = "trainer"
     ROLLOUT = "rollout"
     SPARE = "spare"
+    # a warm standby of the trainer's own shape (nodes x ranks): its ranks have formed their process
+    # group and built their shards, and wait to become the trainer (spare.trainer_nodes)
+    TRAINER_SPARE = "trainer-spare"
 
     def __str__(self) -> str:
         return self.value

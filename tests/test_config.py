@@ -120,6 +120,20 @@ def test_a_trainer_of_several_ranks_has_its_shape_in_its_resources():
         RunConfig.model_validate({"trainer": {"gpus_per_node": 8, "ranks_per_node": 2}})
 
 
+def test_a_trainer_shaped_standby_asks_for_the_trainers_resources():
+    from slurm_rl.config import RunConfig
+    from slurm_rl.states import RoleKind
+
+    cfg = RunConfig.model_validate({"slurm": {"gpus_per_node": 8, "partition": "gpu"},
+                                    "trainer": {"nodes": 4, "mem_gb": 900, "time": "2-00:00:00"},
+                                    "spare": {"trainer_nodes": 4, "partition": "spares"}})
+    assert cfg.resources(RoleKind.TRAINER_SPARE) == cfg.resources(RoleKind.TRAINER)
+    assert cfg.resources(RoleKind.TRAINER_SPARE).tasks_per_node == 8 and cfg.replicas(RoleKind.TRAINER_SPARE) == 1
+    assert RunConfig.model_validate({}).replicas(RoleKind.TRAINER_SPARE) == 0     # none unless asked for
+    with pytest.raises(ValueError, match="spare.trainer_nodes=2 but the trainer runs on 4 node"):
+        RunConfig.model_validate({"trainer": {"nodes": 4}, "spare": {"trainer_nodes": 2}})
+
+
 def test_which_standby_can_become_the_trainer():
     """RunConfig.standby_misfit: a spare or rollout job stands in for the trainer only with its shape
     and at least its GPUs and memory, and the same gres and constraint."""

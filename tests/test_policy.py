@@ -555,6 +555,57 @@ def test_a_draining_node_under_a_multi_rank_trainer_starts_no_move_to_a_one_node
     assert "StartMove" in kinds(acts)
 
 
+def _shaped(**kw) -> SlotView:
+    """The trainer-shaped standby (spare.trainer_nodes) of a 2-node trainer, built and waiting."""
+    return slot(RoleKind.TRAINER_SPARE, 0, **{"node": "n7", "phase": Phase.IDLE, "version": -1, "shape": (2, 1),
+                                              **kw})
+
+
+def test_a_multi_rank_trainer_is_restored_on_the_trainer_shaped_standby_and_it_is_backfilled():
+    dead = slot(RoleKind.TRAINER, job_state=JobState.FAILED, shape=(2, 1))
+    acts = pol.decide(NOW, view(cluster(_shaped(), **{"trainer/0": dead}), trainer_shape=(2, 1), committed=9))
+    assert kinds(acts) == ["Dead", "PromoteTrainer", "Submit"]
+    assert acts[1].standby == "trainer-spare/0" and acts[1].resume_step == 9
+    assert acts[2].slot == "trainer-spare/0" and acts[2].backfill    # a new standby is queued
+    # a one-rank trainer takes it before the spare too: the spare's engine stays free for rollouts
+    acts = pol.decide(NOW, view(cluster(_shaped(shape=(1, 1)), **{"trainer/0": slot(
+        RoleKind.TRAINER, job_state=JobState.FAILED)})))
+    assert acts[1].standby == "trainer-spare/0"
+
+
+def test_a_trainer_shaped_standby_not_ready_means_a_cold_trainer_and_says_why():
+    dead = slot(RoleKind.TRAINER, job_state=JobState.FAILED, shape=(2, 1))
+    loading = _shaped(state=RoleState.STARTING, phase=Phase.LOADING)
+    acts = pol.decide(NOW, view(cluster(loading, **{"trainer/0": dead}), trainer_shape=(2, 1)))
+    sub = [a for a in acts if isinstance(a, pol.Submit)]
+    assert [a.slot for a in sub] == ["trainer/0"]
+    assert "trainer-shaped standby trainer-spare/0 is not ready (STARTING)" in sub[0].reason
+    # silent for longer than a heartbeat or two: not promoted either (it may have just hung)
+    quiet = _shaped(last_hb=NOW - 0.9)
+    assert "PromoteTrainer" not in kinds(pol.decide(NOW, view(cluster(quiet, **{"trainer/0": dead}),
+                                                              trainer_shape=(2, 1))))
+
+
+def test_a_dead_trainer_shaped_standby_is_replaced_and_never_becomes_a_rollout():
+    acts = pol.decide(NOW, view(cluster(_shaped(job_state=JobState.FAILED)), trainer_shape=(2, 1)))
+    assert kinds(acts) == ["Dead", "Submit"] and acts[1].slot == "trainer-spare/0"
+    # a dead rollout with no spare gets a new job, not the trainer-shaped standby
+    r0 = slot(RoleKind.ROLLOUT, 0, job_state=JobState.FAILED)
+    slots = [s for s in cluster(_shaped(), **{"rollout/0": r0}) if s.kind is not RoleKind.SPARE]
+    acts = pol.decide(NOW, view(slots, trainer_shape=(2, 1)))
+    assert [(type(a).__name__, a.slot) for a in acts] == [("Dead", "rollout/0"), ("Submit", "rollout/0")]
+
+
+def test_a_draining_node_under_a_multi_rank_trainer_moves_it_to_the_trainer_shaped_standby():
+    t = slot(RoleKind.TRAINER, node_health=NodeHealth.DRAIN, shape=(2, 1))
+    acts = pol.decide(NOW, view(cluster(_shaped(), **{"trainer/0": t}), trainer_shape=(2, 1)))
+    moves = [a for a in acts if isinstance(a, pol.StartMove)]
+    assert [(a.slot, a.spare) for a in moves] == [("trainer/0", "trainer-spare/0")]
+    # a draining node under the standby itself moves nothing
+    acts = pol.decide(NOW, view(cluster(_shaped(node_health=NodeHealth.DRAIN)), trainer_shape=(2, 1)))
+    assert acts == []
+
+
 def test_a_trainer_is_promoted_only_onto_a_standby_with_its_resources():
     """A one-node trainer on a GPU: a spare job without a GPU cannot stand in; a rollout with one can
     (spare-then-rollout); with neither, a cold trainer job, and the reason says what was missing."""

@@ -30,7 +30,7 @@ EPILOG_EXIT = ("Exit codes: 0 ok, 1 run failed/stopped, 2 bad input, 3 environme
                "130 interrupted.")
 INTERRUPTED = 130
 FAULTS = ("crash", "hang", "exit:N", "node-down", "drain")
-ROLE_KINDS = ("trainer", "rollout", "spare")
+ROLE_KINDS = ("trainer", "rollout", "spare", "trainer-spare")
 COMMAND_ORDER = ("launch", "status", "events", "inject", "stop", "resume", "report", "export", "ls", "sweep",
                  "simulate", "make-tiny-model", "make-dataset")
 

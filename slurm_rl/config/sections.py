@@ -291,6 +291,11 @@ class SpareConfig(SlurmResources):
     warm_trainer: bool = Field(
         default=True, description="build the trainer (model and optimizer, on the CPU) while standing by, so a "
         "promotion to trainer skips it; with a GPU trainer only the code is warmed (the engine owns the GPU)")
+    trainer_nodes: int = Field(
+        default=0, ge=0, description="a warm standby of the trainer's own shape: 0 for none, else the "
+        "trainer's node count (trainer.nodes). One more job like the trainer's (its resources, one rank per GPU) "
+        "forms its process group and builds its shards, then waits; a dead trainer is re-formed on it at once "
+        "(no queue wait, no build) while a new standby is queued. Costs a second trainer allocation")
 
 
 def _default_phase_timeouts() -> dict[Phase, float]:
@@ -464,14 +469,19 @@ class RunConfig(_Section):
         if self.algorithm.eval_every and not self.task.has_eval:
             raise ValueError("algorithm.eval_every is set but the task has no eval split; set task.eval_path, "
                              "task.eval_split or task.eval_size")
+        nodes = self.trainer_shape()[0]
+        if self.spare.trainer_nodes and self.spare.trainer_nodes != nodes:
+            raise ValueError(f"spare.trainer_nodes={self.spare.trainer_nodes} but the trainer runs on {nodes} node(s): "
+                             f"a trainer-shaped standby has the trainer's shape; set spare.trainer_nodes={nodes} or 0")
         if self.recovery.standby == "spare-only" and self.spare.replicas == 0:
             raise ValueError("recovery.standby is 'spare-only' but spare.replicas is 0; add a spare or use 'spare-then-rollout'")
         return self
 
     def resources(self, role: RoleKind) -> Resources:
         """Scheduler resources of a role: its own section over the top-level `slurm:` defaults."""
+        # a trainer-shaped standby asks for what the trainer asks for
         own: SlurmResources = {RoleKind.TRAINER: self.trainer, RoleKind.ROLLOUT: self.rollout,
-                               RoleKind.SPARE: self.spare}[role]
+                               RoleKind.SPARE: self.spare, RoleKind.TRAINER_SPARE: self.trainer}[role]
         base = self.slurm
 
         def pick(name: str, default: Any) -> Any:
@@ -493,7 +503,7 @@ class RunConfig(_Section):
 
     def _tasks_per_node(self, role: RoleKind, gpus: int) -> int:
         """A trainer runs one rank per GPU (or `ranks_per_node` on CPU); other roles one process."""
-        if role is not RoleKind.TRAINER:
+        if role not in (RoleKind.TRAINER, RoleKind.TRAINER_SPARE):
             return 1
         return self.trainer.ranks_per_node or gpus or 1
 
@@ -522,7 +532,8 @@ class RunConfig(_Section):
         return ""
 
     def replicas(self, role: RoleKind) -> int:
-        return {RoleKind.TRAINER: 1, RoleKind.ROLLOUT: self.rollout.replicas, RoleKind.SPARE: self.spare.replicas}[role]
+        return {RoleKind.TRAINER: 1, RoleKind.ROLLOUT: self.rollout.replicas, RoleKind.SPARE: self.spare.replicas,
+                RoleKind.TRAINER_SPARE: 1 if self.spare.trainer_nodes else 0}[role]
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json")

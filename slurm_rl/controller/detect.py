@@ -199,7 +199,7 @@ class Detector:
             self.ctx.event("ready", f"{slot.name} is ready ({phase.value})", slot=slot.name, job_id=slot.job_id,
                            node=slot.node)
             self.faults.milestone(slot, once=("t_loaded",), t_loaded=time.time())
-            if slot.kind is RoleKind.SPARE and slot.fault_ids:
+            if slot.kind in (RoleKind.SPARE, RoleKind.TRAINER_SPARE) and slot.fault_ids:
                 self.faults.recovered(slot, time.time(), "standby ready again")
         if slot.fault_ids and slot.kind is RoleKind.ROLLOUT and phase is Phase.GENERATING \
                 and prev_phase is not Phase.GENERATING:
@@ -333,7 +333,7 @@ class Detector:
                 probe_pending=s.probe_pending, job_state=s.job.state if s.job else None,
                 job_running_since=s.job_running_since,
                 job_exit=exit_text(s.job), node_health=health,
-                shape=trainer_shape if s.kind is RoleKind.TRAINER else (1, 1),
+                shape=trainer_shape if s.kind in (RoleKind.TRAINER, RoleKind.TRAINER_SPARE) else (1, 1),
                 version=s.version, restarts_in_window=sum(1 for t in s.restarts if now - t < window),
                 moving=s.moving, reserved_for=s.reserved_for, stop_requested=s.stop_requested, goodbye=s.goodbye,
                 extra=s.extra, starting_since=s.submitted_at if s.submitted_inc == s.incarnation

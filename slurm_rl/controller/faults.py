@@ -64,7 +64,7 @@ class Faults:
                 n += 1
         for s in self.registry:
             if s.fault_ids and s.state is RoleState.READY and (
-                    s.kind is RoleKind.SPARE or (s.kind is RoleKind.ROLLOUT and s.phase is Phase.GENERATING)):
+                    s.kind in (RoleKind.SPARE, RoleKind.TRAINER_SPARE) or (s.kind is RoleKind.ROLLOUT and s.phase is Phase.GENERATING)):
                 self.recovered(s, now, "found recovered at the controller's resume")
         return n
 

@@ -26,7 +26,8 @@ Recovery (role-based): only the failed role restarts. A dead rollout is replaced
 spare (no queue wait), by a spare still starting when this run's measured start times say it is
 ready before a new job would be (its slot waits for it), or by a new job that excludes suspect
 nodes; a dead trainer is restored from
-a warm standby (spare first, else the rollout holding the newest weights) at the newest committed
+a warm standby (the trainer-shaped one of spare.trainer_nodes first, else a spare, else the
+rollout holding the newest weights: those two only for a one-process trainer) at the newest committed
 step, unless that rollout is the only one generating and this run's measured start times say a
 cold trainer job is back sooner than another rollout (promoted, the trainer would have no data).
 Restart budgets escalate to a full restart from the newest checkpoint, then to a stop.
@@ -185,6 +186,14 @@ class _Pool:
                              key=lambda s: (-s.version, s.index))
         self.rollouts = sorted((s for s in live if s.kind is RoleKind.ROLLOUT and s.ready),
                                key=lambda s: (-s.version, s.index))
+        self.trainer_spares = [s for s in live if s.kind is RoleKind.TRAINER_SPARE and s.ready
+                               and s.reserved_for is None]
+
+    def take_trainer_spare(self, *, peek: bool = False) -> SlotView | None:
+        """The trainer-shaped standby (spare.trainer_nodes), if it is ready and promised to no one."""
+        if not self.trainer_spares:
+            return None
+        return self.trainer_spares[0] if peek else self.trainer_spares.pop(0)
 
     def take_spare(self, avoid_node: str | None = None, *, peek: bool = False) -> SlotView | None:
         return self._take(self.spares, avoid_node, peek)
@@ -217,10 +226,19 @@ def _trainer_standby(now: float, view: View, pool: _Pool, by_slot: Mapping[str, 
     reserved = _reserved(by_slot, dead.slot)
     if reserved is not None or t.standby == "none":
         return reserved, ""
+    # the trainer-shaped standby first: its shards are built, it has the trainer's resources, and
+    # taking it leaves every engine generating
+    shaped = pool.take_trainer_spare(peek=peek)
+    if shaped is not None:
+        return shaped, ""
     if view.trainer_shape != (1, 1):
         # only a standby of the trainer's own shape (nodes x ranks) can hold its shards
         n, r = view.trainer_shape
-        return None, f"no warm standby has the trainer's shape ({n} node(s) x {r} rank(s))"
+        why = f"no warm standby has the trainer's shape ({n} node(s) x {r} rank(s))"
+        waiting = [x for x in view.slots if x.kind is RoleKind.TRAINER_SPARE and x.slot != dead.slot]
+        if waiting:
+            why = f"the trainer-shaped standby {waiting[0].slot} is not ready ({waiting[0].state.value})"
+        return None, why
     spare_no, rollout_no = (view.standby_misfit.get(k, "") for k in (RoleKind.SPARE, RoleKind.ROLLOUT))
     standby = None if spare_no else pool.take_spare(dead.node, peek=peek)
     if standby is None and t.standby == "spare-then-rollout" and rollout_no:
@@ -345,6 +363,8 @@ def decide(now: float, view: View) -> list[Action]:
             else:
                 actions.append(Submit(f"restart trainer cold from step {view.committed_version} "
                                       f"({why_cold or 'no warm standby'})", s.slot, avoid))
+        elif s.kind is RoleKind.TRAINER_SPARE:
+            actions.append(Submit(f"replace dead {s.slot}", s.slot, avoid, backfill=True))
         else:
             if s.index < t.spare_replicas and not s.extra:
                 actions.append(Submit(f"replace dead {s.slot}", s.slot, avoid, backfill=True))
@@ -416,7 +436,7 @@ def _moves(view: View, pool: _Pool, dead: set[str]) -> list[Action]:
     pending_extra = {s.reserved_for for s in view.slots if s.kind is RoleKind.SPARE and s.reserved_for
                      and s.state.alive}
     for s in view.slots:
-        if s.slot in dead or not s.state.alive or s.kind is RoleKind.SPARE:
+        if s.slot in dead or not s.state.alive or s.kind in (RoleKind.SPARE, RoleKind.TRAINER_SPARE):
             continue
         if s.moving:
             spare = next((x for x in view.slots if x.reserved_for == s.slot), None)
@@ -427,14 +447,20 @@ def _moves(view: View, pool: _Pool, dead: set[str]) -> list[Action]:
             continue
         if s.node_health is not NodeHealth.DRAIN or not s.ready:
             continue
-        if s.kind is RoleKind.TRAINER and (view.trainer_shape != (1, 1) or view.standby_misfit.get(RoleKind.SPARE)):
-            continue              # no standby of its shape to hand it to: it trains on until the node goes
         reserved = next((x for x in view.slots if x.reserved_for == s.slot and x.state.alive), None)
         if reserved is not None:
             if reserved.ready:
                 out.append(StartMove(f"node {s.node} is draining; {reserved.slot} is ready to take over",
                                      s.slot, reserved.slot))
             continue
+        if s.kind is RoleKind.TRAINER:
+            shaped = pool.take_trainer_spare()
+            if shaped is not None:
+                out.append(StartMove(f"node {s.node} is draining; the trainer-shaped standby {shaped.slot} takes "
+                                     "over", s.slot, shaped.slot))
+                continue
+            if view.trainer_shape != (1, 1) or view.standby_misfit.get(RoleKind.SPARE):
+                continue          # no standby of its shape to hand it to: it trains on until the node goes
         spare = pool.take_spare()
         if spare is not None:
             out.append(StartMove(f"node {s.node} is draining; warm {spare.slot} takes over", s.slot, spare.slot))

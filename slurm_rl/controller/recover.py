@@ -185,7 +185,8 @@ class Recovery:
                               action=f"promote {old_ident[0]}")
         kind = "trainer_restored" if target.kind is RoleKind.TRAINER else "promoted"
         self.ctx.event(kind, f"{old_ident[0]} -> {target.name}: {reason}", slot=target.name, job_id=target.job_id,
-                       node=target.node)
+                       node=target.node, data={"from": old_ident[0], "world_size": target.world_size,
+                                               "nodes": target.nodes()})
         self.registry.flush(force=True)     # who holds which slot now, before a controller death could lose it
 
     def _start_move(self, s: Slot, spare: Slot, reason: str, now: float) -> None:
@@ -216,7 +217,7 @@ class Recovery:
         self.ctx.event("moved", f"{s.name} moved off its draining node: {reason}", slot=s.name, node=s.node)
         if old_job:
             self.cancel([old_job])
-        if not spare.extra and spare.index < self.ctx.cfg.spare.replicas:
+        if spare.kind is RoleKind.TRAINER_SPARE or (not spare.extra and spare.index < self.ctx.cfg.spare.replicas):
             self.submit(spare, f"backfill {spare.name} after the move")
 
     def _full_restart(self, reason: str, now: float) -> None:

@@ -15,7 +15,7 @@ from slurm_rl.controller.context import Context
 from slurm_rl.controller.slot import Slot
 from slurm_rl.states import JobState, Phase, RoleKind, RoleState
 
-_KINDS = (RoleKind.TRAINER, RoleKind.ROLLOUT, RoleKind.SPARE)
+_KINDS = (RoleKind.TRAINER, RoleKind.ROLLOUT, RoleKind.SPARE, RoleKind.TRAINER_SPARE)
 
 
 class Registry:

@@ -101,19 +101,20 @@ class RoleHost:
         if self.engine is not None:
             self.engine.load_weights(ws.tensors())
 
-    def stage_trainer(self) -> None:
+    def stage_trainer(self, *, own_device: bool = False) -> None:
         """A standby's idle work: build the trainer now, so a promotion to trainer does not.
 
         Building the first PolicyTrainer in a process costs seconds (the model code's imports and
         initialisation) and a dead trainer's replacement is the one place where seconds count. On
         a CPU trainer the built trainer is kept and reused; on a GPU trainer the engine owns the
         GPU, so the model is built on the `meta` device only, which warms the same code without
-        memory, and the real build happens after the engine is freed.
+        memory, and the real build happens after the engine is freed. `own_device`: this process
+        runs no engine (a trainer-shaped standby), so the trainer is built for real, on any device.
         """
-        if self._staged_trainer is not None or not self.rt.cfg.spare.warm_trainer:
+        if self._staged_trainer is not None or not (own_device or self.rt.cfg.spare.warm_trainer):
             return
         t0 = time.time()
-        if resolve_device(self.rt.cfg.trainer.device) == "cpu":
+        if own_device or resolve_device(self.rt.cfg.trainer.device) == "cpu":
             self._staged_trainer = self._build_trainer(self.rt)
         else:
             from transformers import AutoConfig, AutoModelForCausalLM

@@ -1,5 +1,8 @@
-"""Spare: a warm standby. Engine loaded, trainer staged, newest weights held (pulled eagerly), idle
-until promoted to rollout (keeps the engine) or trainer (uses the staged trainer)."""
+"""Spares, the warm standbys. A spare: engine loaded, trainer staged, newest weights held (pulled
+eagerly), idle until promoted to rollout (keeps the engine) or trainer (uses the staged trainer).
+A trainer-shaped spare (spare.trainer_nodes) of a one-process trainer: no engine, the trainer built
+on its own device, idle until promoted to trainer (the multi-rank one is
+roles.trainer_ranks.stand_by)."""
 
 from __future__ import annotations
 
@@ -26,4 +29,17 @@ def run_spare(rt: RoleRuntime, host: RoleHost) -> P.Command | None:
         if rt.needs_sync():
             rt.sync_newest(host.apply_weights)
             rt.set_phase(Phase.IDLE, "standby")
+        time.sleep(0.05)
+
+
+def run_trainer_spare(rt: RoleRuntime, host: RoleHost) -> P.Command | None:
+    rt.set_phase(Phase.LOADING, "building the trainer")
+    host.stage_trainer(own_device=True)
+    rt.set_phase(Phase.IDLE, "standby (trainer-shaped)")
+    while True:
+        cmd = rt.next_command()
+        if cmd is not None and cmd.op == "stop":
+            return None
+        if cmd is not None and cmd.op == "become":
+            return cmd
         time.sleep(0.05)

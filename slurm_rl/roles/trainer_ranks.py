@@ -8,7 +8,11 @@ collective and asynchronous (slurm_rl.rl.sharded_ckpt.ShardedSaver: the whole we
 rank 0 for the checkpoint, + DCP optimizer shards, written while the next steps train, restorable
 at any world size).
 
-Restoring at committed step c (a new trainer job after any rank's fault): each rank pulls its own
+A trainer-shaped standby (spare.trainer_nodes) is a job of the same shape whose ranks form their
+process group and build their shards, then wait (`stand_by`); promoted, they restore as below
+without the build.
+
+Restoring at committed step c (a new trainer job, or the standby, after any rank's fault): each rank pulls its own
 part of version c from the live holders (rollouts relay every part), and only if some rank gets
 nothing do all read the checkpoint of c; the optimizer shards come from the newest intact
 checkpoint at or before c.
@@ -60,13 +64,52 @@ def make_sharded_trainer(rt: RoleRuntime) -> PolicyTrainer:
     return make_trainer(rt, ranks=rt.rank, wrap_model=wrap, autocast=False)
 
 
-def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
-    """Every rank runs this; rank 0's `resume_step` is the one that counts."""
+def stand_by(rt: RoleRuntime) -> tuple[PolicyTrainer, int] | None:
+    """A trainer-shaped standby (spare.trainer_nodes), every rank: build the shards, then wait
+    until rank 0 is told to become the trainer; returns (the built trainer, the step to resume),
+    or None when told to stop. Each turn rank 0 broadcasts what it was told, so every rank takes
+    its new identity and starts the restore together."""
+    info = rt.rank
+    rt.set_phase(Phase.LOADING, "building the trainer's shards")
+    t0 = time.time()
+    trainer = make_sharded_trainer(rt)
+    rd.all_ok(True, info)
+    log.info("trainer-shaped standby: shards built in %.1fs on %d ranks", time.time() - t0, info.world_size)
+    rt.set_phase(Phase.IDLE, "standby (trainer-shaped)")
+    while True:
+        rec: tuple[Any, ...] | None = None
+        if info.leader:
+            cmd = rt.next_command()
+            if cmd is not None and cmd.op == "stop":
+                rec = ("stop",)
+            elif cmd is not None and cmd.op == "become":
+                rec = ("become", cmd.kind, cmd.index, cmd.incarnation, max(cmd.resume_step, 0), cmd.reason)
+        rec = rd.broadcast(rec, info)
+        if rec is None:
+            time.sleep(_STANDBY_POLL_S)
+            continue
+        if rec[0] == "stop":
+            return None
+        _, kind, index, incarnation, resume, reason = rec
+        rt.set_ident(P.Ident(kind=kind, index=index, incarnation=incarnation))
+        if info.leader:
+            log.info("promoted: %s", reason)
+        return trainer, resume
+
+
+# how often a standing-by rank 0 tells the others what it was told: the promotion's latency
+_STANDBY_POLL_S = 0.05
+
+
+def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int, trainer: PolicyTrainer | None = None) -> None:
+    """Every rank runs this; rank 0's `resume_step` is the one that counts. `trainer`: one a
+    standby built already (else it is built now)."""
     cfg, alg, info = rt.cfg, rt.cfg.algorithm, rt.rank
     leader = info.leader
     t_start = time.time()
     rt.set_phase(Phase.RESTORING if resume_step > 0 else Phase.LOADING, f"step {resume_step}")
-    trainer = make_sharded_trainer(rt)
+    staged = trainer is not None
+    trainer = trainer or make_sharded_trainer(rt)
     version = rd.broadcast(resume_step, info)
     wepoch = rd.broadcast(rt.newest.wepoch if leader and rt.newest is not None else 0, info)
     reader = Checkpointer(rt.run.checkpoints, cfg.trainer.keep_checkpoints)    # reads and prunes
@@ -75,7 +118,7 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int) -> None:
         reader.set_aside_after(version)        # later checkpoints hold undone steps of an older lineage
     try:
         if version > 0:
-            _restore(rt, trainer, reader, version, t_start)
+            _restore(rt, trainer, reader, version, t_start, staged=staged)
         trainer.version = version
         _publish(rt, trainer, version, wepoch)
         last_ckpt = version
@@ -157,7 +200,8 @@ def _save(rt: RoleRuntime, trainer: PolicyTrainer, saver: sharded_ckpt.ShardedSa
     saver.start(version, weights, {"wepoch": wepoch})
 
 
-def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step: int, t_start: float) -> None:
+def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step: int, t_start: float, *,
+             staged: bool = False) -> None:
     """Weights of version `step` on every rank, the newest usable optimizer shards, with an event
     saying how and where the time went (as the single-process trainer's: `restore_split`).
 
@@ -193,11 +237,12 @@ def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step
     if leader:
         took = time.time() - t_start
         opt = f"optimizer from checkpoint {best_step}" if best_step >= 0 else "fresh optimizer (no checkpoint yet)"
+        built = "shards built by the trainer-shaped standby" if staged else "shards built now"
         rt.call(P.RoleEvent(ident=rt.ident, kind="trainer_restore",
                             msg=f"trainer restored at step {step} in {took:.1f}s on {info.world_size} ranks: "
-                                f"weights from {source}, {opt}",
+                                f"weights from {source}, {opt}, {built}",
                             data={"step": str(step), "weights": source, "optimizer_step": str(best_step),
-                                  "staged": "no", "restore_s": f"{took:.3f}",
+                                  "staged": "yes" if staged else "no", "restore_s": f"{took:.3f}",
                                   **restore_split(t_verify - t_start, t_weights - t_verify + parts.get("verify_s", 0.0),
                                                   parts["weights_s"], parts.get("optimizer_s", 0.0))}))
 

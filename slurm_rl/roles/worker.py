@@ -34,13 +34,14 @@ def play(rt: RoleRuntime, assign: P.Command) -> int:
     """Play roles until told to stop; a `become` command switches role in place, in this process."""
     from slurm_rl.roles.host import RoleHost
     from slurm_rl.roles.rollout import run_rollout
-    from slurm_rl.roles.spare import run_spare
+    from slurm_rl.roles.spare import run_spare, run_trainer_spare
     from slurm_rl.roles.trainer import make_trainer, run_trainer
 
     roles = {
         RoleKind.TRAINER: lambda host, cmd: run_trainer(rt, host, resume_step=max(cmd.resume_step, 0)),
         RoleKind.ROLLOUT: lambda host, cmd: run_rollout(rt, host),
         RoleKind.SPARE: lambda host, cmd: run_spare(rt, host),
+        RoleKind.TRAINER_SPARE: lambda host, cmd: run_trainer_spare(rt, host),
     }
     host = RoleHost(rt, build_trainer=make_trainer)
     cmd: P.Command | None = assign
@@ -55,12 +56,13 @@ def play(rt: RoleRuntime, assign: P.Command) -> int:
 
 
 def play_rank(rt: RoleRuntime, info: RankInfo, pg_store: Any) -> int:
-    """One rank of a multi-rank trainer: join the process group (rank 0 after its hello, the others
-    with the address the controller hands them), train, leave."""
+    """One rank of a multi-rank trainer, or of its trainer-shaped standby: join the process group
+    (rank 0 after its hello, the others with the address the controller hands them), train (a
+    standby once promoted), leave."""
     from slurm_rl.rl import dist as rd
     from slurm_rl.rl.modeldir import check_model_dir
     from slurm_rl.roles.host import resolve_device
-    from slurm_rl.roles.trainer_ranks import run_sharded_trainer
+    from slurm_rl.roles.trainer_ranks import run_sharded_trainer, stand_by
 
     timeout = rt.cfg.trainer.dist_timeout_s
     device = resolve_device(rt.cfg.trainer.device)
@@ -73,7 +75,13 @@ def play_rank(rt: RoleRuntime, info: RankInfo, pg_store: Any) -> int:
         else:
             rd.join(info, device=device, timeout_s=timeout, rdzv=rt.join_as_rank(timeout))
             resume = 0
-        run_sharded_trainer(rt, resume_step=resume)
+        trainer = None
+        if rt.ident.kind == RoleKind.TRAINER_SPARE.value:
+            promoted = stand_by(rt)
+            if promoted is None:
+                return 0                 # stopped while standing by
+            trainer, resume = promoted
+        run_sharded_trainer(rt, resume_step=resume, trainer=trainer)
     finally:
         rd.leave()
     return 0

@@ -60,7 +60,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("idle_s", "idle s", lambda r: r["badput"]["idle_s"], ".1f"),
     Metric("faults", "faults", lambda r: len(r["faults"])),
     Metric("mttr_s", "MTTR s", _mttr, ".2f"),
-    Metric("restarts", "restarts", lambda r: sum(r["restarts"][k] for k in ("trainer", "rollout", "spare"))),
+    Metric("restarts", "restarts", lambda r: sum(r["restarts"][k] for k in ("trainer", "rollout", "spare", "trainer_spare"))),
     Metric("full_restarts", "full restarts", lambda r: r["restarts"]["full"]),
     Metric("lost", "lost", lambda r: r["trajectories"]["lost"]),
     Metric("generated", "generated", lambda r: r["trajectories"]["generated"]),
