@@ -482,6 +482,23 @@ def test_a_trainer_restore_waits_for_a_standby_on_its_own_node_to_be_heard_from(
     assert promote and promote[0].standby == "rollout/0"
 
 
+def test_a_multi_node_trainer_waits_for_a_trainer_shaped_standby_sharing_any_of_its_nodes():
+    """Rank 1's node went down under the trainer; the standby's rank 1 shares that node (not rank 0's):
+    it is promoted only once heard from after the death."""
+    dead_t = slot(RoleKind.TRAINER, node="n1", nodes=("n1", "n2"), shape=(2, 1), state=RoleState.SUSPECT,
+                  suspect_since=NOW - 0.1, link_lost_at=NOW - 0.12, last_hb=NOW - 0.2, probe=ProbeResult.REFUSED,
+                  probe_at=NOW - 0.05)
+    shaped = _shaped(node="n7", nodes=("n7", "n2"), last_hb=NOW - 0.2)
+    assert pol.decide(NOW, view(cluster(shaped, **{"trainer/0": dead_t}), trainer_shape=(2, 1))) == []
+    heard = dataclasses.replace(shaped, last_hb=NOW + 0.1)
+    acts = pol.decide(NOW + 0.15, view(cluster(heard, **{"trainer/0": dead_t}), trainer_shape=(2, 1)))
+    assert [a.standby for a in acts if isinstance(a, pol.PromoteTrainer)] == ["trainer-spare/0"]
+    # on nodes of its own it is promoted at once
+    apart = _shaped(node="n7", nodes=("n7", "n8"), last_hb=NOW - 0.2)
+    acts = pol.decide(NOW, view(cluster(apart, **{"trainer/0": dead_t}), trainer_shape=(2, 1)))
+    assert [a.standby for a in acts if isinstance(a, pol.PromoteTrainer)] == ["trainer-spare/0"]
+
+
 def test_a_dead_rollout_prefers_a_spare_off_its_node_among_equals():
     dead_r = slot(RoleKind.ROLLOUT, 1, node="n3", last_hb=NOW - 20, job_state=JobState.FAILED)
     near = slot(RoleKind.SPARE, 0, node="n3", version=5)

@@ -159,6 +159,33 @@ def test_fsdp_lab_node_down_of_trainer_rank_1(tmp_path, slurm_cluster):
     slurm_cluster.reset()
 
 
+def test_fsdp_lab_trainer_rank_crash_is_restored_on_the_trainer_shaped_standby(tmp_path, slurm_cluster):
+    """spare.trainer_nodes=2 on the lab: a second 2-node job stands by with its shards built; the
+    crash of trainer rank 1 hands its job to the trainer slot, and a new standby job is queued."""
+    slurm_cluster.reset()
+    run = _fsdp_lab(tmp_path, "fsdp", "algorithm.steps=40", "spare.replicas=0", "spare.trainer_nodes=2")
+    try:
+        runs.wait_for(lambda: runs.committed(run) >= 6 and runs.role(run, "trainer-spare/0")["state"] == "READY",
+                      300, "six committed steps and a ready trainer-shaped standby", run)
+        standby_job = runs.role(run, "trainer-spare/0")["job_id"]
+        res = CliRunner().invoke(cli, ["inject", str(run.path), "trainer/0", "--fault", "crash", "--rank", "1"])
+        assert res.exit_code == 0, res.output
+        rep = runs.wait_done(run, timeout=600)
+        assert rep["state"] == "finished" and rep["steps"] == 40, rep["end_reason"]
+        assert rep["trajectories"]["lost"] == 0 and rep["restarts"]["full"] == 0
+        assert rep["restarts"]["trainer"] == 1 and rep["restarts"]["rollout"] == 0
+        promoted = runs.events(run, "trainer_restored")
+        assert [(e["job_id"], json.loads(e["data"])["from"]) for e in promoted] == [(standby_job, "trainer-spare/0")]
+        assert json.loads(runs.events(run, "trainer_restore")[-1]["data"])["staged"] == "yes"
+        assert len(runs.slot_events(run, "submitted", "trainer-spare/0")) == 2      # the backfill
+        assert rep["trainer"]["world_size"] == 2
+        runs.assert_accounted(rep)
+    finally:
+        runs.cleanup(run)
+    assert jobs_left() == []
+    slurm_cluster.reset()
+
+
 def test_rollout_node_crash_replaced_before_slurm_marks_the_node_down(slurm_run, slurm_cluster):
     run = slurm_run(LONG, "slurm.cpus_per_task=2", "spare.replicas=0")
     r1 = runs.role(run, "rollout/1")

@@ -334,7 +334,7 @@ class Detector:
                 job_running_since=s.job_running_since,
                 job_exit=exit_text(s.job), node_health=health,
                 shape=trainer_shape if s.kind in (RoleKind.TRAINER, RoleKind.TRAINER_SPARE) else (1, 1),
-                version=s.version, restarts_in_window=sum(1 for t in s.restarts if now - t < window),
+                nodes=tuple(s.nodes()), version=s.version, restarts_in_window=sum(1 for t in s.restarts if now - t < window),
                 moving=s.moving, reserved_for=s.reserved_for, stop_requested=s.stop_requested, goodbye=s.goodbye,
                 extra=s.extra, starting_since=s.submitted_at if s.submitted_inc == s.incarnation
                 and s.state in (RoleState.PENDING, RoleState.STARTING) else None))

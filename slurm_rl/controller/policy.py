@@ -288,7 +288,9 @@ def _cold_trainer_sooner(now: float, view: View, pool: _Pool, candidate: SlotVie
 
 
 def _unconfirmed_neighbour(now: float, dead: SlotView, standby: SlotView | None) -> bool:
-    if standby is None or not dead.node or standby.node != dead.node or standby.last_hb is None:
+    """A standby sharing a node with the dead trainer (any rank's, for multi-node jobs) not heard
+    from since the death: wait for it, the node may be what failed."""
+    if standby is None or not (dead.all_nodes & standby.all_nodes) or standby.last_hb is None:
         return False
     if dead.job_state is not None and dead.job_state.terminal:
         return False            # its own job ended: the process died, nothing says the node did

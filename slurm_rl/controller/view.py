@@ -59,10 +59,15 @@ class SlotView:
     extra: bool = False                   # a spare added for a move; not backfilled
     starting_since: float | None = None   # its job was submitted then and has not been ready since
     shape: tuple[int, int] = (1, 1)       # its job: (nodes, ranks per node)
+    nodes: tuple[str, ...] = ()           # every node its ranks run on (node is the first), where known
 
     @property
     def slot(self) -> str:
         return f"{self.kind.value}/{self.index}"
+
+    @property
+    def all_nodes(self) -> frozenset[str]:
+        return frozenset(self.nodes or ((self.node,) if self.node else ()))
 
     @property
     def ready(self) -> bool:
