@@ -109,3 +109,43 @@ def test_a_full_restart_onto_an_unloadable_optimizer_state_trains_on_and_replace
         runs.cleanup(run)
     assert not marker.exists()
     assert runs.run_processes(run) == []
+
+
+@pytest_slow
+def test_a_two_rank_trainer_falls_back_past_optimizer_shards_that_do_not_load(tmp_path):
+    """The sharded trainer's restore (a collective): the ranks pull their parts of the committed
+    version from the rollouts, then the newest checkpoint's optimizer state, which verifies but is
+    refused on every rank; all ranks agree to take the one before it, say so, and train on."""
+    from slurm_rl.checkpoint import load_plain
+
+    run = runs.launch(tmp_path, "trainer.ranks_per_node=2", "algorithm.steps=100000", "spare.replicas=0",
+                      "trainer.checkpoint_every=5", "trainer.keep_checkpoints=4",
+                      "recovery.phase_timeouts.stepping=30", "recovery.process_state=false", name="cks")
+    marker = tmp_path / "ran"
+    try:
+        runs.wait_ready(run)
+        runs.wait_for(lambda: len([s for s in _checkpoint_steps(run) if s <= runs.committed(run)]) >= 2, 120,
+                      "two committed checkpoints", run)
+        victim = _freeze_at_committed_checkpoint(run)
+        d = run.checkpoints / f"step-{victim:06d}"
+        _hostile(d, marker)
+        _rehash(d)                                  # it verifies
+        runs.inject(run, "trainer/0", "crash")
+        runs.wait_for(lambda: runs.slot_events(run, "recovered", "trainer/0"), 120, "trainer restored", run)
+        fb = [e for e in runs.events(run, "checkpoint_fallback") if f"checkpoint {victim}" in e["msg"]]
+        assert fb and "optimizer" in fb[0]["msg"], [tuple(e) for e in runs.events(run, "checkpoint_fallback")]
+        restore = json.loads(runs.events(run, "trainer_restore")[-1]["data"])
+        assert restore["weights"].startswith("live holders") and int(restore["optimizer_step"]) < victim, restore
+        resumed = int(restore["step"])
+        runs.wait_for(lambda: runs.committed(run) >= resumed + 6, 120, "6 more steps", run)
+        if resumed == victim:
+            # the resume step's checkpoint was the unusable one: written again, it loads now
+            runs.wait_for(lambda: load_plain(d / "optimizer.pt").get("layout") == "dcp", 60, "rewritten", run)
+        kinds = [f["kind"] for f in runs.q(run, "SELECT kind FROM faults WHERE slot='trainer/0' ORDER BY id")]
+        assert kinds == ["hang", "crash"], kinds          # one restore, no crash loop
+        assert not runs.events(run, "full_restart")
+        rep = runs.stop_and_audit(run)
+        assert rep["restarts"]["trainer"] == 1, rep["restarts"]
+    finally:
+        runs.cleanup(run)
+    assert not marker.exists()

@@ -117,8 +117,11 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int, trainer: PolicyTra
     if leader:
         reader.set_aside_after(version)        # later checkpoints hold undone steps of an older lineage
     try:
-        if version > 0:
-            _restore(rt, trainer, reader, version, t_start, staged=staged)
+        if version > 0 and _restore(rt, trainer, reader, version, t_start, staged=staged):
+            # the checkpoint of the resume step has optimizer shards that do not load: write it again
+            # now, or a full restart would take it and fail the same way
+            trainer.version = version
+            _save(rt, trainer, saver, version, wepoch)
         trainer.version = version
         _publish(rt, trainer, version, wepoch)
         last_ckpt = version
@@ -201,13 +204,14 @@ def _save(rt: RoleRuntime, trainer: PolicyTrainer, saver: sharded_ckpt.ShardedSa
 
 
 def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step: int, t_start: float, *,
-             staged: bool = False) -> None:
+             staged: bool = False) -> bool:
     """Weights of version `step` on every rank, the newest usable optimizer shards, with an event
     saying how and where the time went (as the single-process trainer's: `restore_split`).
 
     Weights come from live holders first (no disk read): each rank pulls its own part, where the
     version is in as many parts as this trainer has ranks, else every rank the whole version (and
-    takes its rows). Only if some rank gets nothing do they all read the checkpoint of `step`."""
+    takes its rows). Only if some rank gets nothing do they all read the checkpoint of `step`.
+    True when checkpoint `step`'s own optimizer state verified but did not load."""
     t_verify = time.time()
     info, leader = rt.rank, rt.rank.leader
     best = reader.newest_valid(at_most=step)[0] if leader else None
@@ -224,6 +228,7 @@ def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step
                 else "live holders (the whole version, on every rank)"
     ckpt_dir = Path(best_path) if best_path else None
     parts: dict[str, float] = {}
+    unusable = False
     if not source:
         if best_step != step or ckpt_dir is None:
             raise RuntimeError(f"cannot restore version {step}: no holder, no checkpoint")
@@ -232,11 +237,14 @@ def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step
     else:
         pulled = time.time() - t_weights                    # every rank's pull of its part
         if ckpt_dir is not None:
-            sharded_ckpt.load(ckpt_dir, trainer, weights=False, times=parts)
+            first = best_step
+            best_step = _load_optimizer_shards(rt, trainer, reader, best_step, ckpt_dir, parts)
+            unusable = first == step and best_step != step
         parts["weights_s"] = pulled
     if leader:
         took = time.time() - t_start
-        opt = f"optimizer from checkpoint {best_step}" if best_step >= 0 else "fresh optimizer (no checkpoint yet)"
+        opt = f"optimizer from checkpoint {best_step}" if best_step >= 0 else \
+            "fresh optimizer (" + ("no checkpoint's optimizer state loads" if ckpt_dir else "no checkpoint yet") + ")"
         built = "shards built by the trainer-shaped standby" if staged else "shards built now"
         rt.call(P.RoleEvent(ident=rt.ident, kind="trainer_restore",
                             msg=f"trainer restored at step {step} in {took:.1f}s on {info.world_size} ranks: "
@@ -245,6 +253,36 @@ def _restore(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step
                                   "staged": "yes" if staged else "no", "restore_s": f"{took:.3f}",
                                   **restore_split(t_verify - t_start, t_weights - t_verify + parts.get("verify_s", 0.0),
                                                   parts["weights_s"], parts.get("optimizer_s", 0.0))}))
+    return unusable
+
+
+def _load_optimizer_shards(rt: RoleRuntime, trainer: PolicyTrainer, reader: Checkpointer, step: int, path: Path,
+                           times: dict[str, float]) -> int:
+    """The newest optimizer shards that load on every rank, from checkpoint `step` (at `path`) down
+    (a collective); returns the step used, -1 for a fresh optimizer. A checkpoint whose files match
+    its meta can still fail here (an optimizer.pt `load_plain` refuses, shards an older writer
+    wrote): it is skipped with a checkpoint_fallback event, as the single-process trainer does."""
+    info = rt.rank
+    while step >= 0:
+        why = ""
+        try:
+            sharded_ckpt.load(path, trainer, weights=False, times=times)
+        except Exception as e:  # noqa: BLE001 - any failure to read or apply it: try an older one
+            why = f"{e.__class__.__name__}: " + ((str(e).strip().splitlines() or [""])[0][:300])
+            log.warning("rank %d: optimizer state of checkpoint %d does not load: %s", info.rank, step, why)
+        if rd.all_ok(not why, info):
+            return step
+        older = None
+        if info.leader:
+            rt.call(P.RoleEvent(ident=rt.ident, kind="checkpoint_fallback",
+                                msg=f"optimizer state of checkpoint {step} does not load "
+                                    f"({why or 'on another rank'}); using an older one or a fresh optimizer",
+                                data={"step": str(step), "reason": why or "another rank"}))
+            older = reader.newest_valid(at_most=step - 1)[0]
+        step, where = rd.broadcast((older.step, str(older.path)) if older is not None else (-1, ""), info)
+        path = Path(where) if where else path
+    trainer.optimizer.state.clear()          # nothing loaded: start the moments afresh
+    return -1
 
 
 def _pull_own_part(rt: RoleRuntime, trainer: PolicyTrainer, w: P.WeightsInfo) -> bool:
