@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rollout-nodes", type=int, default=d_top.rollout_nodes, help="nodes per rollout replica")
     g.add_argument("--spares", type=int, default=2, help="N in the 'with N spares' columns (default 2)")
     g.add_argument("--spare-nodes", type=int, default=None, help="nodes per spare (default: a rollout's)")
+    g.add_argument("--trainer-spare", action="store_true",
+                   help="a trainer-shaped standby in every run (spare.trainer_nodes)")
     g.add_argument("--standby", choices=[s.value for s in Standby], default=Standby.SPARE_THEN_ROLLOUT.value)
 
     g = p.add_argument_group("work")
@@ -141,7 +143,8 @@ def cluster_from_args(a: argparse.Namespace) -> SimConfig:
               FaultKind.DRAIN: a.detect_crash_s}
     return SimConfig(
         topology=Topology(gpus_per_node=a.gpus_per_node, trainer_nodes=a.trainer_nodes, rollout_replicas=a.rollouts,
-                          rollout_nodes=a.rollout_nodes, spare_nodes=a.spare_nodes),
+                          rollout_nodes=a.rollout_nodes, spare_nodes=a.spare_nodes,
+                          trainer_spares=int(a.trainer_spare)),
         work=Work(step_compute_s=a.step_s, groups_per_step=a.groups_per_step,
                   rollout_groups_per_s=a.rollout_groups_per_s, buffer_steps=a.buffer_steps,
                   duration_s=a.days * 86_400.0, checkpoint_every=a.checkpoint_every,

@@ -481,6 +481,22 @@ def test_simulate_table_json(tmp_path: Path) -> None:
     assert "ETTR vs failure rate" in text and "role, 2 spares" in text
 
 
+def test_simulate_with_a_trainer_shaped_standby_beats_cold_trainer_restarts() -> None:
+    args = ("simulate", "--rates", "0.2", "--fraction-failing", "0", "--trials", "2", "--days", "1", "--spares", "1",
+            "--json")
+    base = json.loads(invoke(*args).output)
+    res = invoke(*args, "--trainer-spare")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    schema_check("simulate", out)
+    assert out["table"]["config"]["topology"]["trainer_spares"] == 1
+
+    def ettr(o: dict, policy: str) -> float:
+        return next(r["ettr"]["mean"] for r in o["table"]["rows"] if r["policy"] == policy and r["spares"] == 0)
+
+    assert ettr(out, "role-based") > ettr(base, "role-based")
+
+
 def test_simulate_validation_against_measured_reports() -> None:
     res = invoke("simulate", "--measured", str(SIM_DATA / "role-based.json"), str(SIM_DATA / "full-restart.json"),
                  "--bench-config", str(SIM_DATA / "config.yaml"), "--no-table", "--trials", "1", "--json")

@@ -584,6 +584,10 @@ def test_a_multi_rank_trainer_is_restored_on_the_trainer_shaped_standby_and_it_i
     assert kinds(acts) == ["Dead", "PromoteTrainer", "Submit"]
     assert acts[1].standby == "trainer-spare/0" and acts[1].resume_step == 9
     assert acts[2].slot == "trainer-spare/0" and acts[2].backfill    # a new standby is queued
+    # recovery.standby speaks of spares and rollouts: "none" still takes the configured standby
+    none = pol.decide(NOW, view(cluster(_shaped(), **{"trainer/0": dead}), trainer_shape=(2, 1),
+                                thresholds=th(standby="none")))
+    assert [a.standby for a in none if isinstance(a, pol.PromoteTrainer)] == ["trainer-spare/0"]
     # a one-rank trainer takes it before the spare too: the spare's engine stays free for rollouts
     acts = pol.decide(NOW, view(cluster(_shaped(shape=(1, 1)), **{"trainer/0": slot(
         RoleKind.TRAINER, job_state=JobState.FAILED)})))

@@ -61,6 +61,9 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
 @click.option("--rollouts", type=click.IntRange(min=1), default=16, show_default=True, help="Rollout replicas.")
 @click.option("--rollout-nodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Nodes per rollout replica.")
+@click.option("--trainer-spare", is_flag=True,
+              help="Every run also holds a trainer-shaped standby (spare.trainer_nodes): trainer-nodes idle "
+                   "nodes with the trainer's process group and shards built, promoted first on a trainer fault.")
 @click.option("--standby", type=click.Choice(["spare-then-rollout", "spare-only", "none"]),
               default="spare-then-rollout", show_default=True, help="Who may take over a dead trainer.")
 @click.option("--step-s", type=click.FloatRange(min=0, min_open=True), help="Trainer compute per step (s).")
@@ -77,7 +80,7 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/schemas/simulate.json).")
 def simulate(rates: list[float] | None, fraction_failing: float, kinds: dict[Any, float] | None, spares: int,
              trials: int | None, seed: int, days: float, gpus_per_node: int, trainer_nodes: int, rollouts: int,
-             rollout_nodes: int, standby: str, step_s: float | None, checkpoint_every: int | None,
+             rollout_nodes: int, trainer_spare: bool, standby: str, step_s: float | None, checkpoint_every: int | None,
              measured: tuple[str, str] | None, bench_config: str | None, no_table: bool, scenario: str | None,
              as_json: bool) -> None:
     """ETTR at cluster scale: a discrete-event simulation of a run (the real recovery policy, the
@@ -134,7 +137,7 @@ def simulate(rates: list[float] | None, fraction_failing: float, kinds: dict[Any
         base = cluster_config(days=days)
         base = base.replace(
             topology=Topology(gpus_per_node=gpus_per_node, trainer_nodes=trainer_nodes, rollout_replicas=rollouts,
-                              rollout_nodes=rollout_nodes),
+                              rollout_nodes=rollout_nodes, trainer_spares=int(trainer_spare)),
             work=dataclasses.replace(base.work, **({"step_compute_s": step_s} if step_s else {}),
                                      **({"checkpoint_every": checkpoint_every} if checkpoint_every else {})),
             failures=NodeFailures(per_node_per_day=0.0, **({"kinds": kinds} if kinds else {})),

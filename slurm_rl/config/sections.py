@@ -337,7 +337,10 @@ class RecoveryConfig(_Section):
     exclude_node_after: int = Field(default=2, ge=1, description="failures on a node before it is excluded")
     max_full_restarts: int = Field(default=3, ge=0)
     lease_timeout_s: float = Field(default=300.0, gt=0)
-    standby: Literal["spare-then-rollout", "spare-only", "none"] = "spare-then-rollout"
+    standby: Literal["spare-then-rollout", "spare-only", "none"] = Field(
+        default="spare-then-rollout", description="which one-process standby a dead trainer is restored on: a "
+        "spare, else the rollout holding the newest weights; spares only; or none (a new trainer job). The "
+        "trainer-shaped standby (spare.trainer_nodes) is taken first whatever this says")
     weigh_start_times: bool = Field(
         default=True, description="weigh this run's measured start times (submission to ready): a dead rollout "
         "waits for a spare still starting when it is clearly sooner than a new job, and a dead trainer leaves "

@@ -224,12 +224,13 @@ def _trainer_standby(now: float, view: View, pool: _Pool, by_slot: Mapping[str, 
     rollout; with none, why a cold trainer job is started instead ("" when there is simply none)."""
     t = view.thresholds
     reserved = _reserved(by_slot, dead.slot)
-    if reserved is not None or t.standby == "none":
+    if reserved is not None:
         return reserved, ""
-    # the trainer-shaped standby first: its shards are built, it has the trainer's resources, and
-    # taking it leaves every engine generating
+    # the trainer-shaped standby first (configured on its own, whatever recovery.standby says of
+    # spares and rollouts): its shards are built, it has the trainer's resources, and taking it
+    # leaves every engine generating
     shaped = pool.take_trainer_spare(peek=peek)
-    if shaped is not None:
+    if shaped is not None or t.standby == "none":
         return shaped, ""
     if view.trainer_shape != (1, 1):
         # only a standby of the trainer's own shape (nodes x ranks) can hold its shards

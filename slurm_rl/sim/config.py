@@ -52,6 +52,7 @@ class Topology:
     rollout_nodes: int = 1                 # nodes per rollout replica
     spare_replicas: int = 0
     spare_nodes: int | None = None         # nodes per spare; None: the size of a rollout replica
+    trainer_spares: int = 0                # trainer-shaped standbys (spare.trainer_nodes): trainer_nodes each
     # None: every new job gets fresh nodes and a failed node never comes back (a big cluster).
     # N: a pool of N nodes shared by all jobs, least-loaded first (the local backend's fake nodes).
     cluster_nodes: int | None = None
@@ -63,6 +64,9 @@ class Topology:
                 raise BadInput(f"topology.{name} must be at least 1 (got {getattr(self, name)})")
         if self.spare_replicas < 0:
             raise BadInput(f"topology.spare_replicas must be >= 0 (got {self.spare_replicas})")
+        if self.trainer_spares not in (0, 1):
+            raise BadInput(f"topology.trainer_spares must be 0 or 1, as spare.trainer_nodes gives (got "
+                           f"{self.trainer_spares})")
         if self.spare_nodes is not None and self.spare_nodes < 1:
             raise BadInput(f"topology.spare_nodes must be at least 1 (got {self.spare_nodes})")
         if self.cluster_nodes is not None and self.cluster_nodes < 1:
@@ -74,12 +78,13 @@ class Topology:
 
     def nodes_of(self, kind: RoleKind) -> int:
         return {RoleKind.TRAINER: self.trainer_nodes, RoleKind.ROLLOUT: self.rollout_nodes,
-                RoleKind.SPARE: self.spare_size}[kind]
+                RoleKind.SPARE: self.spare_size, RoleKind.TRAINER_SPARE: self.trainer_nodes}[kind]
 
     @property
     def nodes(self) -> int:
         """Nodes the run holds when every slot is filled."""
-        return self.trainer_nodes + self.rollout_replicas * self.rollout_nodes + self.spare_replicas * self.spare_size
+        return (self.trainer_nodes * (1 + self.trainer_spares) + self.rollout_replicas * self.rollout_nodes
+                + self.spare_replicas * self.spare_size)
 
     @property
     def gpus(self) -> int:
@@ -184,9 +189,10 @@ class RecoveryTimes:
     load_s: Mapping[RoleKind, float] = dataclasses.field(default_factory=lambda: frozen_map(
         {RoleKind.TRAINER: 300.0, RoleKind.ROLLOUT: 240.0, RoleKind.SPARE: 240.0}))
     sync_s: float = 30.0                   # a newcomer pulls the newest weights from a holder
-    # a warm standby takes over (decision to working), by the role it becomes
+    # a warm standby takes over (decision to working), by the role it becomes; TRAINER_SPARE: the
+    # trainer-shaped standby becoming the trainer (its process group and shards are there already)
     promote_s: Mapping[RoleKind, float] = dataclasses.field(default_factory=lambda: frozen_map(
-        {RoleKind.ROLLOUT: 5.0, RoleKind.TRAINER: 60.0}))
+        {RoleKind.ROLLOUT: 5.0, RoleKind.TRAINER: 60.0, RoleKind.TRAINER_SPARE: 1.0}))
     restore_s: float = 180.0               # trainer: optimizer state and data cursor from a checkpoint
     # a restored trainer's weights, on top of restore_s: its ranks pull their shards of the committed
     # version from a live holder (a rollout or spare has them), or, when no holder has it (a full
@@ -213,9 +219,11 @@ class RecoveryTimes:
         return self.detect_s.get(kind, max(self.detect_s.values(), default=0.0))
 
     def queue(self, role: RoleKind) -> float:
+        role = RoleKind.TRAINER if role is RoleKind.TRAINER_SPARE else role     # a job of the trainer's shape
         return self.queue_s.get(role, self.queue_s.get(RoleKind.ROLLOUT, 0.0))
 
     def load(self, role: RoleKind) -> float:
+        role = RoleKind.TRAINER if role is RoleKind.TRAINER_SPARE else role     # it builds what the trainer does
         return self.load_s.get(role, self.load_s.get(RoleKind.ROLLOUT, 0.0))
 
     def promote(self, role: RoleKind) -> float:

@@ -101,6 +101,11 @@ class Jobs(RunState):
         if slot.kind is RoleKind.TRAINER:
             self.env.process(self._trainer_loop(slot, inc, job))
             return
+        if slot.kind is RoleKind.TRAINER_SPARE:
+            if slot.fault is not None:        # the controller: "standby ready again"
+                slot.fault.t_recovered = self.env.now
+                slot.fault = None
+            return                            # built and waiting: it holds no weights to serve
         slot.syncing = slot.kind is RoleKind.ROLLOUT
         self._set_rate()
         while not self._has_holder():         # after a full restart: until the trainer is restored

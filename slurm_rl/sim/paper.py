@@ -192,7 +192,7 @@ class PaperSetting:
 
     # ------------------------------------------------------------- the simulated run
     def config(self, failures: NodeFailures | ChaosSchedule | None, *, spares: int = 0,
-               spare_nodes: int | None = None, sync_gbps: float | None = None) -> SimConfig:
+               spare_nodes: int | None = None, trainer_spares: int = 0, sync_gbps: float | None = None) -> SimConfig:
         sync = self.sync_gbps if sync_gbps is None else sync_gbps
         w, o, n = self.weight_gb, self.optimizer_gb, self.trainer_nodes
         compute = self.step_s - self.trainer_wait_s
@@ -203,10 +203,12 @@ class PaperSetting:
             detect_by_role[(T, kind)] = t
             detect_by_role[(R, kind)] = r
             detect_by_role[(RoleKind.SPARE, kind)] = r
+            detect_by_role[(RoleKind.TRAINER_SPARE, kind)] = t
         sync_s = w / sync
         return SimConfig(
             topology=Topology(gpus_per_node=self.gpus_per_node, trainer_nodes=n, rollout_replicas=self.rollouts,
-                              rollout_nodes=1, spare_replicas=spares, spare_nodes=spare_nodes),
+                              rollout_nodes=1, spare_replicas=spares, spare_nodes=spare_nodes,
+                              trainer_spares=trainer_spares),
             work=Work(step_compute_s=compute, groups_per_step=self.groups_per_step,
                       # the rollouts together deliver one batch per step
                       rollout_groups_per_s=self.groups_per_step / (self.rollouts * self.step_s),
@@ -221,7 +223,10 @@ class PaperSetting:
                 detect_by_role=detect_by_role,
                 queue_s={T: self.kill_wait_s + self.queue_s, R: self.queue_s, RoleKind.SPARE: self.queue_s},
                 queue_cv=0.0, load_s={T: self.trainer_start_s, R: self.vllm_s, RoleKind.SPARE: self.vllm_s},
-                sync_s=sync_s, promote_s={R: self.promote_rollout_s, T: self.trainer_start_s},
+                # the trainer-shaped standby's ranks have their NCCL groups and shards: its switch is
+                # a message, as a spare's promotion to rollout is
+                sync_s=sync_s, promote_s={R: self.promote_rollout_s, T: self.trainer_start_s,
+                                          RoleKind.TRAINER_SPARE: self.promote_rollout_s},
                 restore_s=self._fs_s(o, n), weights_from_holder_s=w / n / sync,
                 weights_from_checkpoint_s=self._fs_s(w, n),
                 teardown_s=self.kill_wait_s, full_queue_s=self.queue_s),
@@ -336,7 +341,8 @@ def paper_report(setting: PaperSetting | None = None, *, trials: int = 10, seed:
                  progress: Callable[[int, int], None] | None = None) -> PaperReport:
     """Full restart and role-based ETTR under each reading (no spares), the reading nearest the
     paper's 0.60 for full restart, then under that reading: full restart, role-based without and
-    with warm spares, and with a trainer-sized spare; the same at the paper's weight-sync bandwidth.
+    with warm spares, with a trainer-sized spare, and with spares plus a trainer-shaped standby
+    (spare.trainer_nodes); the same at the paper's weight-sync bandwidth.
     Seeds seed .. seed+trials-1 in every cell (both policies meet the same faults)."""
     s = setting or PaperSetting()
     if trials < 1:
@@ -344,7 +350,8 @@ def paper_report(setting: PaperSetting | None = None, *, trials: int = 10, seed:
     seeds = range(seed, seed + trials)
     FULL, ROLE = RecoveryPolicy.FULL_RESTART, RecoveryPolicy.ROLE_BASED
     variants = [(FULL, "0", {}), (ROLE, "0", {}), (ROLE, f"{s.spares} x 1 node", {"spares": s.spares}),
-                (ROLE, f"1 x {s.trainer_nodes} nodes", {"spares": 1, "spare_nodes": s.trainer_nodes})]
+                (ROLE, f"1 x {s.trainer_nodes} nodes", {"spares": 1, "spare_nodes": s.trainer_nodes}),
+                (ROLE, f"{s.spares} x 1 node + trainer-shaped", {"spares": s.spares, "trainer_spares": 1})]
     total = len(readings) * 2 + 2 * len(variants)
     done = 0
 

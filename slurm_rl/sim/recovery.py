@@ -152,12 +152,15 @@ class Recovery(RunState):
             target.fault.t_scheduled = now
             target.fault.action = f"promote {standby.name}"
         self._set_rate()
-        self.env.process(self._take_over(target, target.incarnation, job))
+        self.env.process(self._take_over(target, target.incarnation, job, standby.kind))
 
-    def _take_over(self, slot: Slot, inc: int, job: Job | None) -> Generator[simpy.Event, Any, None]:
-        took = self.times.promote(slot.kind)
+    def _take_over(self, slot: Slot, inc: int, job: Job | None,
+                   was: RoleKind) -> Generator[simpy.Event, Any, None]:
+        took = self.times.promote(was if was is RoleKind.TRAINER_SPARE else slot.kind)
         if slot.kind is RoleKind.TRAINER:
             took += self._restore_time(cold=False)
+            if was is RoleKind.TRAINER_SPARE and self.version > 0:
+                took += self.times.weights_from_holder_s     # it holds no weights: its ranks pull their shards
         yield self.env.timeout(took)
         if self._stale(slot, inc, job):
             return

@@ -97,14 +97,15 @@ def format_paper(rep: PaperReport) -> str:
         out.append(f"  {r.reading.value:<32} {r.faults:>10.1f} {r.full_restart[0]:>7.3f} ± {r.full_restart[1]:.3f} "
                    f"{r.role_based[0]:>7.3f} ± {r.role_based[1]:.3f} {r.off_by:>14.3f}{mark}")
     out += ["", f'under "{rep.chosen.value}", weight sync at our {st.sync_gbps:g} GB/s:']
+    lw = max((len(r.label) for r in rep.rows), default=14)
     for r in rep.rows:
-        out.append(f"{r.policy.value:<13} ETTR {r.ettr[0]:.3f} ± {r.ettr[1]:.3f}   spares: {r.label:<14} "
+        out.append(f"{r.policy.value:<13} ETTR {r.ettr[0]:.3f} ± {r.ettr[1]:.3f}   spares: {r.label:<{lw}} "
                    f"paper: {paper[r.policy]}")
     alt = " / ".join(f"{r.policy.value} {r.ettr[0]:.3f}" for r in rep.paper_sync_rows)
     out += [f"at the paper's weight sync ({st.paper_sync_gbps:.1f} GB/s: 235B in ~6 s), same rows: {alt}", "",
             "badput, minutes per run: " + " / ".join(_PARTS)]
     for r in rep.rows:
         parts = " / ".join(f"{getattr(r.split, p + '_s') / 60:.1f}" for p in _PARTS)
-        out.append(f"  {r.policy.value:<13} spares {r.label:<14} {parts}   (wall {r.wall_s / 3600:.1f} h, "
+        out.append(f"  {r.policy.value:<13} spares {r.label:<{lw}} {parts}   (wall {r.wall_s / 3600:.1f} h, "
                    f"{r.faults:.1f} faults, {r.full_restarts:.1f} full restarts)")
     return "\n".join(out)

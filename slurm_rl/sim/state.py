@@ -127,7 +127,8 @@ class RunState:
         self.rng_time = random.Random(f"time/{seed}")
         self.slots: dict[str, Slot] = {}
         for kind, n in ((RoleKind.TRAINER, 1), (RoleKind.ROLLOUT, self.topo.rollout_replicas),
-                        (RoleKind.SPARE, self.topo.spare_replicas)):
+                        (RoleKind.SPARE, self.topo.spare_replicas),
+                        (RoleKind.TRAINER_SPARE, self.topo.trainer_spares)):
             for i in range(n):
                 s = Slot(kind=kind, index=i)
                 self.slots[s.name] = s

@@ -130,6 +130,25 @@ def test_trainer_sized_spare_removes_the_trainers_queue() -> None:
     assert sum(r.split.idle_s for r in small) <= sum(r.split.idle_s for r in cold)
 
 
+def test_a_trainer_shaped_standby_removes_the_trainers_queue_and_start() -> None:
+    """spare.trainer_nodes in the model: the standby has the trainer's process group and shards, so
+    a trainer fault costs the switch and the restore, not a queue and a start; it never replaces a
+    rollout (its node-count is the trainer's), and it is backfilled after each promotion."""
+    s = PaperSetting()
+    fail = s.failures(Reading.STEPS)
+    cold = [simulate(s.config(fail, spares=2), ROLE, k) for k in range(3)]
+    shaped = [simulate(s.config(fail, spares=2, trainer_spares=1), ROLE, k, keep_trace=True) for k in range(3)]
+    assert sum(r.split.schedule_s for r in shaped) < 0.2 * sum(r.split.schedule_s for r in cold)
+    assert sum(r.split.load_s for r in shaped) < 0.3 * sum(r.split.load_s for r in cold)
+    assert statistics.fmean(r.ettr for r in shaped) > statistics.fmean(r.ettr for r in cold)
+    acts = [f.action for r in shaped for f in r.trace.faults if f.role is RoleKind.TRAINER]
+    assert acts and sum(a == "promote trainer-spare/0" for a in acts) >= len(acts) // 2, acts
+    assert not [f for r in shaped for f in r.trace.faults if f.role is RoleKind.ROLLOUT
+                and f.action == "promote trainer-spare/0"]
+    # promoted again and again in one run: each promotion's backfill was ready for the next fault
+    assert all(sum(f.action == "promote trainer-spare/0" for f in r.trace.faults) >= 2 for r in shaped)
+
+
 # --------------------------------------------------------------------------- honesty
 
 
