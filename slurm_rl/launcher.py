@@ -17,6 +17,7 @@ from slurm_rl.config import BackendKind, RunConfig
 from slurm_rl.controlplane import ask, controller_alive  # noqa: F401  (the launcher's API too)
 from slurm_rl.errors import BadInput, EnvironmentProblem, PackageMissing, RunInUse
 from slurm_rl.rundir import RunDir
+from slurm_rl.states import RoleKind
 
 TERMINAL_STATES = ("finished", "failed", "stopped")
 GONE_WAIT_S = 20.0      # `stop`: how long what a cancel left may take to end, before and after SIGKILL
@@ -103,6 +104,25 @@ def _tiny_model_text(cfg: RunConfig, data: Any) -> list[str]:
     return texts + ([cfg.task.system_prompt] if cfg.task.system_prompt else [])
 
 
+def _trainer_standby_note(cfg: RunConfig) -> str:
+    """What a lost trainer is restored on, as `launch --check` says it."""
+    nodes, per_node = cfg.trainer_shape()
+    if cfg.spare.trainer_nodes:
+        return f"trainer standby: a job of the trainer's shape ({nodes} node(s) x {per_node} rank(s)), built and idle"
+    kinds = {RoleKind.SPARE: cfg.spare.replicas > 0 and cfg.recovery.standby != "none",
+             RoleKind.ROLLOUT: cfg.recovery.standby == "spare-then-rollout"}
+    fit = [k.value for k, on in kinds.items() if on and not cfg.standby_misfit(k)]
+    if fit:
+        return f"trainer standby: a {' or a '.join(fit)} (warm, promoted in place)"
+    if (nodes, per_node) != (1, 1):
+        why = f"the trainer is {nodes} node(s) x {per_node} rank(s), a spare or rollout one process"
+    else:
+        why = "; ".join(w for k, on in kinds.items() if on and (w := cfg.standby_misfit(k))) \
+            or f"recovery.standby is {cfg.recovery.standby}" + ("" if cfg.spare.replicas else ", no spare")
+    return (f"trainer standby: none ({why}): a lost trainer is a new job; spare.trainer_nodes={nodes} adds one "
+            "of its shape")
+
+
 def check(cfg: RunConfig) -> list[str]:
     """`launch --check`: everything `launch` checks before it submits (config, data files, reward,
     sbatch options, the scheduler where its commands are here, prompts when the model dir exists),
@@ -113,6 +133,7 @@ def check(cfg: RunConfig) -> list[str]:
     nodes, per_node = cfg.trainer_shape()
     if nodes * per_node > 1:
         notes.append(f"trainer: {nodes} node(s) x {per_node} rank(s), FSDP2 ({'nccl' if cfg.trainer.device == 'cuda' else 'gloo'})")
+    notes.append(_trainer_standby_note(cfg))
     data, _ = _checked_task(cfg)
     notes.append(f"task: {len(data.train)} training and {len(data.eval)} eval problems, reward "
                  f"{cfg.task.reward_spec}")

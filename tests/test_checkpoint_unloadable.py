@@ -31,38 +31,55 @@ def _truncated(d: Path, marker: Path) -> None:
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
 
 
+def _one_restore_then_stop(run) -> None:
+    """The injected hang and crash are one fault each (of the same process): no further trainer
+    fault, no crash loop, no full restart; then the run stops with nothing lost."""
+    kinds = [f["kind"] for f in runs.q(run, "SELECT kind FROM faults WHERE slot='trainer/0' ORDER BY id")]
+    assert kinds == ["hang", "crash"], kinds
+    assert not runs.events(run, "full_restart")
+    rep = runs.stop_and_audit(run)
+    assert rep["restarts"]["trainer"] == 1, rep["restarts"]
+
+
+# a checkpoint every 5 steps, 4 kept; a frozen trainer (SIGSTOP) is not judged hung before the crash follows
+_FROZEN_AT_CHECKPOINTS = ("algorithm.steps=100000", "spare.replicas=0", "trainer.checkpoint_every=5",
+                          "trainer.keep_checkpoints=4", "recovery.phase_timeouts.stepping=30",
+                          "recovery.process_state=false")
+
+
+def _crash_onto_a_damaged_checkpoint(run, damage, marker: Path, *, timeout: float) -> tuple[int, dict]:
+    """Two committed checkpoints, then the trainer frozen at the newest committed one, that one's
+    optimizer state damaged and rehashed (it verifies), the trainer crashed: once restored, the
+    fallback event names it and the restore used an older optimizer state. (victim, restore data)."""
+    runs.wait_ready(run)
+    runs.wait_for(lambda: len([s for s in _checkpoint_steps(run) if s <= runs.committed(run)]) >= 2, 2 * timeout,
+                  "two committed checkpoints", run)
+    victim = _freeze_at_committed_checkpoint(run)
+    d = run.checkpoints / f"step-{victim:06d}"
+    damage(d, marker)
+    _rehash(d)                                  # it verifies
+    runs.inject(run, "trainer/0", "crash")
+    runs.wait_for(lambda: runs.slot_events(run, "recovered", "trainer/0"), timeout, "trainer restored", run)
+    fb = [e for e in runs.events(run, "checkpoint_fallback") if f"checkpoint {victim}" in e["msg"]]
+    assert fb and "optimizer" in fb[0]["msg"], [tuple(e) for e in runs.events(run, "checkpoint_fallback")]
+    restore = json.loads(runs.events(run, "trainer_restore")[-1]["data"])
+    assert int(restore["optimizer_step"]) < victim, restore
+    return victim, restore
+
+
 @pytest_slow
 @pytest.mark.parametrize("damage", [_hostile, _truncated], ids=["hostile", "truncated"])
 def test_an_unloadable_optimizer_state_falls_back_to_an_older_checkpoint(tmp_path, damage):
     """No spare, one rollout: the rollout becomes the trainer with the weights it holds and the
     optimizer state of the newest checkpoint at or below the committed step, which verifies but does
     not load: it takes the one before it, says so, and trains on (one trainer fault, not a loop)."""
-    run = runs.launch(tmp_path, "algorithm.steps=100000", "spare.replicas=0", "rollout.replicas=1",
-                      "trainer.checkpoint_every=5", "trainer.keep_checkpoints=4",
-                      "recovery.phase_timeouts.stepping=30", "recovery.process_state=false", name="cku")
+    run = runs.launch(tmp_path, *_FROZEN_AT_CHECKPOINTS, "rollout.replicas=1", name="cku")
     marker = tmp_path / "ran"
     try:
-        runs.wait_ready(run)
-        runs.wait_for(lambda: len([s for s in _checkpoint_steps(run) if s <= runs.committed(run)]) >= 2, 90,
-                      "two committed checkpoints", run)
-        victim = _freeze_at_committed_checkpoint(run)
-        d = run.checkpoints / f"step-{victim:06d}"
-        damage(d, marker)
-        _rehash(d)                                  # it verifies
-        runs.inject(run, "trainer/0", "crash")
-        runs.wait_for(lambda: runs.slot_events(run, "recovered", "trainer/0"), 60, "trainer restored", run)
-        fb = [e for e in runs.events(run, "checkpoint_fallback") if f"checkpoint {victim}" in e["msg"]]
-        assert fb and "optimizer" in fb[0]["msg"], [tuple(e) for e in runs.events(run, "checkpoint_fallback")]
-        restore = json.loads(runs.events(run, "trainer_restore")[-1]["data"])
-        assert int(restore["optimizer_step"]) < victim, restore
+        victim, restore = _crash_onto_a_damaged_checkpoint(run, damage, marker, timeout=60)
         resumed = int(restore["step"])
         runs.wait_for(lambda: runs.committed(run) >= resumed + 10, 90, "10 more steps", run)
-        # the injected hang and crash are one fault each (of the same process): no further trainer fault
-        kinds = [f["kind"] for f in runs.q(run, "SELECT kind FROM faults WHERE slot='trainer/0' ORDER BY id")]
-        assert kinds == ["hang", "crash"], kinds
-        assert not runs.events(run, "full_restart")
-        rep = runs.stop_and_audit(run)
-        assert rep["restarts"]["trainer"] == 1, rep["restarts"]
+        _one_restore_then_stop(run)
     finally:
         runs.cleanup(run)
     assert not marker.exists()
@@ -118,34 +135,18 @@ def test_a_two_rank_trainer_falls_back_past_optimizer_shards_that_do_not_load(tm
     refused on every rank; all ranks agree to take the one before it, say so, and train on."""
     from slurm_rl.checkpoint import load_plain
 
-    run = runs.launch(tmp_path, "trainer.ranks_per_node=2", "algorithm.steps=100000", "spare.replicas=0",
-                      "trainer.checkpoint_every=5", "trainer.keep_checkpoints=4",
-                      "recovery.phase_timeouts.stepping=30", "recovery.process_state=false", name="cks")
+    run = runs.launch(tmp_path, *_FROZEN_AT_CHECKPOINTS, "trainer.ranks_per_node=2", name="cks")
     marker = tmp_path / "ran"
     try:
-        runs.wait_ready(run)
-        runs.wait_for(lambda: len([s for s in _checkpoint_steps(run) if s <= runs.committed(run)]) >= 2, 120,
-                      "two committed checkpoints", run)
-        victim = _freeze_at_committed_checkpoint(run)
+        victim, restore = _crash_onto_a_damaged_checkpoint(run, _hostile, marker, timeout=120)
         d = run.checkpoints / f"step-{victim:06d}"
-        _hostile(d, marker)
-        _rehash(d)                                  # it verifies
-        runs.inject(run, "trainer/0", "crash")
-        runs.wait_for(lambda: runs.slot_events(run, "recovered", "trainer/0"), 120, "trainer restored", run)
-        fb = [e for e in runs.events(run, "checkpoint_fallback") if f"checkpoint {victim}" in e["msg"]]
-        assert fb and "optimizer" in fb[0]["msg"], [tuple(e) for e in runs.events(run, "checkpoint_fallback")]
-        restore = json.loads(runs.events(run, "trainer_restore")[-1]["data"])
-        assert restore["weights"].startswith("live holders") and int(restore["optimizer_step"]) < victim, restore
+        assert restore["weights"].startswith("live holders"), restore
         resumed = int(restore["step"])
         runs.wait_for(lambda: runs.committed(run) >= resumed + 6, 120, "6 more steps", run)
         if resumed == victim:
             # the resume step's checkpoint was the unusable one: written again, it loads now
             runs.wait_for(lambda: load_plain(d / "optimizer.pt").get("layout") == "dcp", 60, "rewritten", run)
-        kinds = [f["kind"] for f in runs.q(run, "SELECT kind FROM faults WHERE slot='trainer/0' ORDER BY id")]
-        assert kinds == ["hang", "crash"], kinds          # one restore, no crash loop
-        assert not runs.events(run, "full_restart")
-        rep = runs.stop_and_audit(run)
-        assert rep["restarts"]["trainer"] == 1, rep["restarts"]
+        _one_restore_then_stop(run)
     finally:
         runs.cleanup(run)
     assert not marker.exists()

@@ -52,6 +52,22 @@ def test_the_real_model_configs_pass_check(tmp_path: Path, config: str, style: s
     assert cfg.rollout.gpus_per_node and cfg.trainer.gpus_per_node and cfg.backend.value == "slurm"
 
 
+def test_check_says_what_a_lost_trainer_is_restored_on(tmp_path: Path) -> None:
+    """The 8-rank trainer of the 8B config has no one-process standby: --check says so and names the
+    setting that gives it one; with it, the standby is named instead."""
+    train, test = _data(tmp_path, "gsm8k")
+    no_slurm = {"PATH": str(Path(sys.executable).parent)}
+    args = ("launch", str(REPO / "configs/qwen3-8b-gsm8k.yaml"), "--check", "--set", f"task.path={train}",
+            "--set", f"task.eval_path={test}", "--set", f"runs_dir={tmp_path / 'runs'}")
+    res = _invoke(*args, env=no_slurm)
+    assert res.exit_code == 0, res.output
+    assert "trainer standby: none (the trainer is 1 node(s) x 8 rank(s)" in res.output
+    assert "spare.trainer_nodes=1 adds one" in res.output
+    res = _invoke(*args, "--set", "spare.trainer_nodes=1", env=no_slurm)
+    assert res.exit_code == 0 and "trainer standby: a job of the trainer's shape (1 node(s) x 8 rank(s))" in res.output
+    assert "trainer standby: a spare or a rollout" in _invoke("launch", str(REPO / "configs/demo.yaml"), "--check").output
+
+
 def test_check_of_the_tiny_configs(tmp_path: Path) -> None:
     for config in ("configs/demo.yaml", "configs/gsm8k-tiny.yaml"):
         res = _invoke("launch", str(REPO / config), "--check")
