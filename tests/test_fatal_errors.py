@@ -36,7 +36,8 @@ def test_a_role_without_vllm_ends_the_run_on_its_first_try(tmp_path: Path) -> No
     assert rep["state"] == "failed" and rep["fatal"]["kind"] == "environment", rep["end_reason"]
     assert rep["fatal"]["slot"] in {"rollout/0", "rollout/1", "spare/0", "trainer/0"}
     # no restart was spent on it, no fault recorded as if it were a crash
-    assert rep["restarts"] == {"trainer": 0, "rollout": 0, "spare": 0, "full": 0} and rep["faults"] == []
+    assert rep["restarts"] == {"trainer": 0, "rollout": 0, "spare": 0, "trainer_spare": 0, "full": 0}
+    assert rep["faults"] == []
     assert [e["kind"] for e in runs.events(run, "fatal")] == ["fatal"]
     runs.wait_for(lambda: not runs.run_processes(run), 30, "every process of the run to end", run)
 
