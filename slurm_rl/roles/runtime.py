@@ -237,6 +237,14 @@ class RoleRuntime:
         except queue.Empty:
             return None
 
+    def wait_command(self, *ops: str) -> P.Command:
+        """Idle until a command of one of `ops` arrives (others are dropped), and return it."""
+        while True:
+            cmd = self.next_command()
+            if cmd is not None and cmd.op in ops:
+                return cmd
+            time.sleep(0.05)
+
     def _hb_loop(self) -> None:
         interval = self.cfg.recovery.heartbeat_interval_s
         while not self._stop.wait(interval):

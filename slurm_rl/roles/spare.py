@@ -36,10 +36,5 @@ def run_trainer_spare(rt: RoleRuntime, host: RoleHost) -> P.Command | None:
     rt.set_phase(Phase.LOADING, "building the trainer")
     host.stage_trainer(own_device=True)
     rt.set_phase(Phase.IDLE, "standby (trainer-shaped)")
-    while True:
-        cmd = rt.next_command()
-        if cmd is not None and cmd.op == "stop":
-            return None
-        if cmd is not None and cmd.op == "become":
-            return cmd
-        time.sleep(0.05)
+    cmd = rt.wait_command("stop", "become")
+    return None if cmd.op == "stop" else cmd

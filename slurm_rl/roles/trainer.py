@@ -95,11 +95,8 @@ def run_trainer(rt: RoleRuntime, host: RoleHost, *, resume_step: int) -> P.Comma
         ckpt.wait()
         _report_checkpoints(rt, ckpt)
         rt.set_phase(Phase.IDLE, f"all {alg.steps} steps done")
-        while True:
-            cmd = rt.next_command()
-            if cmd is not None and cmd.op in ("stop", "become"):
-                return None if cmd.op == "stop" else cmd
-            time.sleep(0.05)
+        cmd = rt.wait_command("stop", "become")
+        return None if cmd.op == "stop" else cmd
     except _Stop:
         # asked to stop (end of run, or a move off a draining node): keep every step taken
         if version > last_ckpt:
@@ -235,17 +232,28 @@ def _load_optimizer(rt: RoleRuntime, trainer: PolicyTrainer, ckpt: Checkpointer,
             return best, unusable
         except Exception as e:  # noqa: BLE001 - any failure to read or apply it: try an older one
             unusable |= best.step == step
-            why = (str(e).strip().splitlines() or [""])[0][:300] or e.__class__.__name__
-            rt.call(P.RoleEvent(ident=rt.ident, kind="checkpoint_fallback",
-                                msg=f"optimizer state of checkpoint {best.step} does not load "
-                                    f"({e.__class__.__name__}: {why}); using an older one or a fresh optimizer",
-                                data={"step": str(best.step), "reason": why}))
-            log.warning("optimizer state of checkpoint %d does not load: %s", best.step, e)
-            best, skipped = ckpt.newest_valid(at_most=best.step - 1)
-            for problem in skipped:
-                rt.call(P.RoleEvent(ident=rt.ident, kind="checkpoint_fallback",
-                                    msg=f"skipped checkpoint {problem}; using an older one"))
+            best = optimizer_fallback(rt, ckpt, best.step, e)
     return None, unusable
+
+
+def optimizer_fallback(rt: RoleRuntime, ckpt: Checkpointer, step: int, e: BaseException | None) -> Restored | None:
+    """Checkpoint `step`'s optimizer state did not load (`e`; None: on another rank of a sharded
+    trainer): a checkpoint_fallback event, and the next older intact checkpoint (None: none left),
+    each one skipped on the way said too."""
+    if e is None:
+        said, why = "on another rank", "another rank"
+    else:
+        why = (str(e).strip().splitlines() or [""])[0][:300] or e.__class__.__name__
+        said = f"{e.__class__.__name__}: {why}"
+        log.warning("optimizer state of checkpoint %d does not load: %s", step, e)
+    rt.call(P.RoleEvent(ident=rt.ident, kind="checkpoint_fallback",
+                        msg=f"optimizer state of checkpoint {step} does not load ({said}); using an older one or a "
+                            "fresh optimizer", data={"step": str(step), "reason": why}))
+    older, skipped = ckpt.newest_valid(at_most=step - 1)
+    for problem in skipped:
+        rt.call(P.RoleEvent(ident=rt.ident, kind="checkpoint_fallback",
+                            msg=f"skipped checkpoint {problem}; using an older one"))
+    return older
 
 
 def restore_split(build: float, verify: float, weights: float, optimizer: float) -> dict[str, str]:

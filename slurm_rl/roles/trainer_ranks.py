@@ -42,6 +42,7 @@ from slurm_rl.roles.trainer import (
     _tell,
     _to_group,
     make_trainer,
+    optimizer_fallback,
     restore_split,
     step_metrics,
 )
@@ -117,12 +118,12 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int, trainer: PolicyTra
     if leader:
         reader.set_aside_after(version)        # later checkpoints hold undone steps of an older lineage
     try:
-        if version > 0 and _restore(rt, trainer, reader, version, t_start, staged=staged):
+        unusable = version > 0 and _restore(rt, trainer, reader, version, t_start, staged=staged)
+        trainer.version = version
+        if unusable:
             # the checkpoint of the resume step has optimizer shards that do not load: write it again
             # now, or a full restart would take it and fail the same way
-            trainer.version = version
             _save(rt, trainer, saver, version, wepoch)
-        trainer.version = version
         _publish(rt, trainer, version, wepoch)
         last_ckpt = version
         end = "done"
@@ -164,11 +165,7 @@ def run_sharded_trainer(rt: RoleRuntime, *, resume_step: int, trainer: PolicyTra
             _report_checkpoints(rt, saver)
         if leader and end == "done":
             rt.set_phase(Phase.IDLE, f"all {alg.steps} steps done")
-            while True:
-                cmd = rt.next_command()
-                if cmd is not None and cmd.op == "stop":
-                    break
-                time.sleep(0.05)
+            rt.wait_command("stop")
     finally:
         saver.wait()
         reader.close()
@@ -264,21 +261,16 @@ def _load_optimizer_shards(rt: RoleRuntime, trainer: PolicyTrainer, reader: Chec
     wrote): it is skipped with a checkpoint_fallback event, as the single-process trainer does."""
     info = rt.rank
     while step >= 0:
-        why = ""
+        error: Exception | None = None
         try:
             sharded_ckpt.load(path, trainer, weights=False, times=times)
         except Exception as e:  # noqa: BLE001 - any failure to read or apply it: try an older one
-            why = f"{e.__class__.__name__}: " + ((str(e).strip().splitlines() or [""])[0][:300])
-            log.warning("rank %d: optimizer state of checkpoint %d does not load: %s", info.rank, step, why)
-        if rd.all_ok(not why, info):
+            error = e
+            if not info.leader:
+                log.warning("rank %d: optimizer state of checkpoint %d does not load: %s", info.rank, step, e)
+        if rd.all_ok(error is None, info):
             return step
-        older = None
-        if info.leader:
-            rt.call(P.RoleEvent(ident=rt.ident, kind="checkpoint_fallback",
-                                msg=f"optimizer state of checkpoint {step} does not load "
-                                    f"({why or 'on another rank'}); using an older one or a fresh optimizer",
-                                data={"step": str(step), "reason": why or "another rank"}))
-            older = reader.newest_valid(at_most=step - 1)[0]
+        older = optimizer_fallback(rt, reader, step, error) if info.leader else None
         step, where = rd.broadcast((older.step, str(older.path)) if older is not None else (-1, ""), info)
         path = Path(where) if where else path
     trainer.optimizer.state.clear()          # nothing loaded: start the moments afresh
