@@ -60,7 +60,10 @@ def test_a_failing_user_reward_is_reported_with_record_ids_and_evals_run(tmp_pat
     threes |= {json.loads(x)["id"] for x in run.eval_problems.read_text().splitlines()
                if json.loads(x)["answer"] == "3"}
     assert errs["records"] and set(errs["records"]) <= threes
-    assert [h["version"] for h in rep["eval"]["history"]][:1] == [0]
+    # rollout/0's first eval: at 0, or at the first version reaching a multiple of eval_every (3) it
+    # holds when its engine loaded after the trainer stepped on the other rollout's data
+    versions = [h["version"] for h in rep["eval"]["history"]]
+    assert versions and versions[0] < 6 and versions == sorted(set(versions)), rep["eval"]
     ev = json.loads(CliRunner().invoke(cli, ["events", str(run.path), "--json", "--kind", "reward_error"]).output
                     .splitlines()[0])
     assert "records" in ev["msg"] and "no reward for threes" in ev["msg"]
